@@ -1,0 +1,454 @@
+package qmp
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Options configure a Conn. The zero value is usable.
+type Options struct {
+	// OnEvent receives every event, synchronously on the reader goroutine
+	// and in wire order, including events QEMU sends before its greeting
+	// and during the handshake. It must return quickly, must not block and
+	// must not call Execute (see the package comment). Event.Data is only
+	// valid until OnEvent returns. Nil discards events.
+	OnEvent func(Event)
+
+	// OnProtocolError receives the anomalies that do not kill the
+	// connection: malformed messages, replies with an unknown id, messages
+	// that are neither replies nor events. It is called on the reader
+	// goroutine under the same rules as OnEvent. Every error wraps
+	// ErrProtocol. Nil discards them.
+	OnProtocolError func(error)
+
+	// MaxMessageBytes bounds the size of one message; a longer one kills
+	// the connection with ErrMessageTooLarge. Zero means
+	// DefaultMaxMessageBytes.
+	MaxMessageBytes int
+}
+
+// Conn is a QMP session on one connection, past its handshake. See the
+// package comment for the concurrency contract.
+type Conn struct {
+	nc       net.Conn
+	opts     Options
+	lr       *lineReader
+	greeting Greeting
+
+	wmu  sync.Mutex // serializes writes and guards wbuf
+	wbuf []byte
+
+	mu        sync.Mutex // guards the fields below
+	nextID    uint64
+	pending   map[uint64]pendingCall
+	abandoned int   // entries of pending whose caller gave up
+	err       error // why the connection died; nil while alive
+
+	done chan struct{}
+}
+
+type pendingCall struct {
+	ch      chan reply // nil once the caller has given up
+	command string
+}
+
+type reply struct {
+	ret []byte
+	err error
+}
+
+// maxAbandoned bounds the ids remembered for calls whose context ended
+// before their reply, so that a peer that never answers cannot grow the
+// table without bound.
+const maxAbandoned = 256
+
+// Dial connects to a QMP monitor and performs the handshake. Both are
+// bounded by ctx: give it a deadline, or a peer that accepts and never
+// greets holds the call until ctx is cancelled.
+func Dial(ctx context.Context, network, address string, opts Options) (*Conn, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, fmt.Errorf("qmp: %w", err)
+	}
+	return NewConn(ctx, nc, opts)
+}
+
+// NewConn performs the QMP handshake on an established connection (tests,
+// vsock, a socket QEMU dialed in on) and returns the session. The handshake
+// reads the greeting, tolerating events before it, and negotiates
+// capabilities; it is bounded by ctx. On failure nc is closed.
+func NewConn(ctx context.Context, nc net.Conn, opts Options) (*Conn, error) {
+	if opts.MaxMessageBytes <= 0 {
+		opts.MaxMessageBytes = DefaultMaxMessageBytes
+	}
+	c := &Conn{
+		nc:      nc,
+		opts:    opts,
+		lr:      newLineReader(nc, opts.MaxMessageBytes),
+		pending: make(map[uint64]pendingCall),
+		done:    make(chan struct{}),
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	phase, err := c.handshake()
+	if !stop() || ctx.Err() != nil {
+		err = fmt.Errorf("qmp: %s: %w", phase, context.Cause(ctx))
+	}
+	if err != nil {
+		_ = nc.Close()
+		return nil, err
+	}
+	_ = nc.SetDeadline(time.Time{})
+	go c.readLoop()
+	return c, nil
+}
+
+// handshake runs synchronously, before the reader goroutine exists, on the
+// same line reader, so that events arriving in the same read as the
+// qmp_capabilities reply stay buffered for the reader and are not lost. It
+// returns the phase it was in for error messages.
+func (c *Conn) handshake() (phase string, err error) {
+	phase = "waiting for greeting"
+	var m message
+	for {
+		line, err := c.lr.next()
+		if err != nil {
+			return phase, fmt.Errorf("qmp: %s: %w", phase, readError(err))
+		}
+		if len(line) == 0 || (len(line) == 1 && line[0] == '\r') {
+			continue
+		}
+		if err := parseMessage(line, &m); err != nil {
+			return phase, fmt.Errorf("qmp: %s: %w", phase, protocolError("malformed message: "+err.Error(), line))
+		}
+		if m.hasEvent {
+			c.deliverEvent(&m, line)
+			continue
+		}
+		if !m.hasGreeting {
+			return phase, fmt.Errorf("qmp: %s: %w", phase, protocolError("expected a greeting", line))
+		}
+		var g struct {
+			QMP Greeting `json:"QMP"`
+		}
+		if err := json.Unmarshal(line, &g); err != nil {
+			return phase, fmt.Errorf("qmp: %s: %w", phase, protocolError("malformed greeting: "+err.Error(), line))
+		}
+		c.greeting = g.QMP
+		break
+	}
+
+	phase = "negotiating capabilities"
+	c.nextID++
+	id := c.nextID
+	if err := c.write(context.Background(), id, "qmp_capabilities", nil); err != nil {
+		return phase, fmt.Errorf("qmp: %s: %w", phase, err)
+	}
+	for {
+		line, err := c.lr.next()
+		if err != nil {
+			return phase, fmt.Errorf("qmp: %s: %w", phase, readError(err))
+		}
+		if len(line) == 0 || (len(line) == 1 && line[0] == '\r') {
+			continue
+		}
+		if err := parseMessage(line, &m); err != nil {
+			c.protocolErr(protocolError("malformed message: "+err.Error(), line))
+			continue
+		}
+		switch {
+		case m.hasEvent:
+			c.deliverEvent(&m, line)
+		case m.hasRet || m.hasErr:
+			if got, ok := parseID(m.id); !ok || got != id {
+				c.protocolErr(protocolError("reply with unknown id", line))
+				continue
+			}
+			if m.hasErr {
+				return phase, decodeError("qmp_capabilities", m.err)
+			}
+			return phase, nil
+		default:
+			c.protocolErr(protocolError("message is neither a reply nor an event", line))
+		}
+	}
+}
+
+// Greeting returns the greeting QEMU sent.
+func (c *Conn) Greeting() Greeting { return c.greeting }
+
+// LocalAddr and RemoteAddr return the addresses of the underlying
+// connection.
+func (c *Conn) LocalAddr() net.Addr { return c.nc.LocalAddr() }
+
+// RemoteAddr returns the peer's address.
+func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
+
+// Execute sends a command and waits for its reply, decoding the reply's
+// "return" member into result unless result is nil. args, if not nil, is
+// marshalled as the command's "arguments". A command outside the read-only
+// allow-list is refused with an error wrapping ErrNotAllowed before
+// anything is written. An error reply is returned as *Error. If ctx ends
+// first, Execute returns its error and the connection stays usable.
+func (c *Conn) Execute(ctx context.Context, command string, args, result any) error {
+	if !Allowed(command) {
+		return fmt.Errorf("%w: %q is not on the read-only allow-list", ErrNotAllowed, command)
+	}
+	var rawArgs []byte
+	if args != nil {
+		var err error
+		if rawArgs, err = json.Marshal(args); err != nil {
+			return fmt.Errorf("qmp: %s: encoding arguments: %w", command, err)
+		}
+	}
+	ch := make(chan reply, 1)
+	c.mu.Lock()
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		return err
+	}
+	c.nextID++
+	id := c.nextID
+	c.pending[id] = pendingCall{ch: ch, command: command}
+	c.mu.Unlock()
+
+	if err := c.write(ctx, id, command, rawArgs); err != nil {
+		// Part of the command may be on the wire: the session is poisoned.
+		c.shutdown(fmt.Errorf("writing %s: %w", command, err))
+		return c.Err()
+	}
+	select {
+	case r := <-ch:
+		return r.decode(command, result)
+	case <-ctx.Done():
+		c.mu.Lock()
+		if p, ok := c.pending[id]; ok && p.ch != nil {
+			c.pending[id] = pendingCall{command: command}
+			c.abandoned++
+			if c.abandoned > maxAbandoned {
+				c.forgetAbandoned()
+			}
+		}
+		c.mu.Unlock()
+		select {
+		case r := <-ch: // the reply won the race
+			return r.decode(command, result)
+		default:
+			return fmt.Errorf("qmp: %s: %w", command, ctx.Err())
+		}
+	}
+}
+
+func (r reply) decode(command string, result any) error {
+	if r.err != nil {
+		return r.err
+	}
+	if result == nil {
+		return nil
+	}
+	if err := json.Unmarshal(r.ret, result); err != nil {
+		return fmt.Errorf("qmp: %s: decoding reply: %w", command, err)
+	}
+	return nil
+}
+
+// forgetAbandoned drops every abandoned id; their late replies, if they
+// ever come, are then reported as unknown ids. Called with mu held.
+func (c *Conn) forgetAbandoned() {
+	for id, p := range c.pending {
+		if p.ch == nil {
+			delete(c.pending, id)
+		}
+	}
+	c.abandoned = 0
+}
+
+// write sends one command line. The write is bounded by ctx.
+func (c *Conn) write(ctx context.Context, id uint64, command string, args []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	b := append(c.wbuf[:0], `{"execute":`...)
+	b = strconv.AppendQuote(b, command)
+	if len(args) > 0 {
+		b = append(b, `,"arguments":`...)
+		b = append(b, args...)
+	}
+	b = append(b, `,"id":`...)
+	b = strconv.AppendUint(b, id, 10)
+	b = append(b, "}\n"...)
+	if cap(b) <= initialBufferBytes {
+		c.wbuf = b
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.nc.SetWriteDeadline(dl)
+		defer func() { _ = c.nc.SetWriteDeadline(time.Time{}) }()
+	}
+	if ctx.Done() != nil {
+		stop := context.AfterFunc(ctx, func() { _ = c.nc.SetWriteDeadline(time.Unix(1, 0)) })
+		defer stop()
+	}
+	_, err := c.nc.Write(b)
+	return err
+}
+
+// readLoop is the only reader after the handshake. It exits when the
+// connection dies, closing done last.
+func (c *Conn) readLoop() {
+	defer close(c.done)
+	var m message
+	for {
+		line, err := c.lr.next()
+		if err != nil {
+			c.shutdown(readError(err))
+			return
+		}
+		c.dispatch(line, &m)
+	}
+}
+
+func (c *Conn) dispatch(line []byte, m *message) {
+	if len(line) == 0 || (len(line) == 1 && line[0] == '\r') {
+		return
+	}
+	if err := parseMessage(line, m); err != nil {
+		c.protocolErr(protocolError("malformed message: "+err.Error(), line))
+		return
+	}
+	switch {
+	case m.hasEvent:
+		c.deliverEvent(m, line)
+	case m.hasRet || m.hasErr:
+		c.deliverReply(m, line)
+	case m.hasGreeting:
+		c.protocolErr(protocolError("unexpected second greeting", line))
+	default:
+		c.protocolErr(protocolError("message is neither a reply nor an event", line))
+	}
+}
+
+func (c *Conn) deliverEvent(m *message, line []byte) {
+	name, err := m.eventName()
+	if err != nil || name == "" {
+		c.protocolErr(protocolError("invalid event name", line))
+		return
+	}
+	if c.opts.OnEvent == nil {
+		return
+	}
+	ev := Event{Name: name, Time: parseTimestamp(m.timestamp)}
+	if len(m.data) > 0 {
+		ev.Data = m.data
+	}
+	c.opts.OnEvent(ev)
+}
+
+func (c *Conn) deliverReply(m *message, line []byte) {
+	id, ok := parseID(m.id)
+	c.mu.Lock()
+	p, found := c.pending[id]
+	if ok && found {
+		delete(c.pending, id)
+		if p.ch == nil {
+			c.abandoned--
+		}
+	}
+	c.mu.Unlock()
+	if !ok || !found {
+		c.protocolErr(protocolError("reply with unknown id", line))
+		return
+	}
+	if p.ch == nil {
+		return // the caller gave up; a late reply is expected
+	}
+	var r reply
+	if m.hasErr {
+		r.err = decodeError(p.command, m.err)
+	} else {
+		r.ret = append([]byte(nil), m.ret...)
+	}
+	p.ch <- r
+}
+
+// decodeError turns an "error" member into *Error.
+func decodeError(command string, raw []byte) error {
+	var e struct {
+		Class string `json:"class"`
+		Desc  string `json:"desc"`
+	}
+	if err := json.Unmarshal(raw, &e); err != nil {
+		return fmt.Errorf("qmp: %s: %w", command, protocolError("malformed error reply", raw))
+	}
+	return &Error{Command: command, Class: e.Class, Desc: e.Desc}
+}
+
+func (c *Conn) protocolErr(err error) {
+	if c.opts.OnProtocolError != nil {
+		c.opts.OnProtocolError(err)
+	}
+}
+
+// readError gives the reader's errors a cause a person understands.
+func readError(err error) error {
+	switch {
+	case errors.Is(err, io.EOF):
+		return fmt.Errorf("peer closed the connection: %w", err)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return fmt.Errorf("peer closed the connection in the middle of a message: %w", err)
+	case errors.Is(err, ErrMessageTooLarge):
+		return err
+	default:
+		return fmt.Errorf("read: %w", err)
+	}
+}
+
+// shutdown records why the connection died (the first reason wins), fails
+// every waiting Execute and closes the socket, which unblocks the reader.
+func (c *Conn) shutdown(cause error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return
+	}
+	c.err = &closedError{cause: cause}
+	pending := c.pending
+	c.pending = nil
+	err := c.err
+	c.mu.Unlock()
+	for _, p := range pending {
+		if p.ch != nil {
+			p.ch <- reply{err: err}
+		}
+	}
+	_ = c.nc.Close()
+}
+
+// Close closes the connection. Waiting Execute calls return an error
+// wrapping ErrClosed. Close is idempotent and does not wait for the reader
+// goroutine; use Done for that.
+func (c *Conn) Close() error {
+	c.shutdown(ErrClosed)
+	return nil
+}
+
+// Done returns a channel that is closed once the connection is dead and its
+// reader goroutine has returned.
+func (c *Conn) Done() <-chan struct{} { return c.done }
+
+// Err returns nil while the connection is alive, and afterwards an error
+// that wraps ErrClosed and the cause of death.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}

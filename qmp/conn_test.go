@@ -1,0 +1,536 @@
+package qmp_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"go.uber.org/goleak"
+
+	"github.com/qmp-exporter/qmp_exporter/qmp"
+	"github.com/qmp-exporter/qmp_exporter/qmp/qmptest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// recorder collects what a Conn delivers to its callbacks.
+type recorder struct {
+	mu     sync.Mutex
+	events []string // "NAME data"
+	protos []error
+}
+
+func (r *recorder) opts() qmp.Options {
+	return qmp.Options{
+		OnEvent: func(ev qmp.Event) {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			r.events = append(r.events, strings.TrimSpace(ev.Name+" "+string(ev.Data)))
+		},
+		OnProtocolError: func(err error) {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			r.protos = append(r.protos, err)
+		},
+	}
+}
+
+func (r *recorder) Events() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.events...)
+}
+
+func (r *recorder) ProtocolErrors() []error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]error(nil), r.protos...)
+}
+
+// connect starts a fake and completes the handshake.
+func connect(t *testing.T, fo qmptest.Options, rec *recorder) (*qmp.Conn, *qmptest.Server) {
+	t.Helper()
+	client, srv := qmptest.New(t, fo)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	c, err := qmp.NewConn(ctx, client, rec.opts())
+	if err != nil {
+		t.Fatalf("NewConn: %v", err)
+	}
+	t.Cleanup(func() { c.Close(); <-c.Done() })
+	return c, srv
+}
+
+func commandNames(cmds []qmptest.Command) []string {
+	var out []string
+	for _, c := range cmds {
+		out = append(out, c.Execute)
+	}
+	return out
+}
+
+func TestHandshake(t *testing.T) {
+	rec := &recorder{}
+	c, srv := connect(t, qmptest.Options{}, rec)
+	g := c.Greeting()
+	if got, want := g.Version.String(), "7.2.22"; got != want {
+		t.Errorf("greeting version = %q, want %q", got, want)
+	}
+	if diff := cmp.Diff([]string{"oob"}, g.Capabilities); diff != "" {
+		t.Errorf("capabilities (-want +got):\n%s", diff)
+	}
+	<-srv.Negotiated()
+	got := srv.Received()
+	if len(got) != 1 || got[0].Execute != "qmp_capabilities" || len(got[0].Arguments) != 0 {
+		t.Fatalf("received %v, want one bare qmp_capabilities", got)
+	}
+	if string(got[0].ID) != "1" {
+		t.Errorf("qmp_capabilities id = %s, want 1", got[0].ID)
+	}
+}
+
+func TestHandshakeFailures(t *testing.T) {
+	tests := []struct {
+		name string
+		fo   qmptest.Options
+		want string // substring of the error
+		is   error
+	}{
+		{
+			name: "capabilities refused",
+			fo: qmptest.Options{HandleCapabilities: true, Handle: func(qmptest.Command) (qmptest.Reply, bool) {
+				return qmptest.Fail("GenericError", "no"), true
+			}},
+			want: "qmp: qmp_capabilities: GenericError: no",
+		},
+		{
+			name: "garbage instead of greeting",
+			fo:   qmptest.Options{Greeting: "hello there"},
+			want: "waiting for greeting",
+			is:   qmp.ErrProtocol,
+		},
+		{
+			name: "reply instead of greeting",
+			fo:   qmptest.Options{Greeting: `{"return": {}}`},
+			want: "expected a greeting",
+			is:   qmp.ErrProtocol,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			client, _ := qmptest.New(t, tc.fo)
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			c, err := qmp.NewConn(ctx, client, qmp.Options{})
+			if err == nil {
+				c.Close()
+				t.Fatal("NewConn succeeded, want an error")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %q does not contain %q", err, tc.want)
+			}
+			if tc.is != nil && !errors.Is(err, tc.is) {
+				t.Errorf("error %q does not wrap %v", err, tc.is)
+			}
+		})
+	}
+}
+
+func TestHandshakeTimeouts(t *testing.T) {
+	tests := []struct {
+		name string
+		fo   qmptest.Options
+		want string
+	}{
+		{"peer never greets", qmptest.Options{NoGreeting: true}, "qmp: waiting for greeting: context deadline exceeded"},
+		{"peer never answers qmp_capabilities", qmptest.Options{HandleCapabilities: true, Handle: func(qmptest.Command) (qmptest.Reply, bool) {
+			return qmptest.NoReply, true
+		}}, "qmp: negotiating capabilities: context deadline exceeded"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				client, _ := qmptest.New(t, tc.fo)
+				ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+				defer cancel()
+				start := time.Now()
+				_, err := qmp.NewConn(ctx, client, qmp.Options{})
+				if err == nil || err.Error() != tc.want {
+					t.Fatalf("NewConn error = %v, want %q", err, tc.want)
+				}
+				if d := time.Since(start); d != 5*time.Second {
+					t.Errorf("gave up after %v, want exactly the 5s deadline", d)
+				}
+			})
+		})
+	}
+}
+
+func TestEventsBeforeGreetingAndDuringHandshake(t *testing.T) {
+	rec := &recorder{}
+	const capsReplyAndBurst = `{"return": {}, "id": 1}` + "\r\n" +
+		`{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 2}}` + "\r\n" +
+		`{"event": "RESUME", "timestamp": {"seconds": 1, "microseconds": 3}}`
+	_, srv := connect(t, qmptest.Options{
+		BeforeGreeting:     []string{`{"event": "POWERDOWN", "timestamp": {"seconds": 1, "microseconds": 1}}`},
+		HandleCapabilities: true,
+		Handle: func(cmd qmptest.Command) (qmptest.Reply, bool) {
+			if cmd.Execute != "qmp_capabilities" {
+				return qmptest.Reply{}, false
+			}
+			// The reply and two events in one write, as QEMU does when
+			// events were queued right behind the reply.
+			return qmptest.Raw(capsReplyAndBurst), true
+		},
+	}, rec)
+	if err := srv.Emit("RESET", map[string]any{"guest": false, "reason": "host-qmp-system-reset"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return len(rec.Events()) == 4 })
+	want := []string{"POWERDOWN", "STOP", "RESUME", `RESET {"guest":false,"reason":"host-qmp-system-reset"}`}
+	if diff := cmp.Diff(want, rec.Events()); diff != "" {
+		t.Errorf("events (-want +got):\n%s", diff)
+	}
+}
+
+// waitFor polls cond; every use is bounded by a deadline, and in tests on
+// net.Pipe the condition becomes true as soon as the pipe is drained.
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func TestExecuteEventBeforeReply(t *testing.T) {
+	rec := &recorder{}
+	c, _ := connect(t, qmptest.Options{Handle: func(cmd qmptest.Command) (qmptest.Reply, bool) {
+		// QEMU's real order for cont: the RESUME event, then the return.
+		return qmptest.Raw(`{"event": "RESUME", "timestamp": {"seconds": 5, "microseconds": 0}}`).
+			Then(qmptest.Return(map[string]any{"status": "running", "running": true})), true
+	}}, rec)
+	var st struct {
+		Status  string `json:"status"`
+		Running bool   `json:"running"`
+	}
+	if err := c.Execute(t.Context(), "query-status", nil, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Status != "running" || !st.Running {
+		t.Errorf("status = %+v", st)
+	}
+	// The event was delivered before Execute returned.
+	if diff := cmp.Diff([]string{"RESUME"}, rec.Events()); diff != "" {
+		t.Errorf("events (-want +got):\n%s", diff)
+	}
+}
+
+func TestExecuteConcurrentOutOfOrder(t *testing.T) {
+	const n = 8
+	var mu sync.Mutex
+	var held []qmptest.Command
+	release := make(chan struct{})
+	client, _ := qmptest.New(t, qmptest.Options{Handle: func(cmd qmptest.Command) (qmptest.Reply, bool) {
+		mu.Lock()
+		held = append(held, cmd)
+		last := len(held) == n
+		mu.Unlock()
+		if !last {
+			return qmptest.NoReply, true
+		}
+		// Answer all n commands, newest first, with each command's own
+		// arguments echoed so the caller can check the match.
+		var r qmptest.Reply
+		mu.Lock()
+		for i := len(held) - 1; i >= 0; i-- {
+			r = r.Then(qmptest.Raw(fmt.Sprintf(`{"return": %s, "id": %s}`, held[i].Arguments, held[i].ID)))
+		}
+		mu.Unlock()
+		close(release)
+		return r, true
+	}})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	c, err := qmp.NewConn(ctx, client, qmp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { c.Close(); <-c.Done() }()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Go(func() {
+			var got struct{ N int }
+			if err := c.Execute(ctx, "query-version", map[string]int{"N": i}, &got); err != nil {
+				errs <- err
+				return
+			}
+			if got.N != i {
+				errs <- fmt.Errorf("call %d got the reply of call %d", i, got.N)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	<-release
+}
+
+func TestExecuteErrorReply(t *testing.T) {
+	c, _ := connect(t, qmptest.Options{}, &recorder{})
+	err := c.Execute(t.Context(), "query-balloon", nil, nil)
+	var qe *qmp.Error
+	if !errors.As(err, &qe) {
+		t.Fatalf("error %v is not *qmp.Error", err)
+	}
+	want := &qmp.Error{Command: "query-balloon", Class: "CommandNotFound", Desc: "The command query-balloon has not been found"}
+	if diff := cmp.Diff(want, qe); diff != "" {
+		t.Errorf("error (-want +got):\n%s", diff)
+	}
+	if !qmp.IsClass(err, "CommandNotFound") {
+		t.Error("IsClass(CommandNotFound) = false")
+	}
+	// The connection is still usable.
+	if c.Err() != nil {
+		t.Errorf("Err() = %v after an error reply", c.Err())
+	}
+}
+
+func TestExecuteLargeReply(t *testing.T) {
+	big := strings.Repeat("x", 300<<10) // larger than any initial buffer, like query-qmp-schema
+	c, _ := connect(t, qmptest.Options{Handle: func(qmptest.Command) (qmptest.Reply, bool) {
+		return qmptest.Return([]map[string]string{{"name": big}}), true
+	}}, &recorder{})
+	var got []map[string]string
+	if err := c.Execute(t.Context(), "query-qmp-schema", nil, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0]["name"] != big {
+		t.Errorf("large reply corrupted (len %d)", len(got))
+	}
+	// A normal command still works after the buffer shrank back.
+	if err := c.Execute(t.Context(), "query-qmp-schema", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReadOnlyRefusal(t *testing.T) {
+	c, srv := connect(t, qmptest.Options{Handle: func(qmptest.Command) (qmptest.Reply, bool) {
+		return qmptest.Return(struct{}{}), true
+	}}, &recorder{})
+	refused := []string{
+		"stop", "cont", "quit", "system_reset", "system_powerdown",
+		"human-monitor-command", "device_del", "device_add", "migrate",
+		"migrate-set-capabilities", "blockdev-del", "eject", "balloon",
+		"set_password", "screendump", "dump-guest-memory", "qom-set",
+		"x-exit-preconfig", "qmp_capabilities ", "Query-status", "query-status\n",
+		"query-status\"}, {\"execute\": \"quit", "",
+	}
+	for _, cmd := range refused {
+		err := c.Execute(t.Context(), cmd, nil, nil)
+		if !errors.Is(err, qmp.ErrNotAllowed) {
+			t.Errorf("Execute(%q) = %v, want ErrNotAllowed", cmd, err)
+		}
+	}
+	if err := c.Execute(t.Context(), "query-status", nil, nil); err != nil {
+		t.Fatalf("query-status refused: %v", err)
+	}
+	// Only the handshake and the one allowed query reached the wire.
+	if diff := cmp.Diff([]string{"qmp_capabilities", "query-status"}, commandNames(srv.Received())); diff != "" {
+		t.Errorf("commands on the wire (-want +got):\n%s", diff)
+	}
+	for _, cmd := range qmp.AllowedCommands() {
+		if cmd != "qmp_capabilities" && !strings.HasPrefix(cmd, "query-") {
+			t.Errorf("allow-list holds %q, which is not a query", cmd)
+		}
+	}
+}
+
+func TestUnknownIDAndMalformedMessagesAreDroppedNotFatal(t *testing.T) {
+	rec := &recorder{}
+	c, _ := connect(t, qmptest.Options{Handle: func(cmd qmptest.Command) (qmptest.Reply, bool) {
+		return qmptest.Raw(
+			`{"return": {}, "id": 999}`,
+			`{"return": {}}`,
+			`not json at all`,
+			"\xff\xfe{",
+			`{"neither": "reply nor event"}`,
+			`{"event": 5}`,
+		).Then(qmptest.Return("ok")), true
+	}}, rec)
+	var s string
+	if err := c.Execute(t.Context(), "query-name", nil, &s); err != nil || s != "ok" {
+		t.Fatalf("Execute = %q, %v", s, err)
+	}
+	got := rec.ProtocolErrors()
+	if len(got) != 6 {
+		t.Fatalf("%d protocol errors, want 6: %v", len(got), got)
+	}
+	for _, err := range got {
+		if !errors.Is(err, qmp.ErrProtocol) {
+			t.Errorf("%v does not wrap ErrProtocol", err)
+		}
+	}
+	if !strings.Contains(got[0].Error(), "reply with unknown id") {
+		t.Errorf("first protocol error = %v", got[0])
+	}
+}
+
+func TestCancelledCallThenLateReply(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &recorder{}
+		lateReply := make(chan string, 1)
+		c, srv := connect(t, qmptest.Options{Handle: func(cmd qmptest.Command) (qmptest.Reply, bool) {
+			if cmd.Execute == "query-migrate" {
+				lateReply <- fmt.Sprintf(`{"return": {"status": "late"}, "id": %s}`, cmd.ID)
+				return qmptest.NoReply, true
+			}
+			return qmptest.Return(map[string]string{"status": "running"}), true
+		}}, rec)
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		defer cancel()
+		err := c.Execute(ctx, "query-migrate", nil, nil)
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Execute = %v, want deadline exceeded", err)
+		}
+		if err := srv.EmitRaw(<-lateReply); err != nil {
+			t.Fatal(err)
+		}
+		var st struct{ Status string }
+		if err := c.Execute(t.Context(), "query-status", nil, &st); err != nil || st.Status != "running" {
+			t.Fatalf("next Execute = %+v, %v", st, err)
+		}
+		if got := rec.ProtocolErrors(); len(got) != 0 {
+			t.Errorf("late reply to a cancelled call reported as %v", got)
+		}
+	})
+}
+
+func TestServerClosesMidCommand(t *testing.T) {
+	var srv *qmptest.Server
+	c, srv := connect(t, qmptest.Options{Handle: func(cmd qmptest.Command) (qmptest.Reply, bool) {
+		go srv.Close()
+		return qmptest.NoReply, true
+	}}, &recorder{})
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Go(func() {
+			err := c.Execute(t.Context(), "query-status", nil, nil)
+			if !errors.Is(err, qmp.ErrClosed) {
+				t.Errorf("Execute = %v, want ErrClosed", err)
+			}
+		})
+	}
+	wg.Wait()
+	<-c.Done()
+	if err := c.Err(); !errors.Is(err, qmp.ErrClosed) || !strings.Contains(err.Error(), "peer closed the connection") {
+		t.Errorf("Err() = %v", err)
+	}
+}
+
+func TestHalfLineThenHangUp(t *testing.T) {
+	c, srv := connect(t, qmptest.Options{}, &recorder{})
+	if err := srv.WriteRaw([]byte(`{"event": "STO`)); err != nil {
+		t.Fatal(err)
+	}
+	srv.Close()
+	<-c.Done()
+	if err := c.Err(); !strings.Contains(err.Error(), "in the middle of a message") {
+		t.Errorf("Err() = %v", err)
+	}
+}
+
+func TestMessageTooLarge(t *testing.T) {
+	client, srv := qmptest.New(t, qmptest.Options{})
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	c, err := qmp.NewConn(ctx, client, qmp.Options{MaxMessageBytes: 64 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	chunk := []byte(strings.Repeat("a", 16<<10))
+	for range 5 {
+		if err := srv.WriteRaw(chunk); err != nil {
+			break // the client hung up, as it should
+		}
+	}
+	<-c.Done()
+	if err := c.Err(); !errors.Is(err, qmp.ErrMessageTooLarge) || !errors.Is(err, qmp.ErrClosed) {
+		t.Errorf("Err() = %v, want ErrMessageTooLarge and ErrClosed", err)
+	}
+}
+
+func TestCloseConcurrentWithExecute(t *testing.T) {
+	c, _ := connect(t, qmptest.Options{Handle: func(qmptest.Command) (qmptest.Reply, bool) {
+		return qmptest.NoReply, true
+	}}, &recorder{})
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Go(func() {
+			err := c.Execute(t.Context(), "query-status", nil, nil)
+			if !errors.Is(err, qmp.ErrClosed) {
+				t.Errorf("Execute = %v, want ErrClosed", err)
+			}
+		})
+	}
+	for range 3 {
+		wg.Go(func() { c.Close() })
+	}
+	wg.Wait()
+	<-c.Done()
+	if err := c.Execute(t.Context(), "query-status", nil, nil); !errors.Is(err, qmp.ErrClosed) {
+		t.Errorf("Execute after Close = %v", err)
+	}
+	if err := c.Err(); !errors.Is(err, qmp.ErrClosed) {
+		t.Errorf("Err() = %v", err)
+	}
+}
+
+func TestEventTimestampAndData(t *testing.T) {
+	var got []qmp.Event
+	var mu sync.Mutex
+	client, srv := qmptest.New(t, qmptest.Options{})
+	c, err := qmp.NewConn(t.Context(), client, qmp.Options{OnEvent: func(ev qmp.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		ev.Data = append(json.RawMessage(nil), ev.Data...) // Data is only valid during the call
+		got = append(got, ev)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { c.Close(); <-c.Done() }()
+	lines := []string{
+		`{"timestamp": {"seconds": 1267020223, "microseconds": 435656}, "event": "BALLOON_CHANGE", "data": {"actual": 944766976}}`,
+		`{"event": "STOP", "timestamp": {"seconds": -1, "microseconds": -1}}`,
+		`{"event": "X_NEW\u0041", "data": {}}`,
+	}
+	for _, l := range lines {
+		if err := srv.EmitRaw(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, func() bool { mu.Lock(); defer mu.Unlock(); return len(got) == 3 })
+	want := []qmp.Event{
+		{Name: "BALLOON_CHANGE", Data: json.RawMessage(`{"actual": 944766976}`), Time: time.Unix(1267020223, 435656000)},
+		{Name: "STOP", Data: json.RawMessage{}},
+		{Name: "X_NEWA", Data: json.RawMessage(`{}`)},
+	}
+	if diff := cmp.Diff(want, got, cmp.Comparer(func(a, b json.RawMessage) bool { return string(a) == string(b) })); diff != "" {
+		t.Errorf("events (-want +got):\n%s", diff)
+	}
+}
