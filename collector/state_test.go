@@ -1,0 +1,193 @@
+package collector
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/qmp-exporter/qmp_exporter/qmp"
+)
+
+// ev builds an event as the qmp reader would deliver it.
+func ev(name, data string) qmp.Event {
+	e := qmp.Event{Name: name, Time: time.Unix(1700000000, 5000)}
+	if data != "" {
+		e.Data = json.RawMessage(data)
+	}
+	return e
+}
+
+// foldView is the comparable part of a vmState.
+type foldView struct {
+	Status     string
+	Counts     map[string]uint64
+	Unlabelled uint64
+	Rechecks   int
+}
+
+func view(s *vmState, rechecks int) foldView {
+	v := foldView{Status: s.status, Counts: map[string]uint64{}, Unlabelled: s.unlabelled, Rechecks: rechecks}
+	for n, e := range s.events {
+		v.Counts[n] = e.count
+	}
+	return v
+}
+
+func TestApply(t *testing.T) {
+	manyNames := make([]qmp.Event, 0, maxEventNames+3)
+	for i := range maxEventNames + 3 {
+		manyNames = append(manyNames, ev("X_"+strings.Repeat("A", i%60)+string(rune('A'+i/60)), ""))
+	}
+	tests := []struct {
+		name   string
+		status string
+		events []qmp.Event
+		want   foldView
+	}{
+		{
+			name:   "stop then resume, as the control monitor's stop and cont produce",
+			status: "running",
+			events: []qmp.Event{ev("STOP", ""), ev("RESUME", "")},
+			want:   foldView{Status: "running", Counts: map[string]uint64{"STOP": 1, "RESUME": 1}, Rechecks: 2},
+		},
+		{
+			name:   "stop leaves a paused hint until query-status says more",
+			status: "running",
+			events: []qmp.Event{ev("STOP", "")},
+			want:   foldView{Status: "paused", Counts: map[string]uint64{"STOP": 1}, Rechecks: 1},
+		},
+		{
+			name:   "reset does not change the run state but asks for a recheck",
+			status: "running",
+			events: []qmp.Event{ev("RESET", `{"guest": false, "reason": "host-qmp-system-reset"}`), ev("RESET", `{"guest": true, "reason": "guest-reset"}`)},
+			want:   foldView{Status: "running", Counts: map[string]uint64{"RESET": 2}, Rechecks: 2},
+		},
+		{
+			name:   "shutdown with -no-shutdown",
+			status: "running",
+			events: []qmp.Event{ev("SHUTDOWN", `{"guest": false, "reason": "host-qmp-quit"}`)},
+			want:   foldView{Status: "shutdown", Counts: map[string]uint64{"SHUTDOWN": 1}, Rechecks: 1},
+		},
+		{
+			name:   "suspend and wakeup",
+			status: "running",
+			events: []qmp.Event{ev("SUSPEND", ""), ev("WAKEUP", "")},
+			want:   foldView{Status: "running", Counts: map[string]uint64{"SUSPEND": 1, "WAKEUP": 1}, Rechecks: 2},
+		},
+		{
+			name:   "events that do not touch the run state",
+			status: "running",
+			events: []qmp.Event{ev("VNC_CONNECTED", `{}`), ev("DEVICE_TRAY_MOVED", `{"device": "", "tray-open": true, "id": "mycd"}`), ev("BALLOON_CHANGE", `{"actual": 1}`)},
+			want:   foldView{Status: "running", Counts: map[string]uint64{"VNC_CONNECTED": 1, "DEVICE_TRAY_MOVED": 1, "BALLOON_CHANGE": 1}},
+		},
+		{
+			name:   "unknown but well-formed names are counted by name",
+			status: "running",
+			events: []qmp.Event{ev("SOME_FUTURE_EVENT", `{"x": 1}`)},
+			want:   foldView{Status: "running", Counts: map[string]uint64{"SOME_FUTURE_EVENT": 1}},
+		},
+		{
+			name:   "malformed names are not label values",
+			status: "running",
+			events: []qmp.Event{ev("lower", ""), ev("WITH SPACE", ""), ev("\xff", ""), ev(strings.Repeat("A", 65), "")},
+			want:   foldView{Status: "running", Counts: map[string]uint64{}, Unlabelled: 4},
+		},
+		{
+			name:   "distinct names are capped",
+			events: manyNames,
+			want: func() foldView {
+				v := foldView{Counts: map[string]uint64{}, Unlabelled: 3}
+				for _, e := range manyNames[:maxEventNames] {
+					v.Counts[e.Name] = 1
+				}
+				return v
+			}(),
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newVMState()
+			s.status = tc.status
+			rechecks := 0
+			for _, e := range tc.events {
+				if s.apply(e) {
+					rechecks++
+				}
+			}
+			if diff := cmp.Diff(tc.want, view(&s, rechecks)); diff != "" {
+				t.Errorf("state (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestApplyKeepsQEMUTimestamp(t *testing.T) {
+	s := newVMState()
+	s.apply(ev("STOP", ""))
+	s.apply(qmp.Event{Name: "STOP"}) // clock failure: -1/-1 decodes to the zero Time
+	if got, want := s.events["STOP"].last, time.Unix(1700000000, 5000); !got.Equal(want) {
+		t.Errorf("last = %v, want %v (a zero timestamp must not overwrite a real one)", got, want)
+	}
+}
+
+func TestSetInfoReplacedVM(t *testing.T) {
+	s := newVMState()
+	s.setInfo(vmInfo{name: "a", uuid: "u1"})
+	s.apply(ev("STOP", ""))
+	if s.setInfo(vmInfo{name: "a", uuid: "u1", version: "7.2.22"}) {
+		t.Error("same VM reported as replaced")
+	}
+	if s.events["STOP"].count != 1 {
+		t.Error("counters lost on a reconnect to the same VM")
+	}
+	if !s.setInfo(vmInfo{name: "b", uuid: "u2"}) {
+		t.Error("a different VM on the socket was not noticed")
+	}
+	if len(s.events) != 0 {
+		t.Error("counters of the previous VM kept for a different one")
+	}
+}
+
+func TestSetStatus(t *testing.T) {
+	for in, want := range map[string]string{
+		"running": "running", "io-error": "io-error", "some-new-state": "some-new-state",
+		"Bad State": "", "x\xff": "", strings.Repeat("a", 33): "",
+	} {
+		s := newVMState()
+		s.setStatus(in)
+		if s.status != want {
+			t.Errorf("setStatus(%q) = %q, want %q", in, s.status, want)
+		}
+	}
+}
+
+func TestCleanLabel(t *testing.T) {
+	for in, want := range map[string]string{
+		"demo":                        "demo",
+		"caf\u00e9":                   "caf\u00e9",
+		"bad\xffutf8":                 "bad_utf8",
+		"tab\there":                   "tab_here",
+		strings.Repeat("x", 200):      strings.Repeat("x", maxLabelBytes),
+		strings.Repeat("\u00e9", 100): strings.Repeat("\u00e9", maxLabelBytes/2),
+	} {
+		if got := cleanLabel(in); got != want {
+			t.Errorf("cleanLabel(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func BenchmarkApply(b *testing.B) {
+	for _, name := range []string{"RTC_CHANGE", "BLOCK_IO_ERROR", "STOP", "VNC_CONNECTED"} {
+		b.Run(name, func(b *testing.B) {
+			s := newVMState()
+			e := ev(name, `{"offset": 1}`)
+			b.ReportAllocs()
+			for b.Loop() {
+				s.apply(e)
+			}
+		})
+	}
+}

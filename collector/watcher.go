@@ -1,0 +1,337 @@
+package collector
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+
+	"github.com/qmp-exporter/qmp_exporter/qmp"
+)
+
+// Options configure every watcher of a Manager.
+type Options struct {
+	// DialTimeout bounds connecting plus the QMP handshake.
+	DialTimeout time.Duration
+	// CommandTimeout bounds each query. A query that times out means a
+	// hung QEMU: the session is dropped and dialled again.
+	CommandTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the wait between failed attempts,
+	// which doubles from MinBackoff, with jitter, up to MaxBackoff.
+	MinBackoff, MaxBackoff time.Duration
+	// RefreshInterval is how often a connected watcher re-reads the run
+	// state. Besides correcting anything an event could not tell, it
+	// notices a QEMU that stopped answering.
+	RefreshInterval time.Duration
+	// MaxMessageBytes bounds one QMP message; zero means the qmp default.
+	MaxMessageBytes int
+	// Logger receives the watchers' logs; nil discards them.
+	Logger log.Logger
+}
+
+func (o *Options) setDefaults() {
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 5 * time.Second
+	}
+	if o.CommandTimeout <= 0 {
+		o.CommandTimeout = 5 * time.Second
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 100 * time.Millisecond
+	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 30 * time.Second
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = o.MinBackoff
+	}
+	if o.RefreshInterval <= 0 {
+		o.RefreshInterval = 30 * time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = log.NewNopLogger()
+	}
+}
+
+// dialFunc opens a QMP session; a struct field so tests can substitute a
+// fake QEMU.
+type dialFunc func(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, error)
+
+// watcherState is where a watcher is in its life, for logs and tests.
+type watcherState int
+
+const (
+	stateDisconnected watcherState = iota
+	stateConnecting
+	stateSyncing
+	stateConnected
+)
+
+func (s watcherState) String() string {
+	switch s {
+	case stateDisconnected:
+		return "disconnected"
+	case stateConnecting:
+		return "connecting"
+	case stateSyncing:
+		return "syncing"
+	case stateConnected:
+		return "connected"
+	}
+	return "unknown"
+}
+
+// watcher keeps one VM's session alive and its state current. It runs as
+// one goroutine (run) plus the qmp.Conn's reader, which calls onEvent.
+type watcher struct {
+	target Target
+	opts   Options
+	logger log.Logger
+	dial   dialFunc
+	// backoff returns the wait before attempt n+1 after n consecutive
+	// failures; replaceable in tests.
+	backoff func(n int) time.Duration
+
+	mu    sync.Mutex // guards st and phase
+	st    vmState
+	phase watcherState
+	// protocolLogged limits protocol-error logs to one per session.
+	protocolLogged bool
+
+	// nudge asks run to re-read the run state. Size one: the event handler
+	// sends without blocking, and many nudges collapse into one query.
+	nudge chan struct{}
+}
+
+func newWatcher(t Target, opts Options, dial dialFunc) *watcher {
+	w := &watcher{
+		target: t,
+		opts:   opts,
+		logger: log.With(opts.Logger, "vm", t.DefaultNameOrName(), "address", t.Address),
+		dial:   dial,
+		st:     newVMState(),
+		nudge:  make(chan struct{}, 1),
+	}
+	w.backoff = w.jitteredBackoff
+	return w
+}
+
+// DefaultNameOrName is the configured name, else the default one; used in
+// logs, where the name QEMU reports may not be known yet.
+func (t Target) DefaultNameOrName() string {
+	if t.Name != "" {
+		return t.Name
+	}
+	return t.DefaultName()
+}
+
+// jitteredBackoff doubles from MinBackoff up to MaxBackoff and picks a
+// random wait in the upper half of that, so that a thousand VMs restarted
+// together do not redial in lock step.
+func (w *watcher) jitteredBackoff(n int) time.Duration {
+	d := w.opts.MinBackoff
+	for i := 1; i < n && d < w.opts.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, w.opts.MaxBackoff)
+	return d/2 + rand.N(d/2+1)
+}
+
+// stableSession is how long a session must last for the backoff to start
+// again from the minimum. Shorter sessions count as failures, so a QEMU
+// that accepts and then drops every session is not hammered.
+const stableSession = 10 * time.Second
+
+// run dials, syncs and watches until ctx ends, reconnecting as needed.
+func (w *watcher) run(ctx context.Context) {
+	failures := 0
+	for {
+		lasted, err := w.session(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if lasted >= stableSession {
+			failures = 0
+		} else {
+			failures++
+		}
+		if err != nil {
+			lg := level.Debug(w.logger)
+			if failures <= 1 {
+				lg = level.Warn(w.logger)
+			}
+			lg.Log("msg", "qmp session failed", "state", w.phaseName(), "consecutive_failures", failures, "err", err)
+		}
+		w.setPhase(stateDisconnected)
+		t := time.NewTimer(w.backoff(max(failures, 1)))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// session runs one connection from dial to death. It returns how long the
+// session was up (zero if it never got there) and why it ended.
+func (w *watcher) session(ctx context.Context) (time.Duration, error) {
+	w.mu.Lock()
+	w.st.attempts++
+	w.phase = stateConnecting
+	w.protocolLogged = false
+	w.mu.Unlock()
+
+	dctx, cancel := context.WithTimeout(ctx, w.opts.DialTimeout)
+	conn, err := w.dial(dctx, w.target.Network, w.target.Address, qmp.Options{
+		OnEvent:         w.onEvent,
+		OnProtocolError: w.onProtocolError,
+		MaxMessageBytes: w.opts.MaxMessageBytes,
+	})
+	cancel()
+	if err != nil {
+		w.countFailure()
+		return 0, err
+	}
+	defer func() { conn.Close(); <-conn.Done() }()
+
+	w.setPhase(stateSyncing)
+	if err := w.sync(ctx, conn); err != nil {
+		w.countFailure()
+		return 0, err
+	}
+	w.mu.Lock()
+	w.st.up = true
+	w.phase = stateConnected
+	name := w.st.info.name
+	w.mu.Unlock()
+	start := time.Now()
+	level.Info(w.logger).Log("msg", "qmp session established", "qemu_name", name, "qemu_version", conn.Greeting().Version.String())
+
+	refresh := time.NewTicker(w.opts.RefreshInterval)
+	defer refresh.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			w.markDown()
+			return time.Since(start), nil
+		case <-conn.Done():
+			w.markDown()
+			level.Info(w.logger).Log("msg", "qmp session lost", "err", conn.Err())
+			return time.Since(start), nil
+		case <-w.nudge:
+		case <-refresh.C:
+		}
+		if err := w.queryStatus(ctx, conn); err != nil {
+			w.markDown()
+			if ctx.Err() != nil {
+				return time.Since(start), nil
+			}
+			level.Warn(w.logger).Log("msg", "dropping qmp session", "err", err)
+			return time.Since(start), nil
+		}
+	}
+}
+
+// sync reads the absolute state that events only change: this is what
+// makes the data right again after a reconnect.
+func (w *watcher) sync(ctx context.Context, conn *qmp.Conn) error {
+	var name struct {
+		Name string `json:"name"`
+	}
+	var uuid struct {
+		UUID string `json:"UUID"`
+	}
+	var ver qmp.Version
+	for _, q := range []struct {
+		cmd string
+		out any
+	}{{"query-name", &name}, {"query-uuid", &uuid}, {"query-version", &ver}} {
+		if err := w.execute(ctx, conn, q.cmd, q.out); err != nil {
+			return err
+		}
+	}
+	w.mu.Lock()
+	replaced := w.st.setInfo(vmInfo{name: name.Name, uuid: uuid.UUID, version: ver.String(), pkg: ver.Package})
+	w.mu.Unlock()
+	if replaced {
+		level.Info(w.logger).Log("msg", "a different VM answers on this socket; its counters start again", "qemu_name", name.Name, "uuid", uuid.UUID)
+	}
+	return w.queryStatus(ctx, conn)
+}
+
+func (w *watcher) queryStatus(ctx context.Context, conn *qmp.Conn) error {
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := w.execute(ctx, conn, "query-status", &st); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	w.st.setStatus(st.Status)
+	w.mu.Unlock()
+	return nil
+}
+
+func (w *watcher) execute(ctx context.Context, conn *qmp.Conn, cmd string, out any) error {
+	cctx, cancel := context.WithTimeout(ctx, w.opts.CommandTimeout)
+	defer cancel()
+	err := conn.Execute(cctx, cmd, nil, out)
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		return errors.Join(errors.New("qemu did not answer "+cmd+" within "+w.opts.CommandTimeout.String()), err)
+	}
+	return err
+}
+
+// onEvent runs on the connection's reader goroutine: it takes the lock,
+// folds, and at most nudges run. It never calls Execute.
+func (w *watcher) onEvent(ev qmp.Event) {
+	w.mu.Lock()
+	recheck := w.st.apply(ev)
+	w.mu.Unlock()
+	if recheck {
+		select {
+		case w.nudge <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (w *watcher) onProtocolError(err error) {
+	w.mu.Lock()
+	w.st.protocolErrors++
+	first := !w.protocolLogged
+	w.protocolLogged = true
+	w.mu.Unlock()
+	if first {
+		level.Warn(w.logger).Log("msg", "qmp protocol error; further ones in this session are only counted", "err", err)
+	}
+}
+
+func (w *watcher) countFailure() {
+	w.mu.Lock()
+	w.st.failures++
+	w.mu.Unlock()
+}
+
+func (w *watcher) markDown() {
+	w.mu.Lock()
+	w.st.disconnected()
+	w.mu.Unlock()
+}
+
+func (w *watcher) setPhase(p watcherState) {
+	w.mu.Lock()
+	w.phase = p
+	w.mu.Unlock()
+}
+
+func (w *watcher) phaseName() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.phase.String()
+}

@@ -1,0 +1,235 @@
+package collector
+
+import (
+	"context"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+
+	"github.com/qmp-exporter/qmp_exporter/qmp"
+	"github.com/qmp-exporter/qmp_exporter/qmp/qmptest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeQEMU answers the watcher's queries like QEMU 7.2 and lets a test hang
+// up the current session, refuse connections, or stop answering.
+type fakeQEMU struct {
+	t *testing.T
+
+	mu      sync.Mutex
+	status  string
+	name    string
+	refuse  bool
+	hang    bool
+	current *qmptest.Server
+	dials   int
+}
+
+func (f *fakeQEMU) dial(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, error) {
+	f.mu.Lock()
+	f.dials++
+	if f.refuse {
+		f.mu.Unlock()
+		return nil, &net.OpError{Op: "dial", Net: network, Err: errRefused}
+	}
+	f.mu.Unlock()
+	client, srv := qmptest.New(f.t, qmptest.Options{Handle: f.handle})
+	f.mu.Lock()
+	f.current = srv
+	f.mu.Unlock()
+	return qmp.NewConn(ctx, client, opts)
+}
+
+var errRefused = &refusedError{}
+
+type refusedError struct{}
+
+func (*refusedError) Error() string { return "connection refused" }
+
+func (f *fakeQEMU) handle(cmd qmptest.Command) (qmptest.Reply, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.hang {
+		return qmptest.NoReply, true
+	}
+	switch cmd.Execute {
+	case "query-status":
+		return qmptest.Return(map[string]any{"status": f.status, "running": f.status == "running", "singlestep": false}), true
+	case "query-name":
+		return qmptest.Return(map[string]string{"name": f.name}), true
+	case "query-uuid":
+		return qmptest.Return(map[string]string{"UUID": "0b5b6a4e-2f0e-4d59-9d4b-7c1c7d0e2a11"}), true
+	case "query-version":
+		return qmptest.ReturnRaw(`{"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7+deb12u18+b3"}`), true
+	}
+	return qmptest.Reply{}, false
+}
+
+func (f *fakeQEMU) server() *qmptest.Server {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.current
+}
+
+func (f *fakeQEMU) set(fn func(*fakeQEMU)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	fn(f)
+}
+
+// newTestManager runs a Manager with one target against fake in a synctest
+// bubble; the returned stop ends it and waits for every goroutine.
+func newTestManager(t *testing.T, fake *fakeQEMU, targets ...Target) (*Manager, func()) {
+	m := NewManager(Options{DialTimeout: 2 * time.Second, CommandTimeout: time.Second, MaxBackoff: 8 * time.Second, RefreshInterval: 30 * time.Second})
+	m.dial = fake.dial
+	m.Sync(targets)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	return m, func() { cancel(); <-done }
+}
+
+func scrape(t *testing.T, m *Manager, names ...string) string {
+	t.Helper()
+	var b strings.Builder
+	n, err := testutil.CollectAndFormat(NewCollector(m), expfmtText, names...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Write(n)
+	return b.String()
+}
+
+func TestWatcherLifecycle(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := &fakeQEMU{t: t, status: "running", name: "demo"}
+		target := Target{Network: "unix", Address: "/run/qemu/vm1.qmp"}
+		m, stop := newTestManager(t, fake, target)
+		defer stop()
+
+		// connect → sync → up.
+		synctest.Wait()
+		want := `qmp_up{vm="demo"} 1`
+		if got := scrape(t, m, "qmp_up"); !strings.Contains(got, want) {
+			t.Fatalf("after connect:\n%s\nwant %s", got, want)
+		}
+
+		// Events fold in; STOP makes the watcher re-read query-status.
+		fake.set(func(f *fakeQEMU) { f.status = "paused" })
+		if err := fake.server().Emit("STOP", nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := fake.server().Emit("RESET", map[string]any{"guest": false, "reason": "host-qmp-system-reset"}); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		got := scrape(t, m, "qmp_events_total", "qmp_vm_status")
+		for _, w := range []string{`qmp_events_total{event="STOP",vm="demo"} 1`, `qmp_events_total{event="RESET",vm="demo"} 1`, `qmp_vm_status{status="paused",vm="demo"} 1`, `qmp_vm_status{status="running",vm="demo"} 0`} {
+			if !strings.Contains(got, w) {
+				t.Errorf("missing %s in\n%s", w, got)
+			}
+		}
+
+		// QEMU goes away: up 0, status unknown, counters kept; redial
+		// fails while it is gone and backs off.
+		fake.set(func(f *fakeQEMU) { f.refuse = true })
+		fake.server().Close()
+		synctest.Wait()
+		got = scrape(t, m, "qmp_up", "qmp_events_total", "qmp_vm_status")
+		for _, w := range []string{`qmp_up{vm="demo"} 0`, `qmp_events_total{event="STOP",vm="demo"} 1`, `qmp_vm_status{status="paused",vm="demo"} 0`} {
+			if !strings.Contains(got, w) {
+				t.Errorf("after hang-up, missing %s in\n%s", w, got)
+			}
+		}
+		fake.mu.Lock()
+		before := fake.dials
+		fake.mu.Unlock()
+		time.Sleep(20 * time.Second) // virtual time: backoff doubles to the 8s cap
+		synctest.Wait()
+		fake.mu.Lock()
+		redials := fake.dials - before
+		fake.mu.Unlock()
+		// 0.1+0.2+0.4+0.8+1.6+3.2+6.4 ≈ 12.7s, then 8s waits, with jitter in
+		// the upper half: at least 6 attempts, never more than 9.
+		if redials < 5 || redials > 10 {
+			t.Errorf("%d redials in 20s of refused connections; want a capped exponential backoff", redials)
+		}
+
+		// QEMU is back: the session returns with the counters intact.
+		fake.set(func(f *fakeQEMU) { f.refuse = false; f.status = "running" })
+		time.Sleep(9 * time.Second)
+		synctest.Wait()
+		got = scrape(t, m, "qmp_up", "qmp_events_total", "qmp_connection_failures_total")
+		for _, w := range []string{`qmp_up{vm="demo"} 1`, `qmp_events_total{event="STOP",vm="demo"} 1`, `qmp_events_total{event="RESET",vm="demo"} 1`} {
+			if !strings.Contains(got, w) {
+				t.Errorf("after reconnect, missing %s in\n%s", w, got)
+			}
+		}
+		if !strings.Contains(got, "qmp_connection_failures_total{vm=\"demo\"} ") || strings.Contains(got, "qmp_connection_failures_total{vm=\"demo\"} 0") {
+			t.Errorf("refused dials not counted:\n%s", got)
+		}
+	})
+}
+
+func TestWatcherDropsHungPeer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := &fakeQEMU{t: t, status: "running", name: "hung"}
+		m, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/hung.sock"})
+		defer stop()
+		synctest.Wait()
+		fake.set(func(f *fakeQEMU) { f.hang = true })
+		// The periodic refresh finds the peer silent and drops the session.
+		time.Sleep(31 * time.Second)
+		synctest.Wait()
+		if got := scrape(t, m, "qmp_up"); !strings.Contains(got, `qmp_up{vm="hung"} 0`) {
+			t.Errorf("hung peer still up:\n%s", got)
+		}
+	})
+}
+
+func TestManagerSyncRemovesSeries(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := &fakeQEMU{t: t, status: "running"}
+		a := Target{Name: "a", Network: "unix", Address: "/x/a.sock"}
+		b := Target{Name: "b", Network: "unix", Address: "/x/b.sock"}
+		m, stop := newTestManager(t, fake, a, b)
+		synctest.Wait()
+		got := scrape(t, m, "qmp_up")
+		if !strings.Contains(got, `qmp_up{vm="a"} 1`) || !strings.Contains(got, `qmp_up{vm="b"} 1`) {
+			t.Fatalf("both VMs should be up:\n%s", got)
+		}
+		m.Sync([]Target{a})
+		synctest.Wait()
+		got = scrape(t, m, "qmp_up")
+		if strings.Contains(got, `vm="b"`) {
+			t.Errorf("removed VM still exported:\n%s", got)
+		}
+		stop()
+		// synctest.Test fails if any goroutine of the bubble is left.
+	})
+}
+
+func TestDuplicateQEMUNamesStayUnique(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := &fakeQEMU{t: t, status: "running", name: "same"}
+		m, stop := newTestManager(t, fake,
+			Target{Network: "unix", Address: "/x/one.qmp"},
+			Target{Network: "unix", Address: "/x/two.qmp"})
+		defer stop()
+		synctest.Wait()
+		if problems, err := testutil.CollectAndLint(NewCollector(m)); err != nil || len(problems) > 0 {
+			t.Fatalf("lint: %v %v", problems, err)
+		}
+		got := scrape(t, m, "qmp_up")
+		if !strings.Contains(got, `qmp_up{vm="same"} 1`) || !strings.Contains(got, `qmp_up{vm="two"} 1`) {
+			t.Errorf("want one VM named after QEMU and the other after its socket:\n%s", got)
+		}
+	})
+}
