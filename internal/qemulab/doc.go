@@ -1,0 +1,48 @@
+// Package qemulab starts real, throwaway qemu-system-x86_64 processes with no
+// guest operating system and lets tests (and demo programs) make them emit
+// real QMP events.
+//
+// # The machine
+//
+// Debian's QEMU has no qtest accelerator, so the lab runs -accel tcg with a
+// 64 KiB firmware that only halts (cli; hlt; jmp back to the hlt at the reset
+// vector). The vCPU therefore never does anything by itself and QEMU idles at
+// about 0 % CPU. The test plays the guest through the -qtest line protocol:
+// an "outb" to the pvpanic port raises GUEST_PANICKED, one to the ib700
+// watchdog fires WATCHDOG, one to port 0xcf9 makes a guest-initiated RESET.
+//
+// Each VM has up to three connections:
+//
+//   - the exporter socket, a QMP server socket (server=on,wait=off) that the
+//     program under test dials, exactly as it would in production;
+//   - the control monitor (VM.Ctl), a second QMP monitor reserved for the
+//     test, which may send any command (stop, cont, system_reset, quit,
+//     device_add, ...). Start listens on ctl.sock and QEMU connects to it;
+//   - the qtest connection (VM.QTest), on which QEMU is likewise the client.
+//
+// Every QMP monitor that has finished qmp_capabilities receives every event,
+// so an event driven on Ctl is seen by the exporter's own monitor too.
+//
+// # Concurrency and cleanup
+//
+// Every blocking call takes a context.Context. A Monitor runs one reader
+// goroutine, which Monitor.Close stops and waits for; a VM runs one goroutine
+// that waits for the QEMU process, which ends when QEMU exits. VM.Close kills
+// QEMU if needed and waits for both, so a test that calls Close (typically in
+// t.Cleanup) leaves no goroutines behind and passes goleak.
+//
+// # Events and commands
+//
+// QEMU may send an event before the reply to the command that caused it
+// (RESUME arrives before the return of cont). A Monitor therefore keeps every
+// event it receives in an append-only log, and waiting is expressed relative
+// to a position in that log: take an Expectation (or a Mark) before sending
+// the command, then wait. An event that arrived before the command returned
+// is not missed:
+//
+//	exp := vm.Ctl.Expect("RESUME")
+//	if _, err := vm.Ctl.Execute(ctx, "cont", nil); err != nil { ... }
+//	ev, err := exp.Wait(ctx)
+//
+// This package is test tooling. It is not imported by the exporter.
+package qemulab

@@ -1,0 +1,7 @@
+//go:build !linux
+
+package qemulab
+
+import "syscall"
+
+func sysProcAttr() *syscall.SysProcAttr { return nil }
