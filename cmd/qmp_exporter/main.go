@@ -1,0 +1,352 @@
+// Command qmp_exporter keeps QMP sessions to QEMU virtual machines, folds
+// the events they emit into counters and gauges, and serves them to
+// Prometheus. This file only wires flags, logging, configuration and HTTP;
+// the work happens in the qmp and collector packages.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/alecthomas/kingpin/v2"
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	versioncollector "github.com/prometheus/client_golang/prometheus/collectors/version"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/common/version"
+	"github.com/prometheus/exporter-toolkit/web"
+	"github.com/prometheus/exporter-toolkit/web/kingpinflag"
+	slogkit "github.com/tjhop/slog-gokit"
+
+	"github.com/qmp-exporter/qmp_exporter/collector"
+	"github.com/qmp-exporter/qmp_exporter/config"
+)
+
+const (
+	exporterName = "qmp_exporter"
+	// defaultAddress: Prometheus' registry of exporter ports filled
+	// 9100-9999 and now hands out 10000 upwards in order; 10714 is well
+	// clear of it and of well-known services (see README).
+	defaultAddress = ":10714"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// flags holds every command-line setting.
+type flags struct {
+	configFile     string
+	configCheck    bool
+	sockets        []string
+	dialTimeout    time.Duration
+	commandTimeout time.Duration
+	maxBackoff     time.Duration
+	refresh        time.Duration
+	maxMessage     int
+	metricsPath    string
+	noExporterMet  bool
+	maxRequests    int
+	logLevel       string
+	logFormat      string
+	web            *web.FlagConfig
+}
+
+func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
+	app := kingpin.New(exporterName, "Prometheus exporter for QEMU virtual machines.\n\n"+
+		"qmp_exporter keeps a QMP (QEMU Machine Protocol) session open to each VM's monitor socket, "+
+		"counts the events the VM emits (STOP, RESET, GUEST_PANICKED, WATCHDOG, BLOCK_IO_ERROR, ...) and "+
+		"keeps its run state current, and serves both on /metrics. Scrapes read kept state; they never "+
+		"touch a socket. It only ever sends qmp_capabilities and read-only query-* commands.\n\n"+
+		"Give each VM its own monitor for the exporter, for example:\n"+
+		"  -chardev socket,id=mon-exp,path=/run/qemu/NAME.qmp,server=on,wait=off -mon chardev=mon-exp,mode=control\n"+
+		"then pass --qmp.socket=/run/qemu/NAME.qmp, or list the VMs in --config.file.")
+	app.UsageWriter(stdout)
+	app.ErrorWriter(stderr)
+	app.Terminate(nil)
+	f := &flags{}
+	app.Flag("config.file", "YAML file listing the VMs to watch (see README). Reloaded on SIGHUP and POST /-/reload.").
+		PlaceHolder("PATH").StringVar(&f.configFile)
+	app.Flag("config.check", "Check the --config.file and exit: 0 if it is valid, 1 with the problem otherwise.").
+		BoolVar(&f.configCheck)
+	app.Flag("qmp.socket", "A VM's QMP monitor socket: a unix socket path, or tcp:HOST:PORT. Repeatable. The vm label is QEMU's -name, else the socket file's base name without extension.").
+		PlaceHolder("PATH").StringsVar(&f.sockets)
+	app.Flag("qmp.dial-timeout", "Limit on connecting to a monitor and completing the QMP handshake.").
+		Default("5s").DurationVar(&f.dialTimeout)
+	app.Flag("qmp.command-timeout", "Limit on each query. A VM that does not answer in time is treated as hung: its session is dropped and retried.").
+		Default("5s").DurationVar(&f.commandTimeout)
+	app.Flag("qmp.max-backoff", "Longest wait between attempts to reach an unreachable monitor (the wait doubles from 100ms, with jitter).").
+		Default("30s").DurationVar(&f.maxBackoff)
+	app.Flag("qmp.refresh-interval", "How often a connected VM's run state is re-read, which also detects a hung QEMU.").
+		Default("30s").DurationVar(&f.refresh)
+	app.Flag("qmp.max-message-bytes", "Largest QMP message accepted; a VM that sends a longer one is disconnected.").
+		Default("1048576").IntVar(&f.maxMessage)
+	app.Flag("web.telemetry-path", "Path under which to expose metrics.").
+		Default("/metrics").StringVar(&f.metricsPath)
+	app.Flag("web.disable-exporter-metrics", "Exclude the exporter's own go_*, process_* and promhttp_* metrics from /metrics.").
+		BoolVar(&f.noExporterMet)
+	app.Flag("web.max-requests", "Maximum number of concurrent scrapes; 0 means no limit.").
+		Default("40").IntVar(&f.maxRequests)
+	app.Flag("log.level", "Only log messages with the given severity or above. One of: [debug, info, warn, error]").
+		Default("info").EnumVar(&f.logLevel, "debug", "info", "warn", "error")
+	app.Flag("log.format", "Output format of log messages. One of: [logfmt, json]").
+		Default("logfmt").EnumVar(&f.logFormat, "logfmt", "json")
+	f.web = kingpinflag.AddFlags(app, defaultAddress)
+	app.Version(version.Print(exporterName))
+	app.HelpFlag.Short('h')
+	exit := -1
+	app.Terminate(func(code int) { exit = code })
+	if _, err := app.Parse(args); err != nil {
+		return nil, err
+	}
+	if exit >= 0 {
+		return nil, errExit(exit)
+	}
+	return f, nil
+}
+
+// errExit reports that --help or --version has been served.
+type errExit int
+
+func (e errExit) Error() string { return fmt.Sprintf("exit %d", int(e)) }
+
+func newLogger(w io.Writer, lvl, format string) (log.Logger, slog.Level) {
+	var logger log.Logger
+	if format == "json" {
+		logger = log.NewJSONLogger(log.NewSyncWriter(w))
+	} else {
+		logger = log.NewLogfmtLogger(log.NewSyncWriter(w))
+	}
+	logger = level.NewFilter(logger, level.Allow(level.ParseDefault(lvl, level.InfoValue())))
+	logger = log.With(logger, "ts", log.DefaultTimestampUTC, "caller", log.DefaultCaller)
+	sl := map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}[lvl]
+	return logger, sl
+}
+
+// targets turns the configuration and the --qmp.socket flags into the
+// collector's targets.
+func targets(cfg *config.Config, sockets []string) ([]collector.Target, error) {
+	var out []collector.Target
+	seen := map[string]bool{}
+	if cfg != nil {
+		for _, vm := range cfg.VMs {
+			network, address := vm.Endpoint()
+			t := collector.Target{Network: network, Address: address}
+			if vm.NameFromConfig {
+				t.Name = vm.Name
+			}
+			seen[network+" "+address] = true
+			out = append(out, t)
+		}
+	}
+	for _, s := range sockets {
+		network, address, err := config.ParseSocket(s)
+		if err != nil {
+			return nil, fmt.Errorf("--qmp.socket=%q: %w", s, err)
+		}
+		if seen[network+" "+address] {
+			continue
+		}
+		seen[network+" "+address] = true
+		out = append(out, collector.Target{Network: network, Address: address})
+	}
+	return out, nil
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	f, err := parseFlags(args, stdout, stderr)
+	if err != nil {
+		var ex errExit
+		if errors.As(err, &ex) {
+			return int(ex)
+		}
+		fmt.Fprintf(stderr, "%s: error: %v, try --help\n", exporterName, err)
+		return 2
+	}
+	logger, slevel := newLogger(stderr, f.logLevel, f.logFormat)
+	slogger := slog.New(slogkit.NewGoKitHandler(logger, slevel))
+
+	loadConfig := func() (*config.Config, []collector.Target, error) {
+		var cfg *config.Config
+		if f.configFile != "" {
+			c, err := config.Load(f.configFile)
+			if err != nil {
+				return nil, nil, err
+			}
+			cfg = c
+		}
+		ts, err := targets(cfg, f.sockets)
+		return cfg, ts, err
+	}
+	_, initial, err := loadConfig()
+	if f.configCheck {
+		if f.configFile == "" {
+			fmt.Fprintln(stderr, "--config.check needs --config.file")
+			return 2
+		}
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			return 1
+		}
+		fmt.Fprintf(stdout, "%s: OK, %d VMs\n", f.configFile, len(initial))
+		return 0
+	}
+	if err != nil {
+		level.Error(logger).Log("msg", "cannot start", "err", err)
+		return 1
+	}
+	level.Info(logger).Log("msg", "starting "+exporterName, "version", version.Info())
+	level.Info(logger).Log("msg", "build context", "build_context", version.BuildContext())
+	if len(initial) == 0 {
+		level.Warn(logger).Log("msg", "no VMs to watch: pass --qmp.socket or list vms in --config.file")
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	m := collector.NewManager(collector.Options{
+		DialTimeout:     f.dialTimeout,
+		CommandTimeout:  f.commandTimeout,
+		MaxBackoff:      f.maxBackoff,
+		RefreshInterval: f.refresh,
+		MaxMessageBytes: f.maxMessage,
+		Logger:          logger,
+	})
+	m.Sync(initial)
+	var wg sync.WaitGroup
+	mctx, cancelManager := context.WithCancel(context.Background())
+	wg.Go(func() { _ = m.Run(mctx) })
+	defer func() { cancelManager(); wg.Wait() }()
+
+	productReg := prometheus.NewRegistry()
+	productReg.MustRegister(versioncollector.NewCollector(exporterName), collector.NewCollector(m))
+	exporterReg := prometheus.NewRegistry()
+	reloadOK := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "qmp_exporter_config_last_reload_successful",
+		Help: "Whether the last configuration reload (SIGHUP or POST /-/reload) succeeded; 1 before any reload.",
+	})
+	reloadTime := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "qmp_exporter_config_last_reload_success_timestamp_seconds",
+		Help: "Time of the last successful configuration load, in seconds since the epoch.",
+	})
+	productReg.MustRegister(reloadOK, reloadTime)
+	reloadOK.Set(1)
+	reloadTime.SetToCurrentTime()
+
+	var reloadMu sync.Mutex
+	reload := func() error {
+		reloadMu.Lock()
+		defer reloadMu.Unlock()
+		_, ts, err := loadConfig()
+		if err != nil {
+			reloadOK.Set(0)
+			level.Error(logger).Log("msg", "reload failed; keeping the previous configuration", "err", err)
+			return err
+		}
+		m.Sync(ts)
+		reloadOK.Set(1)
+		reloadTime.SetToCurrentTime()
+		level.Info(logger).Log("msg", "configuration reloaded", "vms", len(ts))
+		return nil
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	wg.Go(func() {
+		for {
+			select {
+			case <-mctx.Done():
+				return
+			case <-hup:
+				_ = reload()
+			}
+		}
+	})
+
+	var handler http.Handler
+	opts := promhttp.HandlerOpts{
+		ErrorLog:            promhttpLogger{logger},
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: f.maxRequests,
+	}
+	if f.noExporterMet {
+		handler = promhttp.HandlerFor(productReg, opts)
+	} else {
+		exporterReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		opts.Registry = exporterReg
+		handler = promhttp.InstrumentMetricHandler(exporterReg,
+			promhttp.HandlerFor(prometheus.Gatherers{productReg, exporterReg}, opts))
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle(f.metricsPath, handler)
+	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "Healthy\n") })
+	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "Ready\n") })
+	mux.HandleFunc("/-/reload", func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost && r.Method != http.MethodPut {
+			w.Header().Set("Allow", "POST, PUT")
+			http.Error(w, "use POST or PUT to reload the configuration", http.StatusMethodNotAllowed)
+			return
+		}
+		if err := reload(); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		_, _ = io.WriteString(w, "Reloaded\n")
+	})
+	if f.metricsPath != "/" {
+		landing, err := web.NewLandingPage(web.LandingConfig{
+			Name:        "QMP Exporter",
+			Description: "Prometheus exporter for QEMU virtual machines, fed by QMP events",
+			Version:     version.Info(),
+			Links: []web.LandingLinks{
+				{Address: f.metricsPath, Text: "Metrics"},
+				{Address: "/-/healthy", Text: "Health"},
+			},
+		})
+		if err != nil {
+			level.Error(logger).Log("msg", "cannot build the landing page", "err", err)
+			return 1
+		}
+		mux.Handle("/", landing)
+	}
+
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      2 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- web.ListenAndServe(srv, f.web, slogger) }()
+
+	select {
+	case <-ctx.Done():
+		level.Info(logger).Log("msg", "shutting down")
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		<-serveErr
+		return 0
+	case err := <-serveErr:
+		level.Error(logger).Log("msg", "http server failed", "err", err)
+		return 1
+	}
+}
+
+// promhttpLogger passes promhttp's errors to the go-kit logger.
+type promhttpLogger struct{ logger log.Logger }
+
+func (l promhttpLogger) Println(v ...any) {
+	level.Error(l.logger).Log("msg", fmt.Sprint(v...))
+}
