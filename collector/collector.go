@@ -19,8 +19,8 @@ func NewCollector(m *Manager) *Collector { return &Collector{m: m} }
 
 // Describe sends every metric description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range allDescs {
-		ch <- d
+	for _, d := range metricDefs {
+		ch <- d.desc
 	}
 }
 
@@ -71,31 +71,31 @@ func uniqueName(name string, t Target, used map[string]bool) string {
 
 func emitVM(ch chan<- prometheus.Metric, vm string, s *snapshot) {
 	st := &s.st
-	ch <- prometheus.MustNewConstMetric(descUp, prometheus.GaugeValue, boolValue(st.up), vm)
+	ch <- prometheus.MustNewConstMetric(mUp.desc, prometheus.GaugeValue, boolValue(st.up), vm)
 	known := false
 	for _, rs := range runStates {
 		v := 0.0
 		if st.up && rs == st.status {
 			v, known = 1, true
 		}
-		ch <- prometheus.MustNewConstMetric(descVMStatus, prometheus.GaugeValue, v, vm, rs)
+		ch <- prometheus.MustNewConstMetric(mVMStatus.desc, prometheus.GaugeValue, v, vm, rs)
 	}
 	if st.up && !known && st.status != "" {
-		ch <- prometheus.MustNewConstMetric(descVMStatus, prometheus.GaugeValue, 1, vm, st.status)
+		ch <- prometheus.MustNewConstMetric(mVMStatus.desc, prometheus.GaugeValue, 1, vm, st.status)
 	}
 	if st.synced {
-		ch <- prometheus.MustNewConstMetric(descVMInfo, prometheus.GaugeValue, 1, vm, st.info.uuid, st.info.version, st.info.pkg)
+		ch <- prometheus.MustNewConstMetric(mVMInfo.desc, prometheus.GaugeValue, 1, vm, st.info.uuid, st.info.version, st.info.pkg)
 	}
 	for _, e := range s.events {
-		ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(e.stat.count), vm, e.name)
+		ch <- prometheus.MustNewConstMetric(mEvents.desc, prometheus.CounterValue, float64(e.stat.count), vm, e.name)
 		if !e.stat.last.IsZero() {
-			ch <- prometheus.MustNewConstMetric(descLastEvent, prometheus.GaugeValue, float64(e.stat.last.UnixMicro())/1e6, vm, e.name)
+			ch <- prometheus.MustNewConstMetric(mLastEvent.desc, prometheus.GaugeValue, float64(e.stat.last.UnixMicro())/1e6, vm, e.name)
 		}
 	}
-	ch <- prometheus.MustNewConstMetric(descEventsUnlabelled, prometheus.CounterValue, float64(st.unlabelled), vm)
-	ch <- prometheus.MustNewConstMetric(descAttempts, prometheus.CounterValue, float64(st.attempts), vm)
-	ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(st.failures), vm)
-	ch <- prometheus.MustNewConstMetric(descProtocolErrors, prometheus.CounterValue, float64(st.protocolErrors), vm)
+	ch <- prometheus.MustNewConstMetric(mEventsUnlabelled.desc, prometheus.CounterValue, float64(st.unlabelled), vm)
+	ch <- prometheus.MustNewConstMetric(mAttempts.desc, prometheus.CounterValue, float64(st.attempts), vm)
+	ch <- prometheus.MustNewConstMetric(mFailures.desc, prometheus.CounterValue, float64(st.failures), vm)
+	ch <- prometheus.MustNewConstMetric(mProtocolErrors.desc, prometheus.CounterValue, float64(st.protocolErrors), vm)
 }
 
 func boolValue(b bool) float64 {
