@@ -101,8 +101,14 @@ func NewConn(ctx context.Context, nc net.Conn, opts Options) (*Conn, error) {
 	}
 	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
 	phase, err := c.handshake()
-	if !stop() || ctx.Err() != nil {
+	dl, hasDL := ctx.Deadline()
+	switch {
+	case !stop() || ctx.Err() != nil:
 		err = fmt.Errorf("qmp: %s: %w", phase, context.Cause(ctx))
+	case err != nil && hasDL && !time.Now().Before(dl):
+		// The connection's deadline, copied from ctx, fired a moment
+		// before ctx itself noticed: report it as ctx's deadline.
+		err = fmt.Errorf("qmp: %s: %w", phase, context.DeadlineExceeded)
 	}
 	if err != nil {
 		_ = nc.Close()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -43,6 +44,7 @@ var handSeeds = []string{
 	"{\"a\":1}\r\n{\"b\":2}\n",
 	`{"a":`,
 	`[[[[[[[[[[[[`,
+	`{"event": {}}`,
 	"\xff\xfe",
 }
 
@@ -78,7 +80,9 @@ func FuzzDecode(f *testing.F) {
 			if perr == nil && !isObject {
 				t.Fatalf("scanner accepted %q, encoding/json rejects it", line)
 			}
-			if perr != nil && isObject && !bytes.Contains(line, []byte("[[")) && !bytes.Contains(line, []byte("{{")) && bytes.Count(line, []byte("{"))+bytes.Count(line, []byte("[")) < maxDepth {
+			// A non-string "event" is valid JSON but not a QMP message.
+			nonStringEvent := perr != nil && strings.Contains(perr.Error(), "event name is not a string")
+			if perr != nil && isObject && !nonStringEvent && !bytes.Contains(line, []byte("[[")) && !bytes.Contains(line, []byte("{{")) && bytes.Count(line, []byte("{"))+bytes.Count(line, []byte("[")) < maxDepth {
 				t.Fatalf("scanner rejected valid object %q: %v", line, perr)
 			}
 			if perr == nil && m.hasEvent {

@@ -52,6 +52,19 @@ func Start(ctx context.Context, bin string, args ...string) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
+	return StartAt(ctx, addr, bin, args...)
+}
+
+// StartAt is Start on a given listen address, host:port with a fixed port
+// (the demo uses the exporter's default, 127.0.0.1:10714). It fails at once
+// if something else already listens there, rather than mistaking that
+// program's /-/healthy for the exporter's.
+func StartAt(ctx context.Context, addr, bin string, args ...string) (*Process, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("listen address %s is not free: %w", addr, err)
+	}
+	ln.Close()
 	p := &Process{Addr: addr, logs: &lockedBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, append(args, "--web.listen-address="+addr)...)
 	p.cmd.Stdout = p.logs
@@ -61,9 +74,7 @@ func Start(ctx context.Context, bin string, args ...string) (*Process, error) {
 	}
 	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	for {
-		resp, err := http.Get("http://" + addr + "/-/healthy")
-		if err == nil {
-			resp.Body.Close()
+		if p.healthy(ctx) {
 			return p, nil
 		}
 		select {
@@ -75,6 +86,23 @@ func Start(ctx context.Context, bin string, args ...string) (*Process, error) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// healthy reports whether /-/healthy answers at all, waiting at most a
+// second.
+func (p *Process) healthy(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.Addr+"/-/healthy", nil)
+	if err != nil {
+		return false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return true
 }
 
 func freePort() (string, error) {

@@ -113,6 +113,7 @@ type Server struct {
 
 	mu         sync.Mutex
 	received   []Command
+	eventsSent int // transcript events emitted so far
 	negotiated chan struct{}
 	negOnce    sync.Once
 
@@ -191,7 +192,10 @@ func (s *Server) answer(cmd Command) Reply {
 		}
 	}
 	if tr := s.opts.Transcript; tr != nil {
-		if r, ok := tr.Replies[cmd.Execute]; ok {
+		s.mu.Lock()
+		pos := s.eventsSent
+		s.mu.Unlock()
+		if r, ok := tr.ReplyAt(cmd.Execute, pos); ok {
 			return r
 		}
 	}

@@ -19,6 +19,33 @@ type Transcript struct {
 	Replies map[string]Reply
 	// Events are the recorded event lines, in wire order.
 	Events []string
+
+	// timeline keeps every recorded reply with the number of events QEMU
+	// had sent before it, so that a replay can answer a query with what
+	// QEMU said at that point of the recording.
+	timeline map[string][]timedReply
+}
+
+type timedReply struct {
+	afterEvents int
+	reply       Reply
+}
+
+// ReplyAt returns the answer to command as recorded after the first
+// `events` events: the last reply recorded at or before that point, else
+// the first one recorded. ok is false if the command was never recorded.
+func (tr *Transcript) ReplyAt(command string, events int) (Reply, bool) {
+	replies := tr.timeline[command]
+	if len(replies) == 0 {
+		return Reply{}, false
+	}
+	r := replies[0].reply
+	for _, t := range replies {
+		if t.afterEvents <= events {
+			r = t.reply
+		}
+	}
+	return r, true
 }
 
 type transcriptLine struct {
@@ -33,7 +60,7 @@ func LoadTranscript(path string) (*Transcript, error) {
 		return nil, err
 	}
 	defer f.Close()
-	tr := &Transcript{Replies: map[string]Reply{}}
+	tr := &Transcript{Replies: map[string]Reply{}, timeline: map[string][]timedReply{}}
 	commands := map[string]string{} // id → command name
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
@@ -70,10 +97,14 @@ func LoadTranscript(path string) (*Transcript, error) {
 			tr.Greeting = compact.String()
 		case msg.Event != "":
 			tr.Events = append(tr.Events, compact.String())
-		case msg.Error != nil:
-			tr.Replies[commands[string(msg.ID)]] = Fail(msg.Error.Class, msg.Error.Desc)
-		case msg.Return != nil:
-			tr.Replies[commands[string(msg.ID)]] = ReturnRaw(string(msg.Return))
+		case msg.Error != nil || msg.Return != nil:
+			cmd := commands[string(msg.ID)]
+			r := ReturnRaw(string(msg.Return))
+			if msg.Error != nil {
+				r = Fail(msg.Error.Class, msg.Error.Desc)
+			}
+			tr.Replies[cmd] = r
+			tr.timeline[cmd] = append(tr.timeline[cmd], timedReply{afterEvents: len(tr.Events), reply: r})
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -87,10 +118,20 @@ func LoadTranscript(path string) (*Transcript, error) {
 
 // EmitEvents sends the transcript's events in recorded order.
 func (s *Server) EmitEvents(tr *Transcript) error {
-	for _, l := range tr.Events {
-		if err := s.EmitRaw(l); err != nil {
+	for i := range tr.Events {
+		if err := s.EmitEvent(tr, i); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// EmitEvent sends the transcript's i-th event. From then on, a server
+// replaying tr answers queries with what QEMU replied at that point of the
+// recording.
+func (s *Server) EmitEvent(tr *Transcript, i int) error {
+	s.mu.Lock()
+	s.eventsSent = i + 1
+	s.mu.Unlock()
+	return s.EmitRaw(tr.Events[i])
 }

@@ -1,0 +1,176 @@
+# Makefile for qmp_exporter.
+#
+# `make test` is the one command that CI (.ci/run) and developers run: it
+# checks formatting, vets, runs staticcheck, runs every test with the race
+# detector (including the end-to-end tests against a real QEMU), fuzzes each
+# fuzz target briefly and lints the golden /metrics files with promtool.
+# `make help` lists the targets.
+
+# bash with pipefail, so that `go test | tee` fails when go test does.
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -ec
+
+# Targets run one after another even under `make -j`, so `make test` stops at
+# the first failing step.
+.NOTPARALLEL:
+
+GO       ?= go
+GOFMT    ?= gofmt
+PROMTOOL ?= promtool
+
+MODULE := github.com/qmp-exporter/qmp_exporter
+BINARY := qmp_exporter
+
+GOOS   ?= $(shell $(GO) env GOOS)
+GOARCH ?= $(shell $(GO) env GOARCH)
+BUILD_ROOT := .build
+BUILD_DIR  := $(BUILD_ROOT)/$(GOOS)-$(GOARCH)
+
+# Version information stamped into the binary through prometheus/common/version,
+# as promu does (see .promu.yml). Every part tolerates a missing git.
+VERSION    := $(shell cat VERSION 2>/dev/null || echo unknown)
+REVISION   := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+BRANCH     := $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo unknown)
+BUILD_USER := $(shell id -un 2>/dev/null || echo unknown)@$(shell uname -n 2>/dev/null || echo unknown)
+BUILD_DATE := $(shell date -u +%Y%m%d-%H:%M:%S)
+VERSION_PKG := github.com/prometheus/common/version
+LDFLAGS := \
+	-X $(VERSION_PKG).Version=$(VERSION) \
+	-X $(VERSION_PKG).Revision=$(REVISION) \
+	-X $(VERSION_PKG).Branch=$(BRANCH) \
+	-X $(VERSION_PKG).BuildUser=$(BUILD_USER) \
+	-X $(VERSION_PKG).BuildDate=$(BUILD_DATE)
+
+# Pinned versions of the tools run with `go run`, so no install step is needed.
+STATICCHECK   := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+GOLANGCI_LINT := github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
+GOVULNCHECK   := golang.org/x/vuln/cmd/govulncheck@v1.9.0
+
+# Fuzz targets run by fuzz-short, one "package:FuzzName" per line. Adding a
+# target is adding a line here.
+FUZZ_TARGETS := \
+	./qmp/:FuzzDecode \
+	./config/:FuzzParse
+FUZZTIME ?= 10s
+
+# Extra flags for the race test run, e.g. GOTESTFLAGS='-run TestEndToEnd'.
+GOTESTFLAGS ?=
+# Verbose log of the last race test run, from which the pass/fail/skip
+# counts are taken.
+TEST_LOG := $(BUILD_ROOT)/go-test.log
+
+# Prints the module's .go files, tracked or untracked (but not ignored), outside
+# any vendor/ directory. Falls back to find(1) without git or outside a clone.
+list_go_files = { git ls-files --cached --others --exclude-standard -- '*.go' 2>/dev/null \
+	|| find . -name '*.go' -not -path './.build/*' -not -path './.tmp/*' -not -path './.git/*'; } \
+	| grep -v -E '(^|/)vendor/' | while read -r f; do if [ -f "$$f" ]; then echo "$$f"; fi; done
+
+# Prints "tests: N passed, N failed, N skipped" from TEST_LOG (subtests count too).
+test_summary = awk '/^ *--- PASS/ {p++} /^ *--- FAIL/ {f++} /^ *--- SKIP/ {s++} \
+	END {printf "tests: %d passed, %d failed, %d skipped\n", p, f, s}' $(TEST_LOG)
+
+.DEFAULT_GOAL := all
+
+.PHONY: all build test style vet staticcheck test-race fuzz-short checkmetrics \
+	test-short gobench lint govulncheck demo clean help
+
+# all: everything CI checks, then the binary.
+all: test build
+
+# build: the exporter with version information, in .build/<os>-<arch>/ and ./.
+build:
+	@echo ">> building $(BUILD_DIR)/$(BINARY) $(VERSION) ($(REVISION))"
+	@mkdir -p $(BUILD_DIR)
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BUILD_DIR)/$(BINARY) ./cmd/qmp_exporter
+	cp $(BUILD_DIR)/$(BINARY) ./$(BINARY)
+
+# test: the CI gate; each step runs only if the previous ones passed.
+test: style vet staticcheck test-race fuzz-short checkmetrics
+	@$(test_summary)
+
+# style: fails if gofmt would change any .go file.
+style:
+	@echo ">> checking gofmt"
+	@files=$$($(list_go_files)); \
+	out=$$(printf '%s\n' "$$files" | xargs -r -d '\n' $(GOFMT) -l 2>&1) || { echo "$$out" >&2; exit 1; }; \
+	if [ -n "$$out" ]; then echo "gofmt -l lists files to reformat (run gofmt -w):" >&2; echo "$$out" >&2; exit 1; fi
+
+# vet: go vet over every package.
+vet:
+	@echo ">> go vet"
+	$(GO) vet ./...
+
+# staticcheck: the pinned staticcheck over every package.
+staticcheck:
+	@echo ">> staticcheck"
+	$(GO) run $(STATICCHECK) ./...
+
+# test-race: go test -race over every package, end-to-end tests included.
+# The per-test lines stay visible (the === lines are dropped) and a
+# pass/fail/skip count closes the run.
+test-race:
+	@echo ">> go test -race"
+	@mkdir -p $(BUILD_ROOT)
+	@status=0; \
+	$(GO) test -race -count=1 -v $(GOTESTFLAGS) ./... 2>&1 | tee $(TEST_LOG) \
+		| grep -v -E '^=== (RUN|PAUSE|CONT|NAME)' || status=$$?; \
+	$(test_summary); \
+	exit $$status
+
+# fuzz-short: each target in FUZZ_TARGETS for FUZZTIME (default 10s).
+# A longer run: make fuzz-short FUZZTIME=10m.
+fuzz-short:
+	@for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo ">> fuzzing $$name in $$pkg for $(FUZZTIME)"; \
+		$(GO) test -run=XXX -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) "$$pkg"; \
+	done
+
+# checkmetrics: promtool check metrics on every collector/testdata/*.prom.
+# Without promtool it warns and skips, except under CI=true, where it fails.
+checkmetrics:
+	@if ! command -v $(PROMTOOL) >/dev/null 2>&1; then \
+		if [ "$${CI:-}" = "true" ]; then \
+			echo "checkmetrics: $(PROMTOOL) not found (CI=true); install Debian's prometheus package" >&2; exit 1; \
+		fi; \
+		echo "WARNING: checkmetrics skipped: $(PROMTOOL) not found (install Debian's prometheus package)" >&2; exit 0; \
+	fi; \
+	shopt -s nullglob; files=(collector/testdata/*.prom); \
+	if [ $${#files[@]} -eq 0 ]; then echo "checkmetrics: no collector/testdata/*.prom files" >&2; exit 1; fi; \
+	for f in "$${files[@]}"; do \
+		echo ">> promtool check metrics $$f"; \
+		$(PROMTOOL) check metrics < "$$f"; \
+	done
+
+# test-short: the quick tests only (go test -short), without the race detector.
+test-short:
+	$(GO) test -short ./...
+
+# gobench: the Go micro-benchmarks of the protocol client and the collector.
+gobench:
+	$(GO) test -run=XXX -bench=. -benchmem ./qmp/ ./collector/
+
+# lint: golangci-lint (.golangci.yml), then govulncheck; optional, not in test.
+lint:
+	@echo ">> golangci-lint"
+	$(GO) run $(GOLANGCI_LINT) run
+	@$(MAKE) --no-print-directory govulncheck
+
+# govulncheck: known vulnerabilities in the code paths the module uses.
+# It needs to reach the Go vulnerability database online.
+govulncheck:
+	@echo ">> govulncheck"
+	$(GO) run $(GOVULNCHECK) ./...
+
+# demo: a real QEMU and the exporter; an event every 2 s, changed metrics printed.
+# Ctrl-C ends it. Flags go in ARGS: make demo ARGS='-listen 127.0.0.1:9999'.
+demo:
+	$(GO) run ./internal/cmd/demo $(ARGS)
+
+# clean: remove build output.
+clean:
+	rm -rf $(BUILD_ROOT) ./$(BINARY)
+
+# help: list the targets with their comment.
+help:
+	@awk '/^# [a-z-]+: / {sub(/^# /, ""); print "  " $$0}' $(MAKEFILE_LIST)
