@@ -44,5 +44,40 @@
 //	if _, err := vm.Ctl.Execute(ctx, "cont", nil); err != nil { ... }
 //	ev, err := exp.Wait(ctx)
 //
+// # Recipes
+//
+// Besides the VM methods for the events of the lab notes (Panic,
+// CrashLoaded, FireWatchdog, GuestReset, VNCHandshake), each documented with
+// the events it produces and their data as QEMU 7.2 sends them:
+//
+//   - block jobs (blockjob.go): AddQcow2 makes qcow2 images with qemu-img
+//     and adds them with blockdev-add (optionally failing reads through
+//     blkdebug, or with a corrupt L1 table); StartMirror, MirrorReady,
+//     CompleteJob, CancelJob and WaitJobEnd drive blockdev-mirror:
+//     JOB_STATUS_CHANGE, BLOCK_JOB_READY, BLOCK_JOB_COMPLETED (with "error"
+//     for a failed job), BLOCK_JOB_CANCELLED, BLOCK_JOB_ERROR,
+//     BLOCK_IMAGE_CORRUPTED; SetWriteThreshold gives BLOCK_WRITE_THRESHOLD;
+//     AttachUSBStorage puts a node behind a device for query-block;
+//   - migration (migration.go): SetMigrationEvents, SetMigrationSpeed,
+//     Migrate, CancelMigration, WaitMigration, RunMigration (no events,
+//     polling query-migrate): MIGRATION, MIGRATION_PASS, STOP and the
+//     "postmigrate" status;
+//   - Dump (dump.go): DUMP_COMPLETED, completed or failed;
+//   - SetRTC (rtc.go): RTC_CHANGE, played through the CMOS ports;
+//   - power (power.go): PowerDown (POWERDOWN), Suspend (SUSPEND), Wakeup
+//     (WAKEUP), SuspendToDisk (SUSPEND_DISK), GuestPowerOff (SHUTDOWN
+//     guest-shutdown), played through the ICH9 ACPI PM1 control register;
+//   - GuestBalloon (balloon.go, Options.Balloon): BALLOON_CHANGE, played
+//     through the virtio-balloon's legacy configuration space;
+//   - DiskRead and DiskWrite (disk.go, Options.FaultyDisk): BLOCK_IO_ERROR
+//     with every error action, played through a legacy IDE controller;
+//   - Options.PanicAction and ShutdownAction: the action values of
+//     GUEST_PANICKED;
+//   - SPICEHandshake (spice.go, Options.SPICE): SPICE_CONNECTED,
+//     SPICE_INITIALIZED, SPICE_DISCONNECTED.
+//
+// Several of these events are rate-limited by QEMU (RTC_CHANGE,
+// BALLOON_CHANGE, WATCHDOG): one per second per VM, the later ones delayed.
+//
 // This package is test tooling. It is not imported by the exporter.
 package qemulab

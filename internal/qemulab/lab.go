@@ -123,6 +123,29 @@ type Options struct {
 	Devices bool
 	// VNC adds -vnc unix:<Dir>/vnc.sock (VM.VNCSocket).
 	VNC bool
+	// SPICE adds -spice unix=on,addr=<Dir>/spice.sock,disable-ticketing=on
+	// (VM.SPICESocket; see SPICEHandshake).
+	SPICE bool
+	// Balloon adds a virtio-balloon-pci device with id BalloonID, which
+	// makes query-balloon and balloon work (see VM.GuestBalloon).
+	Balloon bool
+	// FaultyDisk, if set, adds a legacy ISA IDE controller with one disk
+	// whose sector FaultySector fails (see FaultyDisk and VM.DiskRead).
+	FaultyDisk *FaultyDisk
+	// PanicAction, if set, adds -action panic=<value>. QEMU 7.2 accepts
+	// "pause" (the default), "shutdown", "exit-failure" and "none"; the
+	// GUEST_PANICKED event (see VM.Panic) reports them as "pause",
+	// "poweroff" (only if ShutdownAction is "poweroff", else "pause"),
+	// "poweroff" and "run". After "poweroff" QEMU emits STOP and SHUTDOWN
+	// {"guest": true, "reason": "guest-panic"}; it then exits (with status
+	// 1 for "exit-failure") if ShutdownAction is "poweroff", else it stays
+	// in "guest-panicked". With "run" the VM keeps running.
+	PanicAction string
+	// ShutdownAction, if set, adds -action shutdown=<value> after
+	// -no-shutdown, which the lab always passes (it means shutdown=pause:
+	// a guest shutdown stops the VM instead of ending QEMU). "poweroff"
+	// makes a guest shutdown or panic end QEMU.
+	ShutdownAction string
 	// ExtraArgs are appended to QEMU's command line.
 	ExtraArgs []string
 	// Log, if set, receives QEMU's stdout and stderr (writes are serialized).
@@ -137,6 +160,9 @@ type VM struct {
 	ExporterSocket string
 	// VNCSocket is the path of the VNC socket ("" without Options.VNC).
 	VNCSocket string
+	// SPICESocket is the path of the SPICE socket ("" without
+	// Options.SPICE).
+	SPICESocket string
 	// Dir is the directory actually used (see Options.Dir).
 	Dir string
 	// Ctl is the control monitor, past qmp_capabilities. It receives every
@@ -212,14 +238,22 @@ func (v *VM) start(ctx context.Context, bin string, opts Options) error {
 	if opts.VNC {
 		v.VNCSocket = filepath.Join(dir, "vnc.sock")
 	}
+	if opts.SPICE {
+		v.SPICESocket = filepath.Join(dir, "spice.sock")
+	}
 	ctlPath, qtestPath := filepath.Join(dir, "ctl.sock"), filepath.Join(dir, "qtest.sock")
-	for _, p := range []string{v.ExporterSocket, v.VNCSocket, ctlPath, qtestPath} {
+	for _, p := range []string{v.ExporterSocket, v.VNCSocket, v.SPICESocket, ctlPath, qtestPath} {
 		if err := removeStaleSocket(p); err != nil {
 			return err
 		}
 	}
 	if err := writeLabFiles(dir, opts.Devices); err != nil {
 		return err
+	}
+	if opts.FaultyDisk != nil {
+		if err := os.WriteFile(filepath.Join(dir, faultyDiskFile), make([]byte, faultyDiskSize), 0o644); err != nil {
+			return fmt.Errorf("qemulab: faulty disk image: %w", err)
+		}
 	}
 
 	lnCtl, err := net.Listen("unix", ctlPath)
@@ -334,6 +368,25 @@ func (v *VM) args(opts Options, ctlPath, qtestPath string) []string {
 	}
 	if v.VNCSocket != "" {
 		a = append(a, "-vnc", "unix:"+qemuOpt(v.VNCSocket))
+	}
+	if v.SPICESocket != "" {
+		a = append(a, "-spice", "unix=on,addr="+qemuOpt(v.SPICESocket)+",disable-ticketing=on")
+	}
+	if opts.Balloon {
+		a = append(a, "-device", balloonDevice)
+	}
+	if opts.FaultyDisk != nil {
+		a = append(a, opts.FaultyDisk.args(v.Dir)...)
+	}
+	var actions []string
+	if opts.PanicAction != "" {
+		actions = append(actions, "panic="+qemuOpt(opts.PanicAction))
+	}
+	if opts.ShutdownAction != "" {
+		actions = append(actions, "shutdown="+qemuOpt(opts.ShutdownAction))
+	}
+	if len(actions) > 0 {
+		a = append(a, "-action", strings.Join(actions, ","))
 	}
 	return append(a, opts.ExtraArgs...)
 }

@@ -38,6 +38,17 @@ type Event struct {
 	Raw          []byte // the event exactly as QEMU sent it, without the line ending
 }
 
+// Decode unmarshals the event's data into v.
+func (e Event) Decode(v any) error {
+	if e.Data == nil {
+		return fmt.Errorf("qemulab: %s has no data", e.Name)
+	}
+	if err := json.Unmarshal(e.Data, v); err != nil {
+		return fmt.Errorf("qemulab: %s data: %w", e.Name, err)
+	}
+	return nil
+}
+
 // Time returns the event's QEMU timestamp.
 func (e Event) Time() time.Time {
 	return time.Unix(e.Seconds, e.Microseconds*1000)
@@ -330,10 +341,18 @@ func (m *Monitor) Events() []Event {
 // before the triggering command returns is not missed. Events received before
 // the connection ended are still found after it ended.
 func (m *Monitor) WaitEvent(ctx context.Context, name string, since int) (Event, error) {
+	return m.WaitFunc(ctx, name, since, func(ev Event) bool { return ev.Name == name })
+}
+
+// WaitFunc is like WaitEvent but returns the first event at position since
+// or later for which match returns true. what names the awaited event in
+// errors. match is called with the monitor's lock held: it must not call the
+// Monitor.
+func (m *Monitor) WaitFunc(ctx context.Context, what string, since int, match func(Event) bool) (Event, error) {
 	for {
 		m.mu.Lock()
 		for i := max(since, 0); i < len(m.events); i++ {
-			if m.events[i].Name == name {
+			if match(m.events[i]) {
 				ev := m.events[i]
 				m.mu.Unlock()
 				return ev, nil
@@ -343,14 +362,31 @@ func (m *Monitor) WaitEvent(ctx context.Context, name string, since int) (Event,
 		changed, closedErr := m.changed, m.err
 		m.mu.Unlock()
 		if closedErr != nil {
-			return Event{}, fmt.Errorf("qemulab: wait for %s: %w", name, closedErr)
+			return Event{}, fmt.Errorf("qemulab: wait for %s: %w", what, closedErr)
 		}
 		select {
 		case <-changed:
 		case <-m.done:
 		case <-ctx.Done():
-			return Event{}, fmt.Errorf("qemulab: wait for %s: %w", name, ctx.Err())
+			return Event{}, fmt.Errorf("qemulab: wait for %s: %w", what, ctx.Err())
 		}
+	}
+}
+
+// EventWith returns a match function for WaitFunc that accepts events named
+// name whose data member key is the JSON string val, e.g.
+// EventWith("BLOCK_JOB_READY", "device", "mirror0").
+func EventWith(name, key, val string) func(Event) bool {
+	return func(ev Event) bool {
+		if ev.Name != name || ev.Data == nil {
+			return false
+		}
+		var data map[string]json.RawMessage
+		if json.Unmarshal(ev.Data, &data) != nil {
+			return false
+		}
+		var got string
+		return json.Unmarshal(data[key], &got) == nil && got == val
 	}
 }
 

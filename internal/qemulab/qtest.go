@@ -71,21 +71,51 @@ func (q *QTest) roundTrip(ctx context.Context, line string) (string, error) {
 
 // Outb writes val to I/O port port, as the guest's "out" instruction would.
 func (q *QTest) Outb(ctx context.Context, port uint16, val uint8) error {
-	_, err := q.Command(ctx, fmt.Sprintf("outb 0x%x 0x%x", port, val))
+	return q.out(ctx, "outb", port, uint32(val))
+}
+
+// Outw writes a 16-bit val to I/O port port.
+func (q *QTest) Outw(ctx context.Context, port uint16, val uint16) error {
+	return q.out(ctx, "outw", port, uint32(val))
+}
+
+// Outl writes a 32-bit val to I/O port port.
+func (q *QTest) Outl(ctx context.Context, port uint16, val uint32) error {
+	return q.out(ctx, "outl", port, val)
+}
+
+func (q *QTest) out(ctx context.Context, cmd string, port uint16, val uint32) error {
+	_, err := q.Command(ctx, fmt.Sprintf("%s 0x%x 0x%x", cmd, port, val))
 	return err
 }
 
 // Inb reads I/O port port, as the guest's "in" instruction would.
 func (q *QTest) Inb(ctx context.Context, port uint16) (uint8, error) {
-	s, err := q.Command(ctx, fmt.Sprintf("inb 0x%x", port))
+	v, err := q.in(ctx, "inb", port, 0xff)
+	return uint8(v), err
+}
+
+// Inw reads a 16-bit value from I/O port port.
+func (q *QTest) Inw(ctx context.Context, port uint16) (uint16, error) {
+	v, err := q.in(ctx, "inw", port, 0xffff)
+	return uint16(v), err
+}
+
+// Inl reads a 32-bit value from I/O port port.
+func (q *QTest) Inl(ctx context.Context, port uint16) (uint32, error) {
+	return q.in(ctx, "inl", port, 0xffffffff)
+}
+
+func (q *QTest) in(ctx context.Context, cmd string, port uint16, maxVal uint64) (uint32, error) {
+	s, err := q.Command(ctx, fmt.Sprintf("%s 0x%x", cmd, port))
 	if err != nil {
 		return 0, err
 	}
 	var v uint64
-	if _, err := fmt.Sscanf(s, "0x%x", &v); err != nil || v > 0xff {
-		return 0, fmt.Errorf("qemulab: qtest inb 0x%x: unexpected answer %q", port, s)
+	if _, err := fmt.Sscanf(s, "0x%x", &v); err != nil || v > maxVal {
+		return 0, fmt.Errorf("qemulab: qtest %s 0x%x: unexpected answer %q", cmd, port, s)
 	}
-	return uint8(v), nil
+	return uint32(v), nil
 }
 
 // Close closes the qtest connection. It is idempotent.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestRecordTranscripts records what a real QEMU says on the exporter's QMP
@@ -34,6 +35,7 @@ func TestRecordTranscripts(t *testing.T) {
 	}
 	t.Run("basic", func(t *testing.T) { recordBasic(t, out) })
 	t.Run("events", func(t *testing.T) { recordEvents(t, out) })
+	t.Run("jobs", func(t *testing.T) { recordJobs(t, out) })
 }
 
 // transcript collects a conversation as JSON Lines; its trace method is a
@@ -92,7 +94,9 @@ func startRecording(t *testing.T, kind string, opts Options) *recording {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(opts.Dir) }) // runs after the VM's Close
-	r := &recording{t: t, ctx: testContext(t), vm: startVM(t, opts), tr: &transcript{}}
+	ctx, cancel := context.WithTimeout(t.Context(), recordTimeout)
+	t.Cleanup(cancel)
+	r := &recording{t: t, ctx: ctx, vm: startVM(t, opts), tr: &transcript{}}
 	var err error
 	r.exp, err = DialMonitor(r.ctx, r.vm.ExporterSocket, MonitorOptions{Trace: r.tr.trace})
 	if err != nil {
@@ -101,6 +105,10 @@ func startRecording(t *testing.T, kind string, opts Options) *recording {
 	t.Cleanup(func() { r.exp.Close() })
 	return r
 }
+
+// recordTimeout bounds a whole recording; the jobs recording waits on
+// throttled jobs and migrations for a few seconds.
+const recordTimeout = 60 * time.Second
 
 // fileName is e.g. qemu72-basic.jsonl, from the QEMU version in the greeting.
 func (r *recording) fileName(dir, kind string) string {
@@ -265,4 +273,188 @@ func anonChildren(t *testing.T, ctx context.Context, vm *VM) map[string]bool {
 		}
 	}
 	return m
+}
+
+// recordJobsUUID is the fixed -uuid of the jobs transcript.
+const recordJobsUUID = "5c0ffee0-0d15-4a7b-9e3c-000000000002"
+
+// jobsQueries are the queries the jobs transcript starts with.
+var jobsQueries = []string{
+	"query-status", "query-name", "query-uuid", "query-version", "query-balloon",
+	"query-block", "query-migrate", "query-vnc", "query-spice", "query-jobs",
+}
+
+// recordJobs records block jobs, a write threshold, migrations (with the
+// events capability), dumps, an RTC change, a balloon change, a guest I/O
+// error, a power button press and a suspend/wakeup, with query-jobs,
+// query-block-jobs, query-block and query-migrate sent while a job or a
+// migration is in progress.
+func recordJobs(t *testing.T, out string) {
+	r := startRecording(t, "jobs", Options{
+		Name: "jobs", UUID: recordJobsUUID, Balloon: true, SPICE: true,
+		FaultyDisk: &FaultyDisk{}, ExtraArgs: []string{"-device", "qemu-xhci,id=xhci"},
+	})
+	ctx, vm := r.ctx, r.vm
+	r.query(jobsQueries...)
+
+	const mib = 1 << 20
+	for _, img := range []Image{
+		{Node: "src", Size: 16 * mib, Data: 16 * mib},
+		{Node: "tgt0", Size: 16 * mib},
+		{Node: "tgt1", Size: 16 * mib},
+		{Node: "tgt4", Size: 16 * mib},
+		{Node: "tgt2", Size: 4 * mib},
+		{Node: "tgt3", Size: 4 * mib},
+		{Node: "bad", Size: 4 * mib, Data: 4 * mib, FailReads: true},
+	} {
+		if _, err := vm.AddQcow2(ctx, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := vm.AttachUSBStorage(ctx, "src", "usbdisk0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.SetWriteThreshold(ctx, "tgt0", mib); err != nil {
+		t.Fatal(err)
+	}
+	r.query("query-block")
+
+	// A throttled mirror (2 MiB every 0.5 s), queried while it copies, then
+	// let go: ready, completed.
+	r.drive(func() error {
+		return vm.StartMirror(ctx, Mirror{JobID: "mirror0", Source: "src", Target: "tgt0", Speed: 4 * mib, BufSize: mib})
+	}, "JOB_STATUS_CHANGE", "JOB_STATUS_CHANGE", "BLOCK_WRITE_THRESHOLD")
+	for range 3 {
+		sleep(t, ctx, 400*time.Millisecond)
+		r.query("query-jobs", "query-block-jobs", "query-block")
+	}
+	r.drive(r.ctl("block-job-set-speed", map[string]any{"device": "mirror0", "speed": 0}), "JOB_STATUS_CHANGE", "BLOCK_JOB_READY")
+	r.query("query-jobs")
+	r.drive(r.ctl("block-job-complete", map[string]any{"device": "mirror0"}),
+		"JOB_STATUS_CHANGE", "JOB_STATUS_CHANGE", "BLOCK_JOB_COMPLETED", "JOB_STATUS_CHANGE", "JOB_STATUS_CHANGE")
+	r.query("query-jobs", "query-block")
+
+	// A second mirror, cancelled with force once ready.
+	r.drive(func() error {
+		_, err := vm.MirrorReady(ctx, Mirror{JobID: "mirror1", Source: "src", Target: "tgt1"})
+		return err
+	}, "BLOCK_JOB_READY")
+	r.drive(r.ctl("block-job-cancel", map[string]any{"device": "mirror1", "force": true}),
+		"BLOCK_JOB_CANCELLED", "JOB_STATUS_CHANGE", "JOB_STATUS_CHANGE")
+
+	// A job that neither finalizes nor dismisses itself: pending (with
+	// BLOCK_JOB_PENDING) until job-finalize, concluded until job-dismiss.
+	r.drive(func() error {
+		_, err := vm.MirrorReady(ctx, Mirror{JobID: "mirror4", Source: "src", Target: "tgt4", Manual: true})
+		return err
+	}, "BLOCK_JOB_READY")
+	r.drive(r.ctl("block-job-complete", map[string]any{"device": "mirror4"}),
+		"JOB_STATUS_CHANGE", "JOB_STATUS_CHANGE", "BLOCK_JOB_PENDING")
+	r.query("query-jobs")
+	r.drive(r.ctl("job-finalize", map[string]any{"id": "mirror4"}), "BLOCK_JOB_COMPLETED", "JOB_STATUS_CHANGE")
+	r.query("query-jobs")
+	r.drive(r.ctl("job-dismiss", map[string]any{"id": "mirror4"}), "JOB_STATUS_CHANGE")
+	r.query("query-jobs")
+
+	// Failing jobs: on-source-error stop (paused, then cancelled) and
+	// report (completed with an error).
+	r.drive(func() error {
+		return vm.StartMirror(ctx, Mirror{JobID: "mirror2", Source: "bad", Target: "tgt2", OnSourceError: "stop"})
+	}, "BLOCK_JOB_ERROR", "JOB_STATUS_CHANGE")
+	r.query("query-jobs", "query-block-jobs")
+	r.drive(r.ctl("block-job-cancel", map[string]any{"device": "mirror2", "force": true}), "BLOCK_JOB_CANCELLED")
+	r.drive(func() error {
+		return vm.StartMirror(ctx, Mirror{JobID: "mirror3", Source: "bad", Target: "tgt3", OnSourceError: "report"})
+	}, "BLOCK_JOB_ERROR", "BLOCK_JOB_COMPLETED")
+	settle(t, ctx, r.exp, EventWith("JOB_STATUS_CHANGE", "id", "mirror3"), `"null"`)
+	r.query("query-jobs")
+	// cont after a migration re-opens every node, which fails on "bad".
+	if _, err := vm.Ctl.Execute(ctx, "blockdev-del", map[string]any{"node-name": "bad"}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Migrations with the events capability: a throttled one queried while
+	// active, then sped up to completion; a failed one; a cancelled one.
+	if err := vm.SetMigrationEvents(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.SetMigrationSpeed(ctx, SlowMigration); err != nil {
+		t.Fatal(err)
+	}
+	r.drive(func() error { return vm.Migrate(ctx, MigrateToNull) }, "MIGRATION", "MIGRATION_PASS", "MIGRATION")
+	for range 2 {
+		sleep(t, ctx, 300*time.Millisecond)
+		r.query("query-migrate", "query-status")
+	}
+	r.drive(func() error { return vm.SetMigrationSpeed(ctx, FastMigration) }, "STOP", "MIGRATION")
+	if _, err := vm.WaitMigration(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	r.query("query-migrate", "query-status")
+	r.drive(r.ctl("cont", nil), "RESUME")
+	r.drive(func() error { return vm.Migrate(ctx, MigrateToFail) }, "MIGRATION", "MIGRATION_PASS", "MIGRATION", "MIGRATION")
+	if _, err := vm.WaitMigration(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	r.query("query-migrate", "query-status")
+	if err := vm.SetMigrationSpeed(ctx, SlowMigration); err != nil {
+		t.Fatal(err)
+	}
+	r.drive(func() error { return vm.Migrate(ctx, MigrateToNull) }, "MIGRATION", "MIGRATION_PASS", "MIGRATION")
+	sleep(t, ctx, 300*time.Millisecond)
+	r.query("query-migrate")
+	r.drive(func() error { return vm.CancelMigration(ctx) }, "MIGRATION", "MIGRATION")
+	if _, err := vm.WaitMigration(ctx, 0); err != nil {
+		t.Fatal(err)
+	}
+	r.query("query-migrate", "query-status")
+
+	// Dumps: one that completes, one that fails while writing.
+	r.drive(func() error {
+		_, err := vm.Dump(ctx, "file:"+filepath.Join(vm.Dir, "dump"), "kdump-zlib")
+		return err
+	}, "STOP", "DUMP_COMPLETED", "RESUME")
+	r.drive(func() error {
+		_, err := vm.Dump(ctx, DumpToFull, "")
+		return err
+	}, "STOP", "DUMP_COMPLETED", "RESUME")
+	r.query("query-dump")
+
+	// The guest sets its clock to 2000-01-01, reports a balloon of 16 MiB
+	// and fails to read a disk sector (rerror=report).
+	r.drive(func() error { return vm.SetRTC(ctx, time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)) }, "RTC_CHANGE")
+	r.drive(func() error { return vm.GuestBalloon(ctx, 16<<20) }, "BALLOON_CHANGE")
+	r.query("query-balloon")
+	r.drive(func() error { return vm.DiskRead(ctx, FaultySector) }, "BLOCK_IO_ERROR")
+	r.query("query-status")
+
+	// Power: the ACPI button, then S3 and a wakeup.
+	r.drive(func() error { return vm.PowerDown(ctx) }, "POWERDOWN")
+	r.drive(func() error { return vm.Suspend(ctx) }, "SUSPEND")
+	r.query("query-status")
+	r.drive(func() error { return vm.Wakeup(ctx) }, "WAKEUP")
+	r.query("query-status")
+	r.quit()
+	r.tr.write(t, r.fileName(out, "jobs"))
+}
+
+// sleep waits for d, or fails the test when ctx ends first.
+func sleep(t *testing.T, ctx context.Context, d time.Duration) {
+	t.Helper()
+	select {
+	case <-time.After(d):
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	}
+}
+
+// settle waits until m has received an event matching match whose data
+// contains want.
+func settle(t *testing.T, ctx context.Context, m *Monitor, match func(Event) bool, want string) {
+	t.Helper()
+	if _, err := m.WaitFunc(ctx, want, 0, func(ev Event) bool {
+		return match(ev) && strings.Contains(string(ev.Data), want)
+	}); err != nil {
+		t.Fatal(err)
+	}
 }
