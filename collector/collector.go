@@ -1,12 +1,13 @@
 package collector
 
 import (
+	"sort"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Collector exposes the Manager's VM states as metrics. Collect only copies
+// Collector exposes the Manager's VM states as metrics. Collect only reads
 // in-memory state; it performs no I/O, so a hung VM cannot slow a scrape.
 type Collector struct {
 	m *Manager
@@ -24,27 +25,35 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-// Collect sends the current value of every series.
+// Collect sends the current value of every series. Each VM's metrics are
+// built under that VM's lock (a few microseconds, during which its event
+// reader waits) and sent after the lock is released.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	snaps := c.m.snapshots()
-	used := make(map[string]bool, len(snaps))
-	for i := range snaps {
-		s := &snaps[i]
-		vm := uniqueName(vmLabel(s), s.target, used)
-		emitVM(ch, vm, s)
+	used := make(map[string]bool)
+	var buf []prometheus.Metric
+	for _, w := range c.m.sortedWatchers() {
+		w.mu.Lock()
+		vm := uniqueName(vmLabel(w.target, &w.st), w.target, used)
+		e := emitter{vm: vm, out: buf[:0]}
+		e.vmMetrics(&w.st)
+		buf = e.out
+		w.mu.Unlock()
+		for _, m := range buf {
+			ch <- m
+		}
 	}
 }
 
 // vmLabel is the configured name, else QEMU's -name, else the default
 // derived from the socket.
-func vmLabel(s *snapshot) string {
-	if s.target.Name != "" {
-		return s.target.Name
+func vmLabel(t Target, st *vmState) string {
+	if t.Name != "" {
+		return t.Name
 	}
-	if s.st.info.name != "" {
-		return s.st.info.name
+	if st.info.name != "" {
+		return st.info.name
 	}
-	return s.target.DefaultName()
+	return t.DefaultName()
 }
 
 // uniqueName keeps vm labels unique within a scrape: two targets whose
@@ -69,33 +78,18 @@ func uniqueName(name string, t Target, used map[string]bool) string {
 	}
 }
 
-func emitVM(ch chan<- prometheus.Metric, vm string, s *snapshot) {
-	st := &s.st
-	ch <- prometheus.MustNewConstMetric(mUp.desc, prometheus.GaugeValue, boolValue(st.up), vm)
-	known := false
-	for _, rs := range runStates {
-		v := 0.0
-		if st.up && rs == st.status {
-			v, known = 1, true
-		}
-		ch <- prometheus.MustNewConstMetric(mVMStatus.desc, prometheus.GaugeValue, v, vm, rs)
+// emitter builds one VM's metrics.
+type emitter struct {
+	vm  string
+	out []prometheus.Metric
+}
+
+func (e *emitter) add(d *metricDef, v float64, labels ...string) {
+	vt := prometheus.GaugeValue
+	if d.typ == "counter" {
+		vt = prometheus.CounterValue
 	}
-	if st.up && !known && st.status != "" {
-		ch <- prometheus.MustNewConstMetric(mVMStatus.desc, prometheus.GaugeValue, 1, vm, st.status)
-	}
-	if st.synced {
-		ch <- prometheus.MustNewConstMetric(mVMInfo.desc, prometheus.GaugeValue, 1, vm, st.info.uuid, st.info.version, st.info.pkg)
-	}
-	for _, e := range s.events {
-		ch <- prometheus.MustNewConstMetric(mEvents.desc, prometheus.CounterValue, float64(e.stat.count), vm, e.name)
-		if !e.stat.last.IsZero() {
-			ch <- prometheus.MustNewConstMetric(mLastEvent.desc, prometheus.GaugeValue, float64(e.stat.last.UnixMicro())/1e6, vm, e.name)
-		}
-	}
-	ch <- prometheus.MustNewConstMetric(mEventsUnlabelled.desc, prometheus.CounterValue, float64(st.unlabelled), vm)
-	ch <- prometheus.MustNewConstMetric(mAttempts.desc, prometheus.CounterValue, float64(st.attempts), vm)
-	ch <- prometheus.MustNewConstMetric(mFailures.desc, prometheus.CounterValue, float64(st.failures), vm)
-	ch <- prometheus.MustNewConstMetric(mProtocolErrors.desc, prometheus.CounterValue, float64(st.protocolErrors), vm)
+	e.out = append(e.out, prometheus.MustNewConstMetric(d.desc, vt, v, append([]string{e.vm}, labels...)...))
 }
 
 func boolValue(b bool) float64 {
@@ -103,4 +97,238 @@ func boolValue(b bool) float64 {
 		return 1
 	}
 	return 0
+}
+
+func boolLabel(b bool) string { return strconv.FormatBool(b) }
+
+// sortedKeys returns a map's keys in order, so output is stable.
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func (e *emitter) vmMetrics(st *vmState) {
+	e.add(mUp, boolValue(st.up))
+	known := false
+	for _, rs := range runStates {
+		v := 0.0
+		if st.up && rs == st.status {
+			v, known = 1, true
+		}
+		e.add(mVMStatus, v, rs)
+	}
+	if st.up && !known && st.status != "" {
+		e.add(mVMStatus, 1, st.status)
+	}
+	if st.synced {
+		e.add(mVMInfo, 1, st.info.uuid, st.info.version, st.info.pkg)
+	}
+	for _, n := range sortedKeys(st.events) {
+		ev := st.events[n]
+		e.add(mEvents, float64(ev.count), n)
+		if !ev.last.IsZero() {
+			e.add(mLastEvent, float64(ev.last.UnixMicro())/1e6, n)
+		}
+	}
+	e.add(mEventsUnlabelled, float64(st.unlabelled))
+	e.add(mAttempts, float64(st.attempts))
+	e.add(mFailures, float64(st.failures))
+	e.add(mProtocolErrors, float64(st.protocolErrors))
+	e.add(mEventDataErrors, float64(st.dataErrors))
+	for _, k := range sortedKeys(st.dropped) {
+		e.add(mDropped, float64(st.dropped[k]), k)
+	}
+	e.guest(st)
+	e.block(st)
+	e.memoryAndMigration(st)
+	e.consoles(st)
+}
+
+func (e *emitter) guest(st *vmState) {
+	for _, m := range []struct {
+		d    *metricDef
+		vals map[guestReason]uint64
+	}{{mShutdowns, st.shutdowns}, {mResets, st.resets}} {
+		keys := make([]guestReason, 0, len(m.vals))
+		for k := range m.vals {
+			keys = append(keys, k)
+		}
+		sort.Slice(keys, func(i, j int) bool {
+			if keys[i].guest != keys[j].guest {
+				return !keys[i].guest
+			}
+			return keys[i].reason < keys[j].reason
+		})
+		for _, k := range keys {
+			e.add(m.d, float64(m.vals[k]), boolLabel(k.guest), k.reason)
+		}
+	}
+	for _, m := range []struct {
+		d    *metricDef
+		vals map[[2]string]uint64
+	}{{mPanics, st.panics}, {mMemoryFailures, st.memoryFailures}} {
+		keys := make([][2]string, 0, len(m.vals))
+		for k := range m.vals {
+			keys = append(keys, k)
+		}
+		sort.Slice(keys, func(i, j int) bool {
+			if keys[i][0] != keys[j][0] {
+				return keys[i][0] < keys[j][0]
+			}
+			return keys[i][1] < keys[j][1]
+		})
+		for _, k := range keys {
+			e.add(m.d, float64(m.vals[k]), k[0], k[1])
+		}
+	}
+	for _, k := range sortedKeys(st.crashloads) {
+		e.add(mCrashloads, float64(st.crashloads[k]), k)
+	}
+	for _, k := range sortedKeys(st.watchdog) {
+		e.add(mWatchdog, float64(st.watchdog[k]), k)
+	}
+	if st.rtcKnown {
+		e.add(mRTCOffset, float64(st.rtcOffset))
+	}
+	for _, k := range sortedKeys(st.vserports) {
+		e.add(mVserport, boolValue(st.vserports[k]), k)
+	}
+	for i, r := range dumpResults {
+		e.add(mDumps, float64(st.dumps[i]), r)
+	}
+	e.add(mDeviceDeletions, float64(st.deviceDeletions))
+}
+
+func (e *emitter) block(st *vmState) {
+	for _, name := range sortedKeys(st.devices) {
+		d := st.devices[name]
+		for oi, op := range ioOperations {
+			for ai, act := range ioActions {
+				e.add(mIOErrors, float64(d.ioErrors[oi][ai]), name, op, act)
+			}
+		}
+		e.add(mNospace, float64(d.nospace), name)
+		if d.ioStatus != "" {
+			for _, s := range ioStatuses {
+				e.add(mIOStatus, boolValue(s == d.ioStatus), name, s)
+			}
+		}
+		if d.tray >= 0 {
+			e.add(mTray, float64(d.tray), name)
+		}
+		e.add(mCorruptions, float64(d.corruptions), name)
+		if d.corruptFatal >= 0 {
+			e.add(mCorruptFatal, float64(d.corruptFatal), name)
+		}
+		if d.thresholdHits > 0 {
+			e.add(mThreshold, float64(d.thresholdHits), name)
+		}
+		if d.quorumFailures > 0 {
+			e.add(mQuorumFailures, float64(d.quorumFailures), name)
+		}
+		for i, op := range quorumOps {
+			if d.quorumBad[i] > 0 {
+				e.add(mQuorumBad, float64(d.quorumBad[i]), name, op)
+			}
+		}
+	}
+	counts := map[[2]string]int{}
+	for _, id := range sortedKeys(st.jobs) {
+		j := st.jobs[id]
+		typ := j.typ
+		if typ == "" {
+			typ = "unknown"
+		}
+		status := j.status
+		if status == "" {
+			status = "unknown"
+		}
+		counts[[2]string{typ, status}]++
+		e.add(mJobProgress, float64(j.progress), id, typ)
+		e.add(mJobLength, float64(j.length), id, typ)
+	}
+	keys := make([][2]string, 0, len(counts))
+	for k := range counts {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i][0]+" "+keys[i][1] < keys[j][0]+" "+keys[j][1] })
+	for _, k := range keys {
+		e.add(mJobs, float64(counts[k]), k[0], k[1])
+	}
+	done := make([][2]string, 0, len(st.jobsDone))
+	for k := range st.jobsDone {
+		done = append(done, k)
+	}
+	sort.Slice(done, func(i, j int) bool { return done[i][0]+" "+done[i][1] < done[j][0]+" "+done[j][1] })
+	for _, k := range done {
+		e.add(mJobsDone, float64(st.jobsDone[k]), k[0], k[1])
+	}
+	for oi, op := range ioOperations {
+		for ai, act := range ioActions {
+			e.add(mJobErrors, float64(st.jobErrors[oi][ai]), op, act)
+		}
+	}
+}
+
+func (e *emitter) memoryAndMigration(st *vmState) {
+	if st.balloonOK {
+		e.add(mBalloon, float64(st.balloon))
+	}
+	if st.hvBalloonK {
+		e.add(mHVCommitted, float64(st.hvBalloon[0]))
+		e.add(mHVAvailable, float64(st.hvBalloon[1]))
+	}
+	m := &st.mig
+	if st.up && m.known {
+		for _, s := range migrationStates {
+			e.add(mMigStatus, boolValue(s == m.status), s)
+		}
+		if indexOf(migrationStates, []byte(m.status)) < 0 {
+			e.add(mMigStatus, 1, m.status)
+		}
+		if m.status != "none" {
+			e.add(mMigPass, float64(m.pass))
+			if m.haveRAM {
+				e.add(mMigTransferred, float64(m.transferred))
+				e.add(mMigRemaining, float64(m.remaining))
+				e.add(mMigTotal, float64(m.total))
+				e.add(mMigDirtyRate, m.dirtyRate)
+			}
+			for _, g := range []struct {
+				d *metricDef
+				v float64
+			}{{mMigExpectedDowntime, m.expectedDowntime}, {mMigDowntime, m.downtime}, {mMigTotalTime, m.totalTime}, {mMigSetupTime, m.setupT}} {
+				if g.v >= 0 {
+					e.add(g.d, g.v)
+				}
+			}
+		}
+	}
+	for i, r := range migrationEnds {
+		e.add(mMigEnded, float64(st.migEnded[i]), r)
+	}
+}
+
+func (e *emitter) consoles(st *vmState) {
+	for _, c := range []struct {
+		d                                    *display
+		clients, conns, sessions, failedDesc *metricDef
+	}{
+		{&st.vnc, mVNCClients, mVNCConnections, mVNCSessions, mVNCFailed},
+		{&st.spice, mSpiceClients, mSpiceConnections, mSpiceSessions, mSpiceFailed},
+	} {
+		if c.d.enabled != 1 && c.d.connections == 0 {
+			continue
+		}
+		if st.up && c.d.enabled == 1 {
+			e.add(c.clients, float64(c.d.clients))
+		}
+		e.add(c.conns, float64(c.d.connections))
+		e.add(c.sessions, float64(c.d.sessions))
+		e.add(c.failedDesc, float64(c.d.failed))
+	}
 }

@@ -14,6 +14,8 @@ import (
 type Manager struct {
 	opts Options
 	dial dialFunc
+	// noFollowUps stops events from triggering queries (golden tests).
+	noFollowUps bool
 
 	mu       sync.Mutex
 	watchers map[string]*managed
@@ -57,6 +59,7 @@ func (m *Manager) Sync(targets []Target) {
 			continue
 		}
 		mw := &managed{w: newWatcher(t, m.opts, m.dial)}
+		mw.w.noFollowUps = m.noFollowUps
 		m.watchers[k] = mw
 		if m.ctx != nil {
 			m.start(mw)
@@ -85,46 +88,19 @@ func (m *Manager) Run(ctx context.Context) error {
 	return nil
 }
 
-// snapshot is a copy of one VM's state taken for a scrape.
-type snapshot struct {
-	target Target
-	st     vmState
-	events []eventSnapshot
-}
-
-type eventSnapshot struct {
-	name string
-	stat eventStat
-}
-
-// snapshots copies every VM's state, each under its own lock, in a stable
-// order (by target key) so that label collisions resolve the same way on
-// every scrape.
-func (m *Manager) snapshots() []snapshot {
+// sortedWatchers returns the watchers in a stable order (by target key),
+// so that label collisions resolve the same way on every scrape.
+func (m *Manager) sortedWatchers() []*watcher {
 	m.mu.Lock()
-	ws := make([]*watcher, 0, len(m.watchers))
+	defer m.mu.Unlock()
 	keys := make([]string, 0, len(m.watchers))
 	for k := range m.watchers {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
-	for _, k := range keys {
-		ws = append(ws, m.watchers[k].w)
+	ws := make([]*watcher, len(keys))
+	for i, k := range keys {
+		ws[i] = m.watchers[k].w
 	}
-	m.mu.Unlock()
-
-	out := make([]snapshot, len(ws))
-	for i, w := range ws {
-		s := &out[i]
-		s.target = w.target
-		w.mu.Lock()
-		s.st = w.st
-		s.events = make([]eventSnapshot, 0, len(w.st.events))
-		for n, e := range w.st.events {
-			s.events = append(s.events, eventSnapshot{n, *e})
-		}
-		w.mu.Unlock()
-		s.st.events = nil
-	}
-	return out
+	return ws
 }

@@ -14,6 +14,36 @@ var runStates = []string{
 	"save-vm", "shutdown", "suspended", "watchdog", "guest-panicked", "colo",
 }
 
+// migrationStates is QEMU's MigrationStatus enumeration (migration.json).
+var migrationStates = []string{
+	"none", "setup", "cancelling", "cancelled", "active", "postcopy-active",
+	"postcopy-paused", "postcopy-recover-setup", "postcopy-recover",
+	"completed", "failed", "colo", "pre-switchover", "device", "wait-unplug",
+}
+
+// Bounded label values that are exported at 0 as soon as the VM (or the
+// device) is known, so that the first occurrence is an increase
+// Prometheus can see (see STYLE.md, "Counters that alerts read start at 0").
+var (
+	ioOperations    = []string{"read", "write"}            // IoOperationType
+	ioActions       = []string{"ignore", "report", "stop"} // BlockErrorAction
+	panicActions    = []string{"pause", "poweroff", "run"} // GuestPanicAction
+	watchdogActions = []string{"reset", "shutdown", "poweroff", "pause", "debug", "none", "inject-nmi"}
+	ioStatuses      = []string{"ok", "failed", "nospace"} // BlockDeviceIoStatus
+	quorumOps       = []string{"read", "write", "flush"}  // QuorumOpType
+	migrationEnds   = []string{"completed", "failed", "cancelled"}
+	dumpResults     = []string{"completed", "failed"}
+)
+
+func indexOf(list []string, v []byte) int {
+	for i, s := range list {
+		if s == string(v) {
+			return i
+		}
+	}
+	return -1
+}
+
 var knownRunState = func() map[string]bool {
 	m := make(map[string]bool, len(runStates))
 	for _, s := range runStates {
@@ -22,13 +52,22 @@ var knownRunState = func() map[string]bool {
 	return m
 }()
 
+// Bounds on what one VM can add to the label space.
 const (
-	// maxEventNames bounds the distinct event names one VM can put into
-	// qmp_events_total; QEMU has fewer than 64. A peer that invents more
-	// has the rest counted in qmp_events_unlabelled_total.
+	// maxEventNames bounds the distinct event names in qmp_events_total;
+	// QEMU has fewer than 64.
 	maxEventNames = 128
 	// maxLabelBytes bounds label values that come from the VM.
 	maxLabelBytes = 128
+	// maxDevices bounds block devices, jobs, serial ports and other
+	// per-object label values, per kind and VM.
+	maxDevices = 64
+	// maxEnumValues bounds the distinct values of an enum-like label
+	// (reasons, job types, actions from a newer QEMU).
+	maxEnumValues = 32
+	// maxPendingClients bounds the VNC/SPICE clients tracked between
+	// CONNECTED and INITIALIZED.
+	maxPendingClients = 256
 )
 
 // eventStat is what is kept per event name.
@@ -42,9 +81,89 @@ type vmInfo struct {
 	name, uuid, version, pkg string
 }
 
-// vmState is everything known about one VM. It is folded from events and
-// query replies by pure methods with no I/O and no locking; the watcher
-// holds the lock.
+// need is a set of queries the fold asks the watcher to run, because an
+// event changed something only a query can tell exactly. The fold never
+// runs them itself: it runs on the connection's reader goroutine.
+type need uint8
+
+const (
+	needStatus need = 1 << iota
+	needBlock
+	needMigrate
+	needJobs
+	needVNC
+	needSpice
+	needBalloon
+
+	needAll = needStatus | needBlock | needMigrate | needJobs | needVNC | needSpice | needBalloon
+)
+
+// blockDev is the state of one guest block device, labelled by its qdev id
+// or QOM path.
+type blockDev struct {
+	ioErrors       [2][3]uint64 // by ioOperations × ioActions
+	nospace        uint64
+	ioStatus       string // "" when query-block does not report it
+	tray           int8   // -1 unknown (not removable), 0 closed, 1 open
+	corruptions    uint64
+	corruptFatal   int8 // -1 never reported
+	thresholdHits  uint64
+	quorumFailures uint64
+	quorumBad      [3]uint64 // by quorumOps
+	// confirmed: query-block has listed this device. A device known only
+	// from events (a node with no guest device, such as a mirror target)
+	// is never removed by a query-block that does not list it.
+	confirmed bool
+}
+
+func newBlockDev() *blockDev { return &blockDev{tray: -1, corruptFatal: -1} }
+
+// blockJob is a job from query-jobs or the BLOCK_JOB_*/JOB_STATUS_CHANGE
+// events.
+type blockJob struct {
+	typ, status      string
+	progress, length uint64
+}
+
+// migration is the outgoing migration as far as query-migrate and the
+// MIGRATION events tell.
+type migration struct {
+	known                                         bool
+	status                                        string
+	pass                                          uint64
+	transferred, remaining, total                 uint64
+	haveRAM                                       bool
+	dirtyRate                                     float64 // pages per second
+	expectedDowntime, totalTime, downtime, setupT float64 // seconds; -1 unknown
+}
+
+func (m *migration) inProgress() bool {
+	switch m.status {
+	case "", "none", "completed", "failed", "cancelled":
+		return false
+	}
+	return true
+}
+
+// guestReason keys the SHUTDOWN and RESET counters.
+type guestReason struct {
+	guest  bool
+	reason string
+}
+
+// display is the state of VNC or SPICE.
+type display struct {
+	enabled     int8 // -1 unknown (query failed or absent), 0 off, 1 on
+	clients     int
+	connections uint64
+	sessions    uint64
+	failed      uint64 // clients gone before INITIALIZED
+	pending     map[string]struct{}
+}
+
+// vmState is everything known about one VM. It is changed by the pure fold
+// (apply) and by the reconcile methods fed with query replies; none of them
+// does I/O or locking. The watcher holds the lock.
 type vmState struct {
 	up     bool
 	status string // current RunState; "" while unknown
@@ -56,36 +175,75 @@ type vmState struct {
 
 	attempts, failures uint64
 	protocolErrors     uint64
+	dataErrors         uint64 // events whose data could not be read
+	dropped            map[string]uint64
+
+	// Guest.
+	shutdowns, resets map[guestReason]uint64
+	panics            map[[2]string]uint64 // action, info type
+	crashloads        map[string]uint64    // action
+	watchdog          map[string]uint64    // action
+	memoryFailures    map[[2]string]uint64 // recipient, action
+	rtcOffset         int64
+	rtcKnown          bool
+	dumps             [2]uint64 // by dumpResults
+	deviceDeletions   uint64
+	vserports         map[string]bool
+
+	// Block devices and their name maps.
+	devices    map[string]*blockDev
+	bbToDev    map[string]string // BlockBackend name → device label
+	nodeToDev  map[string]string // node name → device label
+	jobs       map[string]*blockJob
+	jobsDone   map[[2]string]uint64 // job type, result (completed, failed, cancelled)
+	jobErrors  [2][3]uint64         // by ioOperations × ioActions
+	balloon    uint64
+	balloonOK  bool
+	hvBalloon  [2]uint64 // committed, available
+	hvBalloonK bool
+
+	mig      migration
+	migEnded [3]uint64 // by migrationEnds
+
+	vnc, spice display
 }
 
 func newVMState() vmState {
-	return vmState{events: make(map[string]*eventStat)}
+	s := vmState{
+		events:         make(map[string]*eventStat),
+		dropped:        make(map[string]uint64),
+		shutdowns:      make(map[guestReason]uint64),
+		resets:         make(map[guestReason]uint64),
+		panics:         make(map[[2]string]uint64),
+		crashloads:     make(map[string]uint64),
+		watchdog:       make(map[string]uint64),
+		memoryFailures: make(map[[2]string]uint64),
+		vserports:      make(map[string]bool),
+		devices:        make(map[string]*blockDev),
+		bbToDev:        make(map[string]string),
+		nodeToDev:      make(map[string]string),
+		jobs:           make(map[string]*blockJob),
+		jobsDone:       make(map[[2]string]uint64),
+		vnc:            display{enabled: -1, pending: make(map[string]struct{})},
+		spice:          display{enabled: -1, pending: make(map[string]struct{})},
+	}
+	for _, a := range panicActions {
+		s.panics[[2]string{a, "none"}] = 0
+	}
+	for _, a := range watchdogActions {
+		s.watchdog[a] = 0
+	}
+	return s
 }
 
-// statusHint is the run state an event implies, before query-status
-// confirms it. The watcher re-reads query-status after each of these, since
-// the event alone cannot tell, say, paused from io-error.
-var statusHint = map[string]string{
-	"STOP":           "paused",
-	"RESUME":         "running",
-	"SHUTDOWN":       "shutdown",
-	"SUSPEND":        "suspended",
-	"WAKEUP":         "running",
-	"GUEST_PANICKED": "",
-	"WATCHDOG":       "",
-	"BLOCK_IO_ERROR": "",
-	"RESET":          "",
-	"MIGRATION":      "",
-}
-
-// apply folds one event into the state. It reports whether the run state
-// should be re-read with query-status.
-func (s *vmState) apply(ev qmp.Event) (recheckStatus bool) {
+// apply folds one event into the state and reports which queries should
+// run to confirm what the event implies.
+func (s *vmState) apply(ev qmp.Event) need {
 	st, ok := s.events[ev.Name]
 	if !ok {
 		if len(s.events) >= maxEventNames || !validEventName(ev.Name) {
 			s.unlabelled++
-			return false
+			return 0
 		}
 		st = &eventStat{}
 		s.events[ev.Name] = st
@@ -94,11 +252,25 @@ func (s *vmState) apply(ev qmp.Event) (recheckStatus bool) {
 	if !ev.Time.IsZero() {
 		st.last = ev.Time
 	}
-	hint, recheck := statusHint[ev.Name]
-	if hint != "" {
-		s.status = hint
+	h, ok := handlers[ev.Name]
+	if !ok {
+		return 0
 	}
-	return recheck
+	if !h.fold {
+		return h.need
+	}
+	var f qmp.Fields
+	if len(ev.Data) > 0 {
+		if err := qmp.ParseFields(ev.Data, &f); err != nil {
+			s.dataErrors++
+			return h.need
+		}
+	}
+	n, ok := s.foldData(ev.Name, &f)
+	if !ok {
+		s.dataErrors++
+	}
+	return h.need | n
 }
 
 // validEventName accepts what QEMU's QAPI generator produces: upper-case
@@ -117,32 +289,34 @@ func validEventName(n string) bool {
 	return true
 }
 
-// setStatus records the run state that query-status returned. Unknown
-// states from a newer QEMU are kept if they look like a RunState name.
-func (s *vmState) setStatus(status string) {
-	if !knownRunState[status] && !validStatusName(status) {
-		status = ""
-	}
-	s.status = status
-}
-
-func validStatusName(n string) bool {
-	if n == "" || len(n) > 32 {
+// validEnum accepts the spelling of QAPI enum values: lower-case letters,
+// digits and '-', at most 32. Enum values from a newer QEMU pass; prose
+// does not.
+func validEnum(b []byte) bool {
+	if len(b) == 0 || len(b) > 32 {
 		return false
 	}
-	for i := 0; i < len(n); i++ {
-		c := n[i]
-		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
+	for _, c := range b {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' && c != '_' {
 			return false
 		}
 	}
 	return true
 }
 
+// setStatus records the run state that query-status returned. Unknown
+// states from a newer QEMU are kept if they look like a RunState name.
+func (s *vmState) setStatus(status string) {
+	if !knownRunState[status] && !validEnum([]byte(status)) {
+		status = ""
+	}
+	s.status = status
+}
+
 // setInfo records what the initial sync learned. If the VM on the other
 // end is not the one seen before (another name or UUID: a different QEMU
-// now listens on the same socket), the counters start again, because they
-// describe a different VM. It reports whether that happened.
+// now listens on the same socket), the state starts again, because it
+// describes a different VM. It reports whether that happened.
 func (s *vmState) setInfo(info vmInfo) (replaced bool) {
 	info.name = cleanLabel(info.name)
 	info.uuid = cleanLabel(info.uuid)
@@ -150,20 +324,26 @@ func (s *vmState) setInfo(info vmInfo) (replaced bool) {
 	info.pkg = cleanLabel(info.pkg)
 	if s.synced && (s.info.name != info.name || s.info.uuid != info.uuid) {
 		replaced = true
-		s.events = make(map[string]*eventStat)
-		s.unlabelled = 0
+		fresh := newVMState()
+		fresh.up, fresh.attempts, fresh.failures, fresh.protocolErrors = s.up, s.attempts, s.failures, s.protocolErrors
+		*s = fresh
 	}
 	s.info = info
 	s.synced = true
 	return replaced
 }
 
-// disconnected marks the session lost: up and the run state change,
-// counters stay.
+// disconnected marks the session lost: up and the gauges that describe the
+// present change; counters stay.
 func (s *vmState) disconnected() {
 	s.up = false
 	s.status = ""
+	s.vnc.pending = make(map[string]struct{})
+	s.spice.pending = make(map[string]struct{})
 }
+
+// drop counts a label set that was not created because its kind is full.
+func (s *vmState) drop(kind string) { s.dropped[kind]++ }
 
 // cleanLabel makes a VM-supplied string safe as a label value: valid
 // UTF-8, no control characters, at most maxLabelBytes.

@@ -113,7 +113,7 @@ func TestApply(t *testing.T) {
 			s.status = tc.status
 			rechecks := 0
 			for _, e := range tc.events {
-				if s.apply(e) {
+				if s.apply(e)&needStatus != 0 {
 					rechecks++
 				}
 			}

@@ -99,12 +99,24 @@ type watcher struct {
 	mu    sync.Mutex // guards st and phase
 	st    vmState
 	phase watcherState
-	// protocolLogged limits protocol-error logs to one per session.
+	// protocolLogged limits protocol-error logs to one per session, and
+	// dataLogged malformed-event logs to one per VM.
 	protocolLogged bool
+	dataLogged     bool
 
-	// nudge asks run to re-read the run state. Size one: the event handler
-	// sends without blocking, and many nudges collapse into one query.
-	nudge chan struct{}
+	// pending holds the queries events asked for (under mu); nudge tells
+	// the session loop to run them. Size one: the event handler sends
+	// without blocking, and many nudges collapse into one round of queries.
+	pending need
+	nudge   chan struct{}
+
+	// unsupported remembers the queries QEMU answered with
+	// CommandNotFound during this session. Only the watcher goroutine
+	// touches it.
+	unsupported map[string]bool
+
+	// noFollowUps: events trigger no queries (golden tests only).
+	noFollowUps bool
 }
 
 func newWatcher(t Target, opts Options, dial dialFunc) *watcher {
@@ -184,7 +196,9 @@ func (w *watcher) session(ctx context.Context) (time.Duration, error) {
 	w.st.attempts++
 	w.phase = stateConnecting
 	w.protocolLogged = false
+	w.pending = 0
 	w.mu.Unlock()
+	w.unsupported = make(map[string]bool)
 
 	dctx, cancel := context.WithTimeout(ctx, w.opts.DialTimeout)
 	conn, err := w.dial(dctx, w.target.Network, w.target.Address, qmp.Options{
@@ -214,7 +228,11 @@ func (w *watcher) session(ctx context.Context) (time.Duration, error) {
 
 	refresh := time.NewTicker(w.opts.RefreshInterval)
 	defer refresh.Stop()
+	// migPoll ticks while a migration is in progress: without the events
+	// capability, polling is the only way to see it end.
+	var migPoll <-chan time.Time
 	for {
+		var n need
 		select {
 		case <-ctx.Done():
 			w.markDown()
@@ -224,9 +242,15 @@ func (w *watcher) session(ctx context.Context) (time.Duration, error) {
 			level.Info(w.logger).Log("msg", "qmp session lost", "err", conn.Err())
 			return time.Since(start), nil
 		case <-w.nudge:
+			w.mu.Lock()
+			n, w.pending = w.pending, 0
+			w.mu.Unlock()
 		case <-refresh.C:
+			n = needAll
+		case <-migPoll:
+			n = needMigrate
 		}
-		if err := w.queryStatus(ctx, conn); err != nil {
+		if err := w.refresh(ctx, conn, n); err != nil {
 			w.markDown()
 			if ctx.Err() != nil {
 				return time.Since(start), nil
@@ -234,7 +258,22 @@ func (w *watcher) session(ctx context.Context) (time.Duration, error) {
 			level.Warn(w.logger).Log("msg", "dropping qmp session", "err", err)
 			return time.Since(start), nil
 		}
+		migPoll = nil
+		if w.migrationInProgress() {
+			migPoll = time.After(migrationPollInterval)
+		}
 	}
+}
+
+// migrationPollInterval is how often query-migrate is read while a
+// migration runs, so that no end (completed, failed, cancelled) is missed
+// even when the events capability is off.
+const migrationPollInterval = time.Second
+
+func (w *watcher) migrationInProgress() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.st.mig.inProgress()
 }
 
 // sync reads the absolute state that events only change: this is what
@@ -261,19 +300,41 @@ func (w *watcher) sync(ctx context.Context, conn *qmp.Conn) error {
 	if replaced {
 		level.Info(w.logger).Log("msg", "a different VM answers on this socket; its counters start again", "qemu_name", name.Name, "uuid", uuid.UUID)
 	}
-	return w.queryStatus(ctx, conn)
+	return w.refresh(ctx, conn, needAll)
 }
 
-func (w *watcher) queryStatus(ctx context.Context, conn *qmp.Conn) error {
-	var st struct {
-		Status string `json:"status"`
+// refresh runs the queries in n and applies their replies. A QEMU error
+// reply (CommandNotFound from an older QEMU, DeviceNotActive for a VM
+// without a balloon, ...) means that part is absent for this VM, not that
+// the session failed; anything else (a timeout, a dead connection) is
+// returned and ends the session.
+func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n need) error {
+	for _, q := range queries {
+		if n&q.need == 0 {
+			continue
+		}
+		if w.unsupported[q.command] {
+			continue
+		}
+		out := q.reply()
+		err := w.execute(ctx, conn, q.command, out)
+		var qe *qmp.Error
+		switch {
+		case errors.As(err, &qe):
+			if qe.Class == "CommandNotFound" {
+				w.unsupported[q.command] = true
+			}
+			w.mu.Lock()
+			q.absent(&w.st)
+			w.mu.Unlock()
+		case err != nil:
+			return err
+		default:
+			w.mu.Lock()
+			q.apply(&w.st, out)
+			w.mu.Unlock()
+		}
 	}
-	if err := w.execute(ctx, conn, "query-status", &st); err != nil {
-		return err
-	}
-	w.mu.Lock()
-	w.st.setStatus(st.Status)
-	w.mu.Unlock()
 	return nil
 }
 
@@ -291,9 +352,21 @@ func (w *watcher) execute(ctx context.Context, conn *qmp.Conn, cmd string, out a
 // folds, and at most nudges run. It never calls Execute.
 func (w *watcher) onEvent(ev qmp.Event) {
 	w.mu.Lock()
-	recheck := w.st.apply(ev)
+	before := w.st.dataErrors
+	n := w.st.apply(ev)
+	if w.noFollowUps {
+		n = 0
+	}
+	w.pending |= n
+	logData := w.st.dataErrors != before && !w.dataLogged
+	if logData {
+		w.dataLogged = true
+	}
 	w.mu.Unlock()
-	if recheck {
+	if logData {
+		level.Warn(w.logger).Log("msg", "qmp event with malformed data; it is counted, and further ones for this vm are only counted in qmp_event_data_errors_total", "event", ev.Name, "data", excerpt(ev.Data))
+	}
+	if n != 0 {
 		select {
 		case w.nudge <- struct{}{}:
 		default:
@@ -334,4 +407,12 @@ func (w *watcher) phaseName() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.phase.String()
+}
+
+// excerpt returns at most 200 bytes of b, for a log line.
+func excerpt(b []byte) string {
+	if len(b) > 200 {
+		return string(b[:200]) + "..."
+	}
+	return string(b)
 }

@@ -30,6 +30,8 @@ type fakeQEMU struct {
 	hang    bool
 	current *qmptest.Server
 	dials   int
+	// extra answers commands before the defaults; nil for none.
+	extra func(qmptest.Command) (qmptest.Reply, bool)
 }
 
 func (f *fakeQEMU) dial(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, error) {
@@ -58,6 +60,11 @@ func (f *fakeQEMU) handle(cmd qmptest.Command) (qmptest.Reply, bool) {
 	defer f.mu.Unlock()
 	if f.hang {
 		return qmptest.NoReply, true
+	}
+	if f.extra != nil {
+		if r, ok := f.extra(cmd); ok {
+			return r, true
+		}
 	}
 	switch cmd.Execute {
 	case "query-status":
@@ -231,5 +238,73 @@ func TestDuplicateQEMUNamesStayUnique(t *testing.T) {
 		if !strings.Contains(got, `qmp_up{vm="same"} 1`) || !strings.Contains(got, `qmp_up{vm="two"} 1`) {
 			t.Errorf("want one VM named after QEMU and the other after its socket:\n%s", got)
 		}
+	})
+}
+
+// TestMigrationPolledWithoutEvents: with the events capability off (the
+// exporter must not turn it on), a migration that starts and ends is seen
+// by polling query-migrate every second while it is in progress.
+func TestMigrationPolledWithoutEvents(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		migStatus := "none"
+		polls := 0
+		fake := &fakeQEMU{t: t, status: "running", name: "mig"}
+		fake.extra = func(cmd qmptest.Command) (qmptest.Reply, bool) {
+			if cmd.Execute != "query-migrate" {
+				return qmptest.Reply{}, false
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			polls++
+			if migStatus == "none" {
+				return qmptest.ReturnRaw(`{}`), true
+			}
+			return qmptest.ReturnRaw(`{"status": "` + migStatus + `", "ram": {"transferred": 1000, "remaining": 500, "total": 2000, "dirty-pages-rate": 12, "dirty-sync-count": 3}, "total-time": 1500, "expected-downtime": 300}`), true
+		}
+		m, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/mig.sock"})
+		defer stop()
+		synctest.Wait()
+		// A management tool starts a migration. No event reaches the
+		// exporter; the next periodic refresh (30 s) sees it...
+		mu.Lock()
+		migStatus = "active"
+		mu.Unlock()
+		time.Sleep(31 * time.Second)
+		synctest.Wait()
+		got := scrape(t, m, "qmp_migration_status", "qmp_migration_transferred_bytes", "qmp_migration_pass")
+		for _, w := range []string{`qmp_migration_status{status="active",vm="mig"} 1`, `qmp_migration_transferred_bytes{vm="mig"} 1000`, `qmp_migration_pass{vm="mig"} 3`} {
+			if !strings.Contains(got, w) {
+				t.Errorf("missing %s in\n%s", w, got)
+			}
+		}
+		// ...and from then on it is polled every second, so an end that
+		// lasts only until the next refresh is not missed.
+		mu.Lock()
+		before := polls
+		migStatus = "completed"
+		mu.Unlock()
+		time.Sleep(1500 * time.Millisecond)
+		synctest.Wait()
+		mu.Lock()
+		if polls-before < 1 {
+			t.Errorf("query-migrate not polled while the migration ran")
+		}
+		mu.Unlock()
+		got = scrape(t, m, "qmp_migrations_total", "qmp_migration_status")
+		if !strings.Contains(got, `qmp_migrations_total{result="completed",vm="mig"} 1`) || !strings.Contains(got, `qmp_migration_status{status="completed",vm="mig"} 1`) {
+			t.Errorf("completed migration not seen by polling:\n%s", got)
+		}
+		// Once it has ended, polling stops.
+		mu.Lock()
+		before = polls
+		mu.Unlock()
+		time.Sleep(20 * time.Second)
+		synctest.Wait()
+		mu.Lock()
+		if polls != before {
+			t.Errorf("%d polls after the migration ended", polls-before)
+		}
+		mu.Unlock()
 	})
 }

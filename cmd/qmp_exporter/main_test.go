@@ -49,6 +49,43 @@ func buildExporter(t *testing.T, ctx context.Context) string {
 
 const e2eUUID = "5c0ffee0-0d15-4a7b-9e3c-00000000e2e0"
 
+// e2e is a running exporter under test.
+type e2e struct {
+	t   *testing.T
+	ctx context.Context
+	exp *exporterproc.Process
+}
+
+// startExporter runs the binary with args and stops it (SIGTERM, which
+// must succeed) when the test ends.
+func startExporter(t *testing.T, ctx context.Context, bin string, args ...string) *e2e {
+	t.Helper()
+	exp, err := exporterproc.Start(ctx, bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+		defer c()
+		if err := exp.Stop(sctx); err != nil {
+			t.Errorf("exporter did not stop cleanly on SIGTERM: %v\n%s", err, exp.Logs())
+		}
+	})
+	return &e2e{t: t, ctx: ctx, exp: exp}
+}
+
+// wait scrapes until cond holds, for at most 30 s.
+func (e *e2e) wait(what string, cond func(exporterproc.Metrics) bool) exporterproc.Metrics {
+	e.t.Helper()
+	wctx, c := context.WithTimeout(e.ctx, 30*time.Second)
+	defer c()
+	m, err := e.exp.WaitFor(wctx, what, cond)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return m
+}
+
 // TestEndToEnd runs the real binary against a real QEMU 7.2 with no guest:
 // a second (control) monitor drives QEMU, and the exporter's own monitor
 // must reflect every step in /metrics.
@@ -75,18 +112,9 @@ func TestEndToEnd(t *testing.T) {
 	}
 	vm := startVM()
 
-	exp, err := exporterproc.Start(ctx, bin, "--qmp.socket="+sock, "--log.level=debug",
+	e := startExporter(t, ctx, bin, "--qmp.socket="+sock, "--log.level=debug",
 		"--qmp.max-backoff=1s", "--qmp.dial-timeout=2s", "--qmp.command-timeout=2s")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
-		defer c()
-		if err := exp.Stop(sctx); err != nil {
-			t.Errorf("exporter did not stop cleanly on SIGTERM: %v\n%s", err, exp.Logs())
-		}
-	})
+	exp, wait := e.exp, e.wait
 
 	const (
 		up      = `qmp_up{vm="e2e"}`
@@ -97,16 +125,6 @@ func TestEndToEnd(t *testing.T) {
 		resets  = `qmp_events_total{event="RESET",vm="e2e"}`
 		info    = `qmp_vm_info{package="Debian 1:7.2+dfsg-7+deb12u18+b3",qemu_version="7.2.22",uuid="` + e2eUUID + `",vm="e2e"}`
 	)
-	wait := func(what string, cond func(exporterproc.Metrics) bool) exporterproc.Metrics {
-		t.Helper()
-		wctx, c := context.WithTimeout(ctx, 30*time.Second)
-		defer c()
-		m, err := exp.WaitFor(wctx, what, cond)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return m
-	}
 	ctl := func(cmd string) {
 		t.Helper()
 		if _, err := vm.Ctl.Execute(ctx, cmd, nil); err != nil {

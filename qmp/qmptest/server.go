@@ -113,7 +113,6 @@ type Server struct {
 
 	mu         sync.Mutex
 	received   []Command
-	eventsSent int // transcript events emitted so far
 	negotiated chan struct{}
 	negOnce    sync.Once
 
@@ -192,10 +191,7 @@ func (s *Server) answer(cmd Command) Reply {
 		}
 	}
 	if tr := s.opts.Transcript; tr != nil {
-		s.mu.Lock()
-		pos := s.eventsSent
-		s.mu.Unlock()
-		if r, ok := tr.ReplyAt(cmd.Execute, pos); ok {
+		if r, ok := tr.Replies[cmd.Execute]; ok {
 			return r
 		}
 	}

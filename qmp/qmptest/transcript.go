@@ -14,38 +14,13 @@ import (
 type Transcript struct {
 	// Greeting is QEMU's greeting line.
 	Greeting string
-	// Replies maps a command name to QEMU's recorded answer (the last one
-	// recorded for that command).
+	// Replies maps a command name to QEMU's first recorded answer: the
+	// state when the client connected, which is what a client's initial
+	// queries see. (Later answers depend on when they are asked relative to
+	// the events, which a replay cannot reproduce faithfully.)
 	Replies map[string]Reply
 	// Events are the recorded event lines, in wire order.
 	Events []string
-
-	// timeline keeps every recorded reply with the number of events QEMU
-	// had sent before it, so that a replay can answer a query with what
-	// QEMU said at that point of the recording.
-	timeline map[string][]timedReply
-}
-
-type timedReply struct {
-	afterEvents int
-	reply       Reply
-}
-
-// ReplyAt returns the answer to command as recorded after the first
-// `events` events: the last reply recorded at or before that point, else
-// the first one recorded. ok is false if the command was never recorded.
-func (tr *Transcript) ReplyAt(command string, events int) (Reply, bool) {
-	replies := tr.timeline[command]
-	if len(replies) == 0 {
-		return Reply{}, false
-	}
-	r := replies[0].reply
-	for _, t := range replies {
-		if t.afterEvents <= events {
-			r = t.reply
-		}
-	}
-	return r, true
 }
 
 type transcriptLine struct {
@@ -60,7 +35,7 @@ func LoadTranscript(path string) (*Transcript, error) {
 		return nil, err
 	}
 	defer f.Close()
-	tr := &Transcript{Replies: map[string]Reply{}, timeline: map[string][]timedReply{}}
+	tr := &Transcript{Replies: map[string]Reply{}}
 	commands := map[string]string{} // id → command name
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
@@ -103,8 +78,9 @@ func LoadTranscript(path string) (*Transcript, error) {
 			if msg.Error != nil {
 				r = Fail(msg.Error.Class, msg.Error.Desc)
 			}
-			tr.Replies[cmd] = r
-			tr.timeline[cmd] = append(tr.timeline[cmd], timedReply{afterEvents: len(tr.Events), reply: r})
+			if _, seen := tr.Replies[cmd]; !seen {
+				tr.Replies[cmd] = r
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -126,12 +102,5 @@ func (s *Server) EmitEvents(tr *Transcript) error {
 	return nil
 }
 
-// EmitEvent sends the transcript's i-th event. From then on, a server
-// replaying tr answers queries with what QEMU replied at that point of the
-// recording.
-func (s *Server) EmitEvent(tr *Transcript, i int) error {
-	s.mu.Lock()
-	s.eventsSent = i + 1
-	s.mu.Unlock()
-	return s.EmitRaw(tr.Events[i])
-}
+// EmitEvent sends the transcript's i-th event.
+func (s *Server) EmitEvent(tr *Transcript, i int) error { return s.EmitRaw(tr.Events[i]) }

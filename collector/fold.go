@@ -1,0 +1,762 @@
+package collector
+
+import (
+	"bytes"
+	"strings"
+
+	"github.com/qmp-exporter/qmp_exporter/qmp"
+)
+
+// handler says what the exporter does with an event beyond counting it:
+// whether its data feeds a dedicated metric (fold, dispatched by
+// foldData), and which queries to run after it because the event alone
+// cannot tell the exact state.
+type handler struct {
+	fold bool
+	need need
+}
+
+// handlers covers every event of QEMU's event documentation and of the
+// QAPI schema up to 9.x that feeds more than qmp_events_total. Events
+// without an entry (ACPI_DEVICE_OST, NIC_RX_FILTER_CHANGED, POWERDOWN,
+// GUEST_PVSHUTDOWN, NETDEV_*, ...) are counted and need nothing more.
+var handlers = map[string]handler{
+	// Run state. The event gives a hint; query-status says exactly which
+	// state (a STOP may mean paused, io-error, guest-panicked, ...).
+	"STOP":         {true, needStatus},
+	"RESUME":       {true, needStatus},
+	"SUSPEND":      {true, needStatus},
+	"SUSPEND_DISK": {false, needStatus},
+	"WAKEUP":       {true, needStatus},
+	"SHUTDOWN":     {true, needStatus},
+	"RESET":        {true, needStatus},
+
+	// Guest failures.
+	"GUEST_PANICKED":    {true, needStatus},
+	"GUEST_CRASHLOADED": {true, 0},
+	"WATCHDOG":          {true, needStatus},
+	"MEMORY_FAILURE":    {true, 0},
+
+	// Block devices.
+	"BLOCK_IO_ERROR":        {true, needStatus},
+	"BLOCK_IMAGE_CORRUPTED": {true, 0},
+	"BLOCK_WRITE_THRESHOLD": {true, 0},
+	"QUORUM_FAILURE":        {true, 0},
+	"QUORUM_REPORT_BAD":     {true, 0},
+	"DEVICE_TRAY_MOVED":     {true, 0},
+	"DEVICE_DELETED":        {true, 0},
+
+	// Jobs.
+	"BLOCK_JOB_COMPLETED": {true, needJobs},
+	"BLOCK_JOB_CANCELLED": {true, needJobs},
+	"BLOCK_JOB_ERROR":     {true, needJobs},
+	"BLOCK_JOB_READY":     {true, needJobs},
+	"BLOCK_JOB_PENDING":   {true, needJobs},
+	"JOB_STATUS_CHANGE":   {true, 0},
+
+	// Memory.
+	"BALLOON_CHANGE":           {true, 0},
+	"HV_BALLOON_STATUS_REPORT": {true, 0},
+
+	// Migration. The events only come when a management tool turned the
+	// "events" migration capability on; the watcher polls query-migrate
+	// while a migration runs either way.
+	"MIGRATION":      {true, needMigrate | needStatus},
+	"MIGRATION_PASS": {true, 0},
+
+	// Consoles.
+	"VNC_CONNECTED":      {true, 0},
+	"VNC_INITIALIZED":    {true, 0},
+	"VNC_DISCONNECTED":   {true, 0},
+	"SPICE_CONNECTED":    {true, 0},
+	"SPICE_INITIALIZED":  {true, 0},
+	"SPICE_DISCONNECTED": {true, 0},
+
+	// Other devices.
+	"RTC_CHANGE":      {true, 0},
+	"VSERPORT_CHANGE": {true, 0},
+	"DUMP_COMPLETED":  {true, 0},
+}
+
+// foldData dispatches an event's data to its fold function. A switch
+// rather than a table of function values keeps f on the caller's stack:
+// the common event path does not allocate.
+func (s *vmState) foldData(name string, f *qmp.Fields) (need, bool) {
+	switch name {
+	case "STOP":
+		s.status = "paused"
+	case "RESUME", "WAKEUP":
+		s.status = "running"
+	case "SUSPEND":
+		s.status = "suspended"
+	case "SHUTDOWN":
+		return foldShutdown(s, f)
+	case "RESET":
+		return foldReset(s, f)
+	case "GUEST_PANICKED":
+		return foldPanic(s, f)
+	case "GUEST_CRASHLOADED":
+		return foldCrashload(s, f)
+	case "WATCHDOG":
+		return foldWatchdog(s, f)
+	case "MEMORY_FAILURE":
+		return foldMemoryFailure(s, f)
+	case "BLOCK_IO_ERROR":
+		return foldIOError(s, f)
+	case "BLOCK_IMAGE_CORRUPTED":
+		return foldCorrupted(s, f)
+	case "BLOCK_WRITE_THRESHOLD":
+		return foldWriteThreshold(s, f)
+	case "QUORUM_FAILURE":
+		return foldQuorumFailure(s, f)
+	case "QUORUM_REPORT_BAD":
+		return foldQuorumBad(s, f)
+	case "DEVICE_TRAY_MOVED":
+		return foldTray(s, f)
+	case "DEVICE_DELETED":
+		return foldDeviceDeleted(s, f)
+	case "BLOCK_JOB_COMPLETED":
+		return foldJobCompleted(s, f)
+	case "BLOCK_JOB_CANCELLED":
+		return foldJobCancelled(s, f)
+	case "BLOCK_JOB_ERROR":
+		return foldJobError(s, f)
+	case "BLOCK_JOB_READY":
+		return foldJobProgress(s, f, "ready")
+	case "BLOCK_JOB_PENDING":
+		return foldJobProgress(s, f, "pending")
+	case "JOB_STATUS_CHANGE":
+		return foldJobStatus(s, f)
+	case "BALLOON_CHANGE":
+		return foldBalloon(s, f)
+	case "HV_BALLOON_STATUS_REPORT":
+		return foldHVBalloon(s, f)
+	case "MIGRATION":
+		return foldMigration(s, f)
+	case "MIGRATION_PASS":
+		return foldMigrationPass(s, f)
+	case "VNC_CONNECTED":
+		return vncConnected(s, f)
+	case "VNC_INITIALIZED":
+		return vncInitialized(s, f)
+	case "VNC_DISCONNECTED":
+		return vncDisconnected(s, f)
+	case "SPICE_CONNECTED":
+		return spiceConnected(s, f)
+	case "SPICE_INITIALIZED":
+		return spiceInitialized(s, f)
+	case "SPICE_DISCONNECTED":
+		return spiceDisconnected(s, f)
+	case "RTC_CHANGE":
+		return foldRTC(s, f)
+	case "VSERPORT_CHANGE":
+		return foldVserport(s, f)
+	case "DUMP_COMPLETED":
+		return foldDump(s, f)
+	}
+	return 0, true
+}
+
+// enumLabel returns member key as a label value if it looks like a QAPI
+// enum value. It allocates only for a value not in known.
+func enumLabel(f *qmp.Fields, key string, known []string) (string, bool) {
+	b, ok := f.StringBytes(key)
+	if !ok {
+		return "", false
+	}
+	if i := indexOf(known, b); i >= 0 {
+		return known[i], true
+	}
+	if !validEnum(b) {
+		return "", false
+	}
+	return string(b), true
+}
+
+var shutdownCauses = []string{
+	"none", "host-error", "host-qmp-quit", "host-qmp-system-reset",
+	"host-signal", "host-ui", "guest-shutdown", "guest-reset", "guest-panic",
+	"subsystem-reset", "snapshot-load",
+}
+
+// guestReasonOf reads SHUTDOWN's and RESET's members. QEMU before 4.0
+// sent neither; such events count as guest=false, reason=unknown.
+func guestReasonOf(f *qmp.Fields) (guestReason, bool) {
+	if f.Len() == 0 {
+		return guestReason{reason: "unknown"}, true
+	}
+	g, gok := f.Bool("guest")
+	r, rok := enumLabel(f, "reason", shutdownCauses)
+	if !gok || !rok {
+		return guestReason{reason: "unknown"}, false
+	}
+	return guestReason{guest: g, reason: r}, true
+}
+
+func countReason(m map[guestReason]uint64, k guestReason) {
+	if _, ok := m[k]; !ok && len(m) >= maxEnumValues {
+		return
+	}
+	m[k]++
+}
+
+func foldShutdown(s *vmState, f *qmp.Fields) (need, bool) {
+	k, ok := guestReasonOf(f)
+	countReason(s.shutdowns, k)
+	s.status = "shutdown"
+	return 0, ok
+}
+
+func foldReset(s *vmState, f *qmp.Fields) (need, bool) {
+	k, ok := guestReasonOf(f)
+	countReason(s.resets, k)
+	return 0, ok
+}
+
+var panicInfoTypes = []string{"none", "hyper-v", "s390", "tdx"}
+
+// panicKey reads GUEST_PANICKED's and GUEST_CRASHLOADED's action and the
+// type of the optional info union (none when absent).
+func panicKey(f *qmp.Fields) ([2]string, bool) {
+	action, ok := enumLabel(f, "action", panicActions)
+	if !ok {
+		return [2]string{}, false
+	}
+	info := "none"
+	if raw := f.Raw("info"); raw != nil {
+		var inner qmp.Fields
+		if qmp.ParseFields(raw, &inner) != nil {
+			return [2]string{action, "none"}, false
+		}
+		if t, ok := enumLabel(&inner, "type", panicInfoTypes); ok {
+			info = t
+		}
+	}
+	return [2]string{action, info}, true
+}
+
+func foldPanic(s *vmState, f *qmp.Fields) (need, bool) {
+	k, ok := panicKey(f)
+	if !ok {
+		return 0, false
+	}
+	if _, seen := s.panics[k]; seen || len(s.panics) < maxEnumValues {
+		s.panics[k]++
+	}
+	if k[0] == "pause" {
+		s.status = "guest-panicked"
+	}
+	return 0, true
+}
+
+func foldCrashload(s *vmState, f *qmp.Fields) (need, bool) {
+	k, ok := panicKey(f)
+	if !ok {
+		return 0, false
+	}
+	if _, seen := s.crashloads[k[0]]; seen || len(s.crashloads) < maxEnumValues {
+		s.crashloads[k[0]]++
+	}
+	return 0, true
+}
+
+func foldWatchdog(s *vmState, f *qmp.Fields) (need, bool) {
+	a, ok := enumLabel(f, "action", watchdogActions)
+	if !ok {
+		return 0, false
+	}
+	if _, seen := s.watchdog[a]; seen || len(s.watchdog) < maxEnumValues {
+		s.watchdog[a]++
+	}
+	if a == "pause" {
+		s.status = "watchdog"
+	}
+	return 0, true
+}
+
+var (
+	memFailRecipients = []string{"hypervisor", "guest"}
+	memFailActions    = []string{"ignore", "inject", "fatal", "reset"}
+)
+
+func foldMemoryFailure(s *vmState, f *qmp.Fields) (need, bool) {
+	r, rok := enumLabel(f, "recipient", memFailRecipients)
+	a, aok := enumLabel(f, "action", memFailActions)
+	if !rok || !aok {
+		return 0, false
+	}
+	k := [2]string{r, a}
+	if _, seen := s.memoryFailures[k]; seen || len(s.memoryFailures) < maxEnumValues {
+		s.memoryFailures[k]++
+	}
+	return 0, true
+}
+
+// peripheralPrefix is the QOM path under which QEMU puts devices that
+// have an id.
+var peripheralPrefix = []byte("/machine/peripheral/")
+
+// qdevLabel turns a qdev id or QOM path into the device label: the qdev id
+// when the path is just /machine/peripheral/<id>, the path otherwise (what
+// query-block reports as "qdev" for devices without an id).
+func qdevLabel(b []byte) string {
+	s := string(b)
+	if rest, ok := strings.CutPrefix(s, string(peripheralPrefix)); ok && rest != "" && !strings.Contains(rest, "/") {
+		s = rest
+	}
+	return cleanLabel(s)
+}
+
+// resolveDevice finds the device an event is about, in order of
+// precision: the qdev id or QOM path (members qdevKeys), the BlockBackend
+// name ("device", empty for anonymous backends), the node name. It returns
+// the device state (created if needed and allowed) and whether a
+// query-block refresh would help because a name was not mapped yet. An
+// auto-generated node name (#block123) never becomes a label; such an
+// event is counted under device "unknown".
+func (s *vmState) resolveDevice(f *qmp.Fields, qdevKeys ...string) (*blockDev, need) {
+	for _, k := range qdevKeys {
+		if b, ok := f.StringBytes(k); ok && len(b) > 0 {
+			if d := s.devices[string(b)]; d != nil {
+				return d, 0
+			}
+			if rest, ok := bytes.CutPrefix(b, peripheralPrefix); ok {
+				if d := s.devices[string(rest)]; d != nil {
+					return d, 0
+				}
+			}
+			return s.device(qdevLabel(b)), needBlock
+		}
+	}
+	if b, ok := f.StringBytes("device"); ok && len(b) > 0 {
+		if label, ok := s.bbToDev[string(b)]; ok {
+			return s.device(label), 0
+		}
+		return s.device(cleanLabel(string(b))), needBlock
+	}
+	for _, k := range []string{"node-name", "reference"} {
+		if b, ok := f.StringBytes(k); ok && len(b) > 0 {
+			if label, ok := s.nodeToDev[string(b)]; ok {
+				return s.device(label), 0
+			}
+			if b[0] == '#' {
+				return s.device("unknown"), needBlock
+			}
+			return s.device(cleanLabel(string(b))), needBlock
+		}
+	}
+	return s.device("unknown"), 0
+}
+
+// device returns the state of device label, creating it unless the VM
+// already has maxDevices; then a shared overflow entry absorbs the counts
+// (not exported) and the drop is counted.
+func (s *vmState) device(label string) *blockDev {
+	if d := s.devices[label]; d != nil {
+		return d
+	}
+	if len(s.devices) >= maxDevices {
+		s.drop("device")
+		return newBlockDev()
+	}
+	d := newBlockDev()
+	s.devices[label] = d
+	return d
+}
+
+func foldIOError(s *vmState, f *qmp.Fields) (need, bool) {
+	op, _ := f.StringBytes("operation")
+	act, _ := f.StringBytes("action")
+	oi, ai := indexOf(ioOperations, op), indexOf(ioActions, act)
+	if oi < 0 || ai < 0 {
+		return 0, false
+	}
+	d, n := s.resolveDevice(f, "qom-path")
+	d.ioErrors[oi][ai]++
+	if ns, _ := f.Bool("nospace"); ns {
+		d.nospace++
+	}
+	if ai == 2 { // stop: the VM pauses with RunState io-error
+		s.status = "io-error"
+	}
+	return n | needBlock, true
+}
+
+func foldCorrupted(s *vmState, f *qmp.Fields) (need, bool) {
+	d, n := s.resolveDevice(f)
+	d.corruptions++
+	// fatal arrived in QEMU 2.2; older reports say nothing about it.
+	if fatal, ok := f.Bool("fatal"); ok {
+		if fatal {
+			d.corruptFatal = 1
+		} else if d.corruptFatal < 0 {
+			d.corruptFatal = 0
+		}
+	}
+	return n, f.Has("msg")
+}
+
+func foldWriteThreshold(s *vmState, f *qmp.Fields) (need, bool) {
+	d, n := s.resolveDevice(f)
+	d.thresholdHits++
+	return n, f.Has("node-name")
+}
+
+func foldQuorumFailure(s *vmState, f *qmp.Fields) (need, bool) {
+	d, n := s.resolveDevice(f)
+	d.quorumFailures++
+	return n, f.Has("reference") || f.Has("node-name")
+}
+
+func foldQuorumBad(s *vmState, f *qmp.Fields) (need, bool) {
+	d, n := s.resolveDevice(f)
+	op, _ := f.StringBytes("type")
+	i := indexOf(quorumOps, op)
+	if i < 0 {
+		// QEMU before 2.6 sent no type: all reports were reads.
+		if f.Has("type") {
+			return n, false
+		}
+		i = 0
+	}
+	d.quorumBad[i]++
+	return n, true
+}
+
+func foldTray(s *vmState, f *qmp.Fields) (need, bool) {
+	open, ok := f.Bool("tray-open")
+	if !ok {
+		return 0, false
+	}
+	d, n := s.resolveDevice(f, "id")
+	if open {
+		d.tray = 1
+	} else {
+		d.tray = 0
+	}
+	return n, true
+}
+
+// foldDeviceDeleted forgets a block device that was removed (its series go
+// with it) and re-reads query-block to update the name maps; other devices
+// (a USB keyboard, a NIC) need nothing more than the count.
+func foldDeviceDeleted(s *vmState, f *qmp.Fields) (need, bool) {
+	s.deviceDeletions++
+	var n need
+	for _, k := range []string{"device", "path"} {
+		if b, ok := f.StringBytes(k); ok && len(b) > 0 {
+			label := qdevLabel(b)
+			if _, ok := s.devices[label]; ok {
+				delete(s.devices, label)
+				n = needBlock
+			}
+		}
+	}
+	return n, f.Has("path")
+}
+
+// Jobs. BLOCK_JOB_* events name the job in "device" (its job id, which
+// defaults to the device name); JOB_STATUS_CHANGE and BLOCK_JOB_PENDING
+// call it "id".
+
+var jobTypes = []string{"commit", "stream", "mirror", "backup", "create", "amend", "snapshot-load", "snapshot-save", "snapshot-delete"}
+
+func jobID(f *qmp.Fields) ([]byte, bool) {
+	if b, ok := f.StringBytes("device"); ok && len(b) > 0 {
+		return b, true
+	}
+	if b, ok := f.StringBytes("id"); ok && len(b) > 0 {
+		return b, true
+	}
+	return nil, false
+}
+
+// job returns the job's state, creating it within the bound, or nil.
+func (s *vmState) job(id []byte) *blockJob {
+	if j := s.jobs[string(id)]; j != nil {
+		return j
+	}
+	if len(s.jobs) >= maxDevices {
+		s.drop("job")
+		return nil
+	}
+	j := &blockJob{}
+	s.jobs[cleanLabel(string(id))] = j
+	return j
+}
+
+// foldJobEnd counts a finished job by its type and result, and forgets it.
+func (s *vmState) jobEnded(f *qmp.Fields, result string) bool {
+	id, idok := jobID(f)
+	typ, tok := enumLabel(f, "type", jobTypes)
+	if !tok {
+		if j := s.jobs[string(id)]; j != nil && j.typ != "" {
+			typ, tok = j.typ, true
+		} else {
+			typ = "unknown"
+		}
+	}
+	k := [2]string{typ, result}
+	if _, seen := s.jobsDone[k]; seen || len(s.jobsDone) < maxEnumValues {
+		s.jobsDone[k]++
+	}
+	if idok {
+		delete(s.jobs, string(id))
+	}
+	return idok && tok
+}
+
+func foldJobCompleted(s *vmState, f *qmp.Fields) (need, bool) {
+	result := "completed"
+	if f.Has("error") {
+		result = "failed"
+	}
+	return 0, s.jobEnded(f, result)
+}
+
+func foldJobCancelled(s *vmState, f *qmp.Fields) (need, bool) {
+	return 0, s.jobEnded(f, "cancelled")
+}
+
+func foldJobError(s *vmState, f *qmp.Fields) (need, bool) {
+	op, _ := f.StringBytes("operation")
+	act, _ := f.StringBytes("action")
+	oi, ai := indexOf(ioOperations, op), indexOf(ioActions, act)
+	if oi < 0 || ai < 0 {
+		return 0, false
+	}
+	s.jobErrors[oi][ai]++
+	return 0, true
+}
+
+func foldJobProgress(s *vmState, f *qmp.Fields, status string) (need, bool) {
+	id, ok := jobID(f)
+	if !ok {
+		return 0, false
+	}
+	j := s.job(id)
+	if j == nil {
+		return 0, true
+	}
+	j.status = status
+	if t, ok := enumLabel(f, "type", jobTypes); ok {
+		j.typ = t
+	}
+	if v, ok := f.Uint("offset"); ok {
+		j.progress = v
+	}
+	if v, ok := f.Uint("len"); ok {
+		j.length = v
+	}
+	return 0, true
+}
+
+var jobStatuses = []string{"undefined", "created", "running", "paused", "ready", "standby", "waiting", "pending", "aborting", "concluded", "null"}
+
+func foldJobStatus(s *vmState, f *qmp.Fields) (need, bool) {
+	id, iok := jobID(f)
+	st, sok := enumLabel(f, "status", jobStatuses)
+	if !iok || !sok {
+		return 0, false
+	}
+	if st == "null" {
+		delete(s.jobs, string(id))
+		return 0, true
+	}
+	j := s.jobs[string(id)]
+	var n need
+	if j == nil {
+		if j = s.job(id); j == nil {
+			return 0, true
+		}
+		n = needJobs // learn its type
+	}
+	j.status = st
+	return n, true
+}
+
+func foldBalloon(s *vmState, f *qmp.Fields) (need, bool) {
+	v, ok := f.Uint("actual")
+	if ok {
+		s.balloon, s.balloonOK = v, true
+	}
+	return 0, ok
+}
+
+func foldHVBalloon(s *vmState, f *qmp.Fields) (need, bool) {
+	c, cok := f.Uint("committed")
+	a, aok := f.Uint("available")
+	if cok && aok {
+		s.hvBalloon, s.hvBalloonK = [2]uint64{c, a}, true
+	}
+	return 0, cok && aok
+}
+
+func foldMigration(s *vmState, f *qmp.Fields) (need, bool) {
+	st, ok := enumLabel(f, "status", migrationStates)
+	if !ok {
+		return 0, false
+	}
+	s.setMigrationStatus(st)
+	return 0, true
+}
+
+// setMigrationStatus moves the migration to status st, counting a
+// migration that ends (a move from an in-progress state to completed,
+// failed or cancelled). A first status learnt after connecting is not an
+// end this exporter saw, so it is not counted.
+func (s *vmState) setMigrationStatus(st string) {
+	if s.mig.known && s.mig.inProgress() {
+		if i := indexOf(migrationEnds, []byte(st)); i >= 0 {
+			s.migEnded[i]++
+		}
+	}
+	if st == "setup" && !s.mig.inProgress() {
+		s.mig = migration{expectedDowntime: -1, totalTime: -1, downtime: -1, setupT: -1}
+	}
+	s.mig.known = true
+	s.mig.status = st
+}
+
+func foldMigrationPass(s *vmState, f *qmp.Fields) (need, bool) {
+	p, ok := f.Uint("pass")
+	if ok {
+		s.mig.pass = p
+	}
+	return 0, ok
+}
+
+// clientKey writes the key of a VNC or SPICE client connection (its
+// address) into buf and returns it; the map operations that use it as
+// string(key) do not allocate, except when a client is added.
+func clientKey(buf []byte, f *qmp.Fields, portKey string) ([]byte, bool) {
+	raw := f.Raw("client")
+	if raw == nil {
+		return buf[:0], false
+	}
+	var c qmp.Fields
+	if qmp.ParseFields(raw, &c) != nil {
+		return buf[:0], false
+	}
+	host, _ := c.StringBytes("host")
+	port, _ := c.StringBytes(portKey)
+	key := append(append(append(buf[:0], host...), ' '), port...)
+	return key, true
+}
+
+func (d *display) connected(key []byte) {
+	d.connections++
+	d.clients++
+	if len(d.pending) < maxPendingClients {
+		d.pending[string(key)] = struct{}{}
+	}
+}
+
+func (d *display) initialized(key []byte, session bool) {
+	delete(d.pending, string(key))
+	if session {
+		d.sessions++
+	}
+}
+
+func (d *display) disconnected(key []byte) {
+	if _, ok := d.pending[string(key)]; ok {
+		d.failed++
+		delete(d.pending, string(key))
+	}
+	if d.clients > 0 {
+		d.clients--
+	}
+}
+
+func vncConnected(s *vmState, f *qmp.Fields) (need, bool) {
+	var buf [64]byte
+	k, ok := clientKey(buf[:], f, "service")
+	s.vnc.connected(k)
+	return 0, ok
+}
+
+func vncInitialized(s *vmState, f *qmp.Fields) (need, bool) {
+	var buf [64]byte
+	k, ok := clientKey(buf[:], f, "service")
+	s.vnc.initialized(k, true)
+	return 0, ok
+}
+
+func vncDisconnected(s *vmState, f *qmp.Fields) (need, bool) {
+	var buf [64]byte
+	k, ok := clientKey(buf[:], f, "service")
+	s.vnc.disconnected(k)
+	return 0, ok
+}
+
+func spiceConnected(s *vmState, f *qmp.Fields) (need, bool) {
+	var buf [64]byte
+	k, ok := clientKey(buf[:], f, "port")
+	s.spice.connected(k)
+	return 0, ok
+}
+
+// spiceInitialized counts a session when its main channel (channel-type
+// 1) is up; a SPICE client opens several channels per session.
+func spiceInitialized(s *vmState, f *qmp.Fields) (need, bool) {
+	var buf [64]byte
+	k, ok := clientKey(buf[:], f, "port")
+	main := false
+	if raw := f.Raw("client"); raw != nil {
+		var c qmp.Fields
+		if qmp.ParseFields(raw, &c) == nil {
+			t, _ := c.Int("channel-type")
+			main = t == 1
+		}
+	}
+	s.spice.initialized(k, main)
+	return 0, ok
+}
+
+func spiceDisconnected(s *vmState, f *qmp.Fields) (need, bool) {
+	var buf [64]byte
+	k, ok := clientKey(buf[:], f, "port")
+	s.spice.disconnected(k)
+	return 0, ok
+}
+
+func foldRTC(s *vmState, f *qmp.Fields) (need, bool) {
+	off, ok := f.Int("offset")
+	if ok {
+		s.rtcOffset, s.rtcKnown = off, true
+	}
+	return 0, ok
+}
+
+func foldVserport(s *vmState, f *qmp.Fields) (need, bool) {
+	id, iok := f.StringBytes("id")
+	open, ook := f.Bool("open")
+	if !iok || !ook || len(id) == 0 {
+		return 0, false
+	}
+	if _, seen := s.vserports[string(id)]; !seen && len(s.vserports) >= maxDevices {
+		s.drop("vserport")
+		return 0, true
+	}
+	s.vserports[cleanLabel(string(id))] = open
+	return 0, true
+}
+
+func foldDump(s *vmState, f *qmp.Fields) (need, bool) {
+	raw := f.Raw("result")
+	var r qmp.Fields
+	if raw == nil || qmp.ParseFields(raw, &r) != nil {
+		return 0, false
+	}
+	st, _ := r.StringBytes("status")
+	switch {
+	case f.Has("error") || string(st) == "failed":
+		s.dumps[1]++
+	case string(st) == "completed":
+		s.dumps[0]++
+	default:
+		return 0, false
+	}
+	return 0, true
+}

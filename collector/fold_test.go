@@ -1,0 +1,369 @@
+package collector
+
+import (
+	"bufio"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"sort"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/qmp-exporter/qmp_exporter/qmp"
+)
+
+// loadEvents reads one JSON event per line, as QEMU sends them.
+func loadEvents(t *testing.T, path string) []qmp.Event {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []qmp.Event
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		out = append(out, eventFromLine(t, sc.Bytes()))
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func eventFromLine(t *testing.T, line []byte) qmp.Event {
+	t.Helper()
+	var raw struct {
+		Event     string          `json:"event"`
+		Data      json.RawMessage `json:"data"`
+		Timestamp struct {
+			Seconds, Microseconds int64
+		} `json:"timestamp"`
+	}
+	if err := json.Unmarshal(line, &raw); err != nil {
+		t.Fatalf("%s: %v", line, err)
+	}
+	ev := qmp.Event{Name: raw.Event, Data: raw.Data}
+	if raw.Timestamp.Seconds > 0 {
+		ev.Time = time.Unix(raw.Timestamp.Seconds, raw.Timestamp.Microseconds*1000)
+	}
+	return ev
+}
+
+// foldChecks says, for every event name, what its dedicated metric must
+// show after folding the example into a fresh state (with one block device
+// known to query-block: BlockBackend ide0-hd1 on qdev disk1, node node0 on
+// qdev disk0). nil means the event only feeds qmp_events_total. Every
+// event of the examples must have an entry, so none is forgotten.
+var foldChecks = map[string]func(t *testing.T, s *vmState, n need){
+	"ACPI_DEVICE_OST": nil,
+	"BALLOON_CHANGE": func(t *testing.T, s *vmState, _ need) {
+		want(t, "balloon", uint64(944766976), s.balloon)
+		want(t, "balloon known", true, s.balloonOK)
+	},
+	"BLOCK_IMAGE_CORRUPTED": func(t *testing.T, s *vmState, n need) {
+		// device ide0-hd0 is not in the maps: counted under its
+		// BlockBackend name, and query-block is asked to map it.
+		want(t, "corruptions", uint64(1), s.devices["ide0-hd0"].corruptions)
+		want(t, "need block", needBlock, n&needBlock)
+	},
+	"BLOCK_IO_ERROR": func(t *testing.T, s *vmState, _ need) {
+		want(t, "write/stop on disk1", uint64(1), s.devices["disk1"].ioErrors[1][2])
+		want(t, "status", "io-error", s.status)
+	},
+	"BLOCK_JOB_CANCELLED": func(t *testing.T, s *vmState, _ need) {
+		want(t, "stream cancelled", uint64(1), s.jobsDone[[2]string{"stream", "cancelled"}])
+	},
+	"BLOCK_JOB_COMPLETED": func(t *testing.T, s *vmState, _ need) {
+		want(t, "stream completed", uint64(1), s.jobsDone[[2]string{"stream", "completed"}])
+	},
+	"BLOCK_JOB_ERROR": func(t *testing.T, s *vmState, _ need) {
+		want(t, "job write/stop", uint64(1), s.jobErrors[1][2])
+	},
+	"BLOCK_JOB_READY": func(t *testing.T, s *vmState, _ need) {
+		j := s.jobs["drive0"]
+		if j == nil {
+			t.Fatal("job drive0 not tracked")
+		}
+		want(t, "job", blockJob{typ: "mirror", status: "ready", progress: 2097152, length: 2097152}, *j)
+	},
+	"DEVICE_DELETED": func(t *testing.T, s *vmState, _ need) {
+		want(t, "deletions", uint64(1), s.deviceDeletions)
+	},
+	"DEVICE_TRAY_MOVED": func(t *testing.T, s *vmState, _ need) {
+		// The QOM path of a device without an id is its label.
+		want(t, "tray", int8(1), s.devices["/machine/unattached/device[22]"].tray)
+	},
+	"DUMP_COMPLETED": func(t *testing.T, s *vmState, _ need) {
+		want(t, "dumps", [2]uint64{1, 0}, s.dumps)
+	},
+	"GUEST_PANICKED": func(t *testing.T, s *vmState, _ need) {
+		want(t, "panics pause/none", uint64(1), s.panics[[2]string{"pause", "none"}])
+		want(t, "status", "guest-panicked", s.status)
+	},
+	"MEM_UNPLUG_ERROR":      nil,
+	"NIC_RX_FILTER_CHANGED": nil,
+	"POWERDOWN":             nil,
+	"QUORUM_FAILURE": func(t *testing.T, s *vmState, _ need) {
+		want(t, "quorum failures", uint64(1), s.devices["usr1"].quorumFailures)
+	},
+	"QUORUM_REPORT_BAD": func(t *testing.T, s *vmState, _ need) {
+		d := s.devices["disk0"] // node0 maps to disk0
+		if d == nil {
+			t.Fatal("node0 not mapped to disk0")
+		}
+		want(t, "bad reports", uint64(1), d.quorumBad[0]+d.quorumBad[2])
+	},
+	"RESET": func(t *testing.T, s *vmState, _ need) {
+		want(t, "resets", map[guestReason]uint64{{reason: "unknown"}: 1}, s.resets)
+	},
+	"RESUME": func(t *testing.T, s *vmState, n need) {
+		want(t, "status", "running", s.status)
+		want(t, "need status", needStatus, n&needStatus)
+	},
+	"RTC_CHANGE": func(t *testing.T, s *vmState, _ need) {
+		want(t, "rtc", int64(78), s.rtcOffset)
+	},
+	"SHUTDOWN": func(t *testing.T, s *vmState, _ need) {
+		want(t, "shutdowns", map[guestReason]uint64{{reason: "unknown"}: 1}, s.shutdowns)
+	},
+	"SPICE_CONNECTED": func(t *testing.T, s *vmState, _ need) {
+		want(t, "spice", [3]uint64{1, 0, 0}, [3]uint64{s.spice.connections, s.spice.sessions, s.spice.failed})
+	},
+	"SPICE_DISCONNECTED": func(t *testing.T, s *vmState, _ need) {
+		want(t, "spice clients", 0, s.spice.clients)
+	},
+	"SPICE_INITIALIZED": func(t *testing.T, s *vmState, _ need) {
+		// channel-type 3 (display) is not a session's main channel.
+		want(t, "spice sessions", uint64(0), s.spice.sessions)
+	},
+	"SPICE_MIGRATE_COMPLETED": nil,
+	"MIGRATION": func(t *testing.T, s *vmState, _ need) {
+		want(t, "migration status", "completed", s.mig.status)
+		// Nothing was seen in progress before, so no end is counted.
+		want(t, "ended", [3]uint64{}, s.migEnded)
+	},
+	"MIGRATION_PASS": func(t *testing.T, s *vmState, _ need) {
+		want(t, "pass", uint64(2), s.mig.pass)
+	},
+	"STOP": func(t *testing.T, s *vmState, _ need) {
+		want(t, "status", "paused", s.status)
+	},
+	"SUSPEND": func(t *testing.T, s *vmState, _ need) {
+		want(t, "status", "suspended", s.status)
+	},
+	"SUSPEND_DISK": nil,
+	"VNC_CONNECTED": func(t *testing.T, s *vmState, _ need) {
+		want(t, "vnc", [3]uint64{1, 0, 0}, [3]uint64{s.vnc.connections, s.vnc.sessions, s.vnc.failed})
+		want(t, "vnc clients", 1, s.vnc.clients)
+	},
+	"VNC_DISCONNECTED": nil,
+	"VNC_INITIALIZED": func(t *testing.T, s *vmState, _ need) {
+		want(t, "vnc sessions", uint64(1), s.vnc.sessions)
+	},
+	"VSERPORT_CHANGE": func(t *testing.T, s *vmState, _ need) {
+		want(t, "vserports", map[string]bool{"channel0": true}, s.vserports)
+	},
+	"WAKEUP": func(t *testing.T, s *vmState, _ need) {
+		want(t, "status", "running", s.status)
+	},
+	"WATCHDOG": func(t *testing.T, s *vmState, _ need) {
+		want(t, "watchdog reset", uint64(1), s.watchdog["reset"])
+	},
+}
+
+func want[T any](t *testing.T, what string, want, got T) {
+	t.Helper()
+	if diff := cmp.Diff(want, got, cmp.AllowUnexported(blockJob{}, guestReason{})); diff != "" {
+		t.Errorf("%s (-want +got):\n%s", what, diff)
+	}
+}
+
+// knownDevices is the query-block the fold tests start from.
+var knownDevices = []queryBlockEntry{
+	{Device: "ide0-hd1", Qdev: "disk1", Inserted: &struct {
+		NodeName string `json:"node-name"`
+	}{"#block212"}},
+	{Device: "", Qdev: "/machine/peripheral/disk0", Inserted: &struct {
+		NodeName string `json:"node-name"`
+	}{"node0"}},
+}
+
+// TestFoldDocumentedExamples folds every example of QEMU's event
+// documentation (collector/testdata/events, with two missing commas of
+// the document fixed) into a fresh state.
+func TestFoldDocumentedExamples(t *testing.T) {
+	for _, ev := range loadEvents(t, "testdata/events/qmp-events-examples.jsonl") {
+		t.Run(ev.Name, func(t *testing.T) {
+			check, ok := foldChecks[ev.Name]
+			if !ok {
+				t.Fatalf("no entry in foldChecks for %s", ev.Name)
+			}
+			s := newVMState()
+			s.setBlock(knownDevices)
+			n := s.apply(ev)
+			if s.events[ev.Name] == nil || s.events[ev.Name].count != 1 {
+				t.Errorf("%s not counted", ev.Name)
+			}
+			if s.dataErrors != 0 {
+				t.Errorf("data of the documented example reported as malformed")
+			}
+			if check != nil {
+				check(t, &s, n)
+			}
+		})
+	}
+}
+
+// TestEventCoverage checks that every event name qmp knows has an example
+// the fold tests read: the documented ones and the newer ones from the
+// QAPI schema.
+func TestEventCoverage(t *testing.T) {
+	seen := map[string]bool{}
+	files, _ := filepath.Glob("testdata/events/*.jsonl")
+	for _, f := range files {
+		for _, ev := range loadEvents(t, f) {
+			seen[ev.Name] = true
+		}
+	}
+	var missing []string
+	for _, n := range qmp.KnownEvents() {
+		if !seen[n] {
+			missing = append(missing, n)
+		}
+	}
+	sort.Strings(missing)
+	if len(missing) > 0 {
+		t.Errorf("events without an example in testdata/events: %v", missing)
+	}
+}
+
+func TestTrayShapes(t *testing.T) {
+	// The three shapes QEMU 7.2 sends (recorded in the transcript):
+	// named drive, anonymous BlockBackend, device without an id.
+	s := newVMState()
+	s.setBlock([]queryBlockEntry{
+		{Device: "cd0", Qdev: "cdrom0"},
+		{Device: "cd2", Qdev: "/machine/peripheral-anon/device[2]"},
+		{Device: "", Qdev: "mycd"},
+	})
+	for _, line := range []string{
+		`{"event": "DEVICE_TRAY_MOVED", "data": {"device": "cd0", "tray-open": true, "id": "cdrom0"}}`,
+		`{"event": "DEVICE_TRAY_MOVED", "data": {"device": "", "tray-open": true, "id": "mycd"}}`,
+		`{"event": "DEVICE_TRAY_MOVED", "data": {"device": "cd2", "tray-open": false, "id": "/machine/peripheral-anon/device[2]"}}`,
+	} {
+		if n := s.apply(eventFromLine(t, []byte(line))); n&needBlock != 0 {
+			t.Errorf("%s: known device asked for a query-block refresh", line)
+		}
+	}
+	got := map[string]int8{}
+	for k, d := range s.devices {
+		got[k] = d.tray
+	}
+	want(t, "trays", map[string]int8{"cdrom0": 1, "mycd": 1, "/machine/peripheral-anon/device[2]": 0}, got)
+}
+
+func TestBlockDeviceIdentity(t *testing.T) {
+	s := newVMState()
+	// An event before query-block knew the device: counted under the
+	// BlockBackend name...
+	n := s.apply(eventFromLine(t, []byte(`{"event": "BLOCK_IO_ERROR", "data": {"device": "drive-virtio-disk0", "node-name": "#block123", "operation": "read", "action": "report"}}`)))
+	if n&needBlock == 0 {
+		t.Error("unknown BlockBackend name did not ask for query-block")
+	}
+	// ...and moved, counts included, to the qdev id once query-block maps it.
+	s.setBlock([]queryBlockEntry{{Device: "drive-virtio-disk0", Qdev: "virtio-disk0", Inserted: &struct {
+		NodeName string `json:"node-name"`
+	}{"#block123"}}})
+	d := s.devices["virtio-disk0"]
+	if d == nil || d.ioErrors[0][1] != 1 {
+		t.Fatalf("count not carried to the qdev label: %v", s.devices)
+	}
+	if _, ok := s.devices["drive-virtio-disk0"]; ok {
+		t.Error("provisional BlockBackend label kept")
+	}
+	// Newer QEMU names the device by QOM path; an anonymous backend has
+	// device "". The auto-generated node name is never a label.
+	s.apply(eventFromLine(t, []byte(`{"event": "BLOCK_IO_ERROR", "data": {"device": "", "node-name": "#block123", "qom-path": "/machine/peripheral/virtio-disk0", "operation": "write", "action": "stop", "nospace": true, "reason": "No space left on device"}}`)))
+	want(t, "write/stop", uint64(1), d.ioErrors[1][2])
+	want(t, "nospace", uint64(1), d.nospace)
+	s.apply(eventFromLine(t, []byte(`{"event": "BLOCK_IO_ERROR", "data": {"device": "", "node-name": "#block999", "operation": "write", "action": "ignore"}}`)))
+	for k := range s.devices {
+		if k[0] == '#' {
+			t.Errorf("auto node name %q became a label", k)
+		}
+	}
+	want(t, "unknown device", uint64(1), s.devices["unknown"].ioErrors[1][0])
+}
+
+func TestMigrationEndsCountedOnce(t *testing.T) {
+	s := newVMState()
+	s.setMigrate(queryMigrate{}) // {} before any migration: none
+	for _, st := range []string{"setup", "active", "completed"} {
+		s.apply(eventFromLine(t, []byte(`{"event": "MIGRATION", "data": {"status": "`+st+`"}}`)))
+	}
+	// The poll that follows reports the same end: not counted again.
+	s.setMigrate(queryMigrate{Status: "completed"})
+	// A later migration ends while the events capability is off: only
+	// polling sees it.
+	s.setMigrate(queryMigrate{Status: "active"})
+	s.setMigrate(queryMigrate{Status: "failed"})
+	want(t, "ended", [3]uint64{1, 1, 0}, s.migEnded)
+}
+
+func TestConsoleHandshakeFailure(t *testing.T) {
+	s := newVMState()
+	c := `"client": {"family": "ipv4", "service": "1", "host": "10.0.0.9"}`
+	for _, e := range []string{"VNC_CONNECTED", "VNC_DISCONNECTED"} {
+		s.apply(eventFromLine(t, []byte(`{"event": "`+e+`", "data": {"server": {}, `+c+`}}`)))
+	}
+	want(t, "vnc", [3]uint64{1, 0, 1}, [3]uint64{s.vnc.connections, s.vnc.sessions, s.vnc.failed})
+	want(t, "clients", 0, s.vnc.clients)
+}
+
+func TestMalformedDataCountedNotFatal(t *testing.T) {
+	s := newVMState()
+	for _, line := range []string{
+		`{"event": "WATCHDOG", "data": {"action": 5}}`,
+		`{"event": "WATCHDOG", "data": "not an object"}`,
+		`{"event": "BLOCK_IO_ERROR", "data": {"device": "x"}}`,
+		`{"event": "SHUTDOWN", "data": {"guest": "yes", "reason": "A reason in prose!"}}`,
+		`{"event": "GUEST_PANICKED", "data": {"action": "pause", "info": [1]}}`,
+	} {
+		s.apply(eventFromLine(t, []byte(line)))
+	}
+	want(t, "data errors", uint64(5), s.dataErrors)
+	want(t, "counted", uint64(2), s.events["WATCHDOG"].count)
+	for k := range s.shutdowns {
+		if k.reason != "unknown" {
+			t.Errorf("prose became a reason label: %q", k.reason)
+		}
+	}
+}
+
+func BenchmarkFold(b *testing.B) {
+	lines := map[string]string{
+		"RTC_CHANGE":        `{"offset": 3600, "qom-path": "/machine/unattached/device[4]"}`,
+		"BLOCK_IO_ERROR":    `{"device": "", "node-name": "disk0-format", "operation": "write", "action": "report", "nospace": false, "reason": "Input/output error", "qom-path": "/machine/peripheral/disk0"}`,
+		"VNC_CONNECTED":     `{"server": {"auth": "none", "family": "ipv4", "service": "5900", "host": "0.0.0.0", "websocket": false}, "client": {"family": "ipv4", "service": "58425", "host": "127.0.0.1", "websocket": false}}`,
+		"DEVICE_TRAY_MOVED": `{"device": "", "tray-open": true, "id": "disk0"}`,
+		"WATCHDOG":          `{"action": "reset"}`,
+		"STOP":              ``,
+	}
+	for name, data := range lines {
+		b.Run(name, func(b *testing.B) {
+			s := newVMState()
+			s.setBlock([]queryBlockEntry{{Qdev: "disk0"}})
+			ev := qmp.Event{Name: name, Time: time.Unix(1700000000, 0)}
+			if data != "" {
+				ev.Data = json.RawMessage(data)
+			}
+			b.ReportAllocs()
+			for b.Loop() {
+				s.apply(ev)
+			}
+		})
+	}
+}

@@ -1,0 +1,174 @@
+package collector
+
+// The reconcile methods set the state from query replies: the absolute
+// truth that events only change, read at every (re)connect, every refresh
+// interval, and when an event asks for it. Like the fold, they are pure.
+
+// queryBlockEntry is the part of a query-block entry the exporter reads.
+type queryBlockEntry struct {
+	Device    string `json:"device"` // BlockBackend name; "" when anonymous
+	Qdev      string `json:"qdev"`   // qdev id, or QOM path without one
+	TrayOpen  *bool  `json:"tray_open"`
+	IOStatus  string `json:"io-status"`
+	Removable bool   `json:"removable"`
+	Inserted  *struct {
+		NodeName string `json:"node-name"`
+	} `json:"inserted"`
+}
+
+// setBlock rebuilds the name maps and the per-device gauges from
+// query-block. Devices that are gone lose their series; devices first
+// counted under a BlockBackend or node name (an event that came before the
+// maps knew the device) are renamed to their qdev label, keeping counts.
+func (s *vmState) setBlock(entries []queryBlockEntry) {
+	bb := make(map[string]string, len(entries))
+	nodes := make(map[string]string, len(entries))
+	present := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		if e.Qdev == "" {
+			continue // a backend with no guest device (-blockdev only)
+		}
+		label := qdevLabel([]byte(e.Qdev))
+		present[label] = true
+		d := s.devices[label]
+		if d == nil {
+			// Adopt a device counted under a provisional name.
+			for _, alias := range []string{e.Device, nodeNameOf(e)} {
+				if alias != "" && alias != label && s.devices[alias] != nil {
+					d = s.devices[alias]
+					delete(s.devices, alias)
+					s.devices[label] = d
+					break
+				}
+			}
+		}
+		if d == nil {
+			d = s.device(label)
+		}
+		d.confirmed = true
+		if e.Device != "" {
+			bb[e.Device] = label
+		}
+		if n := nodeNameOf(e); n != "" {
+			nodes[n] = label
+		}
+		d.ioStatus = ""
+		switch e.IOStatus {
+		case "ok", "failed", "nospace":
+			d.ioStatus = e.IOStatus
+		}
+		if e.TrayOpen != nil {
+			if *e.TrayOpen {
+				d.tray = 1
+			} else {
+				d.tray = 0
+			}
+		}
+	}
+	s.bbToDev, s.nodeToDev = bb, nodes
+	for label, d := range s.devices {
+		if d.confirmed && !present[label] {
+			delete(s.devices, label) // unplugged: its series go
+		}
+	}
+}
+
+func nodeNameOf(e queryBlockEntry) string {
+	if e.Inserted == nil || len(e.Inserted.NodeName) == 0 || e.Inserted.NodeName[0] == '#' {
+		return ""
+	}
+	return e.Inserted.NodeName
+}
+
+// queryMigrate is the part of query-migrate the exporter reads.
+type queryMigrate struct {
+	Status string `json:"status"`
+	RAM    *struct {
+		Transferred    uint64  `json:"transferred"`
+		Remaining      uint64  `json:"remaining"`
+		Total          uint64  `json:"total"`
+		DirtyPagesRate float64 `json:"dirty-pages-rate"`
+		DirtySyncCount uint64  `json:"dirty-sync-count"`
+	} `json:"ram"`
+	TotalTime        *float64 `json:"total-time"`
+	ExpectedDowntime *float64 `json:"expected-downtime"`
+	Downtime         *float64 `json:"downtime"`
+	SetupTime        *float64 `json:"setup-time"`
+}
+
+func msToSeconds(v *float64) float64 {
+	if v == nil {
+		return -1
+	}
+	return *v / 1000
+}
+
+// setMigrate applies query-migrate. QEMU answers {} before any migration,
+// which is status none.
+func (s *vmState) setMigrate(q queryMigrate) {
+	st := q.Status
+	if st == "" {
+		st = "none"
+	}
+	if !validEnum([]byte(st)) {
+		return
+	}
+	s.setMigrationStatus(st)
+	if q.RAM != nil {
+		s.mig.haveRAM = true
+		s.mig.transferred, s.mig.remaining, s.mig.total = q.RAM.Transferred, q.RAM.Remaining, q.RAM.Total
+		s.mig.dirtyRate = q.RAM.DirtyPagesRate
+		if q.RAM.DirtySyncCount > s.mig.pass {
+			s.mig.pass = q.RAM.DirtySyncCount
+		}
+	}
+	s.mig.totalTime = msToSeconds(q.TotalTime)
+	s.mig.expectedDowntime = msToSeconds(q.ExpectedDowntime)
+	s.mig.downtime = msToSeconds(q.Downtime)
+	s.mig.setupT = msToSeconds(q.SetupTime)
+}
+
+// queryJob is an entry of query-jobs.
+type queryJob struct {
+	ID              string `json:"id"`
+	Type            string `json:"type"`
+	Status          string `json:"status"`
+	CurrentProgress uint64 `json:"current-progress"`
+	TotalProgress   uint64 `json:"total-progress"`
+}
+
+// setJobs replaces the job table with query-jobs' list.
+func (s *vmState) setJobs(list []queryJob) {
+	jobs := make(map[string]*blockJob, len(list))
+	for _, q := range list {
+		if len(jobs) >= maxDevices {
+			s.drop("job")
+			break
+		}
+		typ, status := q.Type, q.Status
+		if !validEnum([]byte(typ)) {
+			typ = "unknown"
+		}
+		if !validEnum([]byte(status)) {
+			status = "unknown"
+		}
+		jobs[cleanLabel(q.ID)] = &blockJob{typ: typ, status: status, progress: q.CurrentProgress, length: q.TotalProgress}
+	}
+	s.jobs = jobs
+}
+
+// setBalloon applies query-balloon; ok is false when the VM has no balloon
+// device (DeviceNotActive), which removes the gauge.
+func (s *vmState) setBalloon(actual uint64, ok bool) {
+	s.balloon, s.balloonOK = actual, ok
+}
+
+// setDisplay applies query-vnc or query-spice: enabled (-1 when the query
+// is not available), and the number of connected clients or channels.
+func (d *display) set(enabled int8, clients int) {
+	d.enabled = enabled
+	d.clients = clients
+	if enabled != 1 {
+		d.pending = make(map[string]struct{})
+	}
+}
