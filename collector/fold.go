@@ -23,8 +23,12 @@ type handler struct {
 var handlers = map[string]handler{
 	// Run state. The event gives a hint; query-status says exactly which
 	// state (a STOP may mean paused, io-error, guest-panicked, ...).
-	"STOP":         {true, needStatus},
-	"RESUME":       {true, needStatus},
+	// A migration stops the VM for its last pass: with the events
+	// capability off, the STOP (and the RESUME of a failed or cancelled
+	// one) are the only live signs of it, so they also re-read
+	// query-migrate.
+	"STOP":         {true, needStatus | needMigrate},
+	"RESUME":       {true, needStatus | needMigrate},
 	"SUSPEND":      {true, needStatus},
 	"SUSPEND_DISK": {false, needStatus},
 	"WAKEUP":       {true, needStatus},
@@ -597,22 +601,37 @@ func foldMigration(s *vmState, f *qmp.Fields) (need, bool) {
 	if !ok {
 		return 0, false
 	}
-	s.setMigrationStatus(st)
+	s.migrationEvent(st)
 	return 0, true
 }
 
-// setMigrationStatus moves the migration to status st, counting a
-// migration that ends (a move from an in-progress state to completed,
-// failed or cancelled). A first status learnt after connecting is not an
-// end this exporter saw, so it is not counted.
-func (s *vmState) setMigrationStatus(st string) {
-	if s.mig.known && s.mig.inProgress() {
-		if i := indexOf(migrationEnds, []byte(st)); i >= 0 {
-			s.migEnded[i]++
+// foldMigration applies a MIGRATION event. Events are live, so a terminal
+// status in an event is an end happening now: it is counted unless this
+// migration's end was already counted.
+func (s *vmState) migrationEvent(st string) {
+	if migrationEnded(st) {
+		if !s.mig.endCounted {
+			s.countMigrationEnd(st)
+			s.mig.eventEnd = true
 		}
+	} else {
+		s.mig.endCounted = false
 	}
+	s.setMigrationStatus(st)
+}
+
+func migrationEnded(st string) bool { return indexOf(migrationEnds, []byte(st)) >= 0 }
+
+func (s *vmState) countMigrationEnd(st string) {
+	s.migEnded[indexOf(migrationEnds, []byte(st))]++
+	s.mig.endCounted = true
+}
+
+// setMigrationStatus records the status; a new migration (setup after
+// anything but an in-progress state) starts with fresh figures.
+func (s *vmState) setMigrationStatus(st string) {
 	if st == "setup" && !s.mig.inProgress() {
-		s.mig = migration{expectedDowntime: -1, totalTime: -1, downtime: -1, setupT: -1}
+		s.mig = migration{endKey: s.mig.endKey, baseline: s.mig.baseline, expectedDowntime: -1, totalTime: -1, downtime: -1, setupT: -1}
 	}
 	s.mig.known = true
 	s.mig.status = st

@@ -142,8 +142,8 @@ var foldChecks = map[string]func(t *testing.T, s *vmState, n need){
 	"SPICE_MIGRATE_COMPLETED": nil,
 	"MIGRATION": func(t *testing.T, s *vmState, _ need) {
 		want(t, "migration status", "completed", s.mig.status)
-		// Nothing was seen in progress before, so no end is counted.
-		want(t, "ended", [3]uint64{}, s.migEnded)
+		// Events are live: a migration just ended.
+		want(t, "ended", [3]uint64{1, 0, 0}, s.migEnded)
 	},
 	"MIGRATION_PASS": func(t *testing.T, s *vmState, _ need) {
 		want(t, "pass", uint64(2), s.mig.pass)
@@ -298,19 +298,75 @@ func TestBlockDeviceIdentity(t *testing.T) {
 	want(t, "unknown device", uint64(1), s.devices["unknown"].ioErrors[1][0])
 }
 
+func ms(v float64) *float64 { return &v }
+
 func TestMigrationEndsCountedOnce(t *testing.T) {
-	s := newVMState()
-	s.setMigrate(queryMigrate{}) // {} before any migration: none
-	for _, st := range []string{"setup", "active", "completed"} {
-		s.apply(eventFromLine(t, []byte(`{"event": "MIGRATION", "data": {"status": "`+st+`"}}`)))
+	completed := func(total float64) queryMigrate {
+		return queryMigrate{Status: "completed", TotalTime: ms(total), Downtime: ms(12)}
 	}
-	// The poll that follows reports the same end: not counted again.
-	s.setMigrate(queryMigrate{Status: "completed"})
-	// A later migration ends while the events capability is off: only
-	// polling sees it.
-	s.setMigrate(queryMigrate{Status: "active"})
-	s.setMigrate(queryMigrate{Status: "failed"})
-	want(t, "ended", [3]uint64{1, 1, 0}, s.migEnded)
+	tests := []struct {
+		name  string
+		steps []func(s *vmState)
+		want  [3]uint64 // completed, failed, cancelled
+	}{
+		{
+			name: "an end that happened before the exporter looked is history",
+			steps: []func(*vmState){
+				func(s *vmState) { s.setMigrate(completed(900)) },
+				func(s *vmState) { s.setMigrate(completed(900)) },
+			},
+		},
+		{
+			name: "events, then the polls that follow report the same end",
+			steps: []func(*vmState){
+				func(s *vmState) { s.setMigrate(queryMigrate{}) },
+				func(s *vmState) { s.migrationEvent("setup") },
+				func(s *vmState) { s.migrationEvent("active") },
+				func(s *vmState) { s.migrationEvent("completed") },
+				func(s *vmState) { s.setMigrate(completed(1500)) },
+				func(s *vmState) { s.setMigrate(completed(1500)) },
+			},
+			want: [3]uint64{1, 0, 0},
+		},
+		{
+			name: "events off: polling sees it in progress, then ended",
+			steps: []func(*vmState){
+				func(s *vmState) { s.setMigrate(queryMigrate{}) },
+				func(s *vmState) { s.setMigrate(queryMigrate{Status: "active"}) },
+				func(s *vmState) { s.setMigrate(queryMigrate{Status: "failed", ErrorDesc: "Unable to write to command: Broken pipe"}) },
+				func(s *vmState) { s.setMigrate(queryMigrate{Status: "failed", ErrorDesc: "Unable to write to command: Broken pipe"}) },
+			},
+			want: [3]uint64{0, 1, 0},
+		},
+		{
+			name: "events off: migrations never seen in progress, told apart by their figures",
+			steps: []func(*vmState){
+				func(s *vmState) { s.setMigrate(completed(900)) }, // history
+				func(s *vmState) { s.setMigrate(completed(1500)) },
+				func(s *vmState) { s.setMigrate(completed(1500)) },
+				func(s *vmState) { s.setMigrate(completed(700)) },
+			},
+			want: [3]uint64{2, 0, 0},
+		},
+		{
+			name: "an end while the session was down is counted at the reconnect",
+			steps: []func(*vmState){
+				func(s *vmState) { s.setMigrate(queryMigrate{Status: "active"}) },
+				func(s *vmState) { s.disconnected() },
+				func(s *vmState) { s.setMigrate(queryMigrate{Status: "cancelled"}) },
+			},
+			want: [3]uint64{0, 0, 1},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newVMState()
+			for _, step := range tc.steps {
+				step(&s)
+			}
+			want(t, "ended", tc.want, s.migEnded)
+		})
+	}
 }
 
 func TestConsoleHandshakeFailure(t *testing.T) {

@@ -1,5 +1,7 @@
 package collector
 
+import "strconv"
+
 // The reconcile methods set the state from query replies: the absolute
 // truth that events only change, read at every (re)connect, every refresh
 // interval, and when an event asks for it. Like the fold, they are pure.
@@ -90,10 +92,18 @@ type queryMigrate struct {
 		DirtyPagesRate float64 `json:"dirty-pages-rate"`
 		DirtySyncCount uint64  `json:"dirty-sync-count"`
 	} `json:"ram"`
+	ErrorDesc        string   `json:"error-desc"`
 	TotalTime        *float64 `json:"total-time"`
 	ExpectedDowntime *float64 `json:"expected-downtime"`
 	Downtime         *float64 `json:"downtime"`
 	SetupTime        *float64 `json:"setup-time"`
+}
+
+func msString(v *float64) string {
+	if v == nil {
+		return ""
+	}
+	return strconv.FormatFloat(*v, 'g', -1, 64)
 }
 
 func msToSeconds(v *float64) float64 {
@@ -104,7 +114,12 @@ func msToSeconds(v *float64) float64 {
 }
 
 // setMigrate applies query-migrate. QEMU answers {} before any migration,
-// which is status none.
+// which is status none. An ended migration this exporter did not see end
+// (events off, and it ended between two polls, or while the session was
+// down) is recognised by its final figures differing from the last ended
+// one and counted then. Two failed or cancelled migrations in a row that
+// no event and no poll saw in progress look alike (QEMU reports no
+// figures for them) and count once.
 func (s *vmState) setMigrate(q queryMigrate) {
 	st := q.Status
 	if st == "" {
@@ -112,6 +127,32 @@ func (s *vmState) setMigrate(q queryMigrate) {
 	}
 	if !validEnum([]byte(st)) {
 		return
+	}
+	switch {
+	case migrationEnded(st):
+		key := st + "|" + msString(q.TotalTime) + "|" + msString(q.SetupTime) + "|" + msString(q.Downtime) + "|" + q.ErrorDesc
+		if q.RAM != nil {
+			key += "|" + strconv.FormatUint(q.RAM.Transferred, 10)
+		}
+		switch {
+		case !s.mig.baseline:
+			// The first look since the exporter started: an end it saw
+			// in progress before is counted, an older one is history.
+			s.mig.baseline = true
+			if s.mig.known && s.mig.inProgress() && !s.mig.endCounted {
+				s.countMigrationEnd(st)
+			}
+		case key == s.mig.endKey, s.mig.eventEnd:
+			// The same end as before, or one its event counted.
+		default:
+			s.countMigrationEnd(st)
+		}
+		s.mig.endKey, s.mig.eventEnd, s.mig.endCounted = key, false, true
+	case st == "none":
+		s.mig.baseline = true
+	default:
+		s.mig.baseline = true
+		s.mig.endCounted, s.mig.eventEnd = false, false
 	}
 	s.setMigrationStatus(st)
 	if q.RAM != nil {

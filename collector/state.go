@@ -135,6 +135,17 @@ type migration struct {
 	haveRAM                                       bool
 	dirtyRate                                     float64 // pages per second
 	expectedDowntime, totalTime, downtime, setupT float64 // seconds; -1 unknown
+
+	// Counting ends exactly once, whether they are seen through events,
+	// polling, or only afterwards. endKey identifies the last ended
+	// migration query-migrate reported (status and final figures);
+	// baseline is set once the first one after connecting is known (that
+	// one ended before the exporter was watching, or was counted already).
+	// endCounted says the current migration's end is counted; eventEnd
+	// that an event counted it and query-migrate has not reported it yet.
+	endKey               string
+	baseline             bool
+	endCounted, eventEnd bool
 }
 
 func (m *migration) inProgress() bool {
