@@ -72,6 +72,7 @@ test_summary = awk '/^ *--- PASS/ {p++} /^ *--- FAIL/ {f++} /^ *--- SKIP/ {s++} 
 .DEFAULT_GOAL := all
 
 .PHONY: all build test style vet staticcheck test-race fuzz-short checkmetrics \
+	checkrules test-dashboards \
 	test-short gobench lint govulncheck demo clean help
 
 # all: everything CI checks, then the binary.
@@ -85,7 +86,7 @@ build:
 	cp $(BUILD_DIR)/$(BINARY) ./$(BINARY)
 
 # test: the CI gate; each step runs only if the previous ones passed.
-test: style vet staticcheck test-race fuzz-short checkmetrics
+test: style vet staticcheck checkrules test-dashboards test-race fuzz-short checkmetrics
 	@$(test_summary)
 
 # style: fails if gofmt would change any .go file.
@@ -141,6 +142,27 @@ checkmetrics:
 		echo ">> promtool check metrics $$f"; \
 		$(PROMTOOL) check metrics < "$$f"; \
 	done
+
+# checkrules: promtool check rules and promtool test rules on alerts/.
+# Without promtool it warns and skips, except under CI=true, where it fails.
+checkrules:
+	@if ! command -v $(PROMTOOL) >/dev/null 2>&1; then \
+		if [ "$${CI:-}" = "true" ]; then \
+			echo "checkrules: $(PROMTOOL) not found (CI=true); install Debian's prometheus package" >&2; exit 1; \
+		fi; \
+		echo "WARNING: checkrules skipped: $(PROMTOOL) not found (install Debian's prometheus package)" >&2; exit 0; \
+	fi; \
+	echo ">> promtool check rules alerts/qmp_exporter.rules.yml"; \
+	$(PROMTOOL) check rules alerts/qmp_exporter.rules.yml; \
+	echo ">> promtool test rules alerts/qmp_exporter.rules_test.yml"; \
+	$(PROMTOOL) test rules alerts/qmp_exporter.rules_test.yml
+
+# test-dashboards: the static checks of dashboards/*.json and alerts/ (structure,
+# metric names, PromQL through promtool); their end-to-end test against a real
+# Prometheus and QEMU (dashboards/e2e_test.go) runs in test-race.
+test-dashboards:
+	@echo ">> checking dashboards and alert rules"
+	$(GO) test -count=1 -short ./dashboards/ ./alerts/
 
 # test-short: the quick tests only (go test -short), without the race detector.
 test-short:

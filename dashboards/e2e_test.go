@@ -1,0 +1,357 @@
+package dashboards
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qmp-exporter/qmp_exporter/internal/exporterproc"
+	"github.com/qmp-exporter/qmp_exporter/internal/promlab"
+	"github.com/qmp-exporter/qmp_exporter/internal/qemulab"
+)
+
+// e2eVM is the lab VM's name, its vm label.
+const e2eVM = "lab"
+
+// TestEndToEndPrometheus is the proof of the dashboards and alert rules: a
+// real Prometheus (scraping every second, evaluating a copy of the rules
+// whose `for` is 0s) scrapes the real exporter, which watches a real QEMU.
+// The test makes QEMU emit the events the alerts are about, checks through
+// Prometheus's HTTP API that the alerts fire, and then that every query of
+// every dashboard (panels, annotations, variables) returns at least one
+// series.
+func TestEndToEndPrometheus(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	qemulab.RequireQEMU(t)
+	promBin := promlab.RequirePrometheus(t)
+	if _, err := qemulab.FindQEMUImg(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	began := time.Now()
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := exporterproc.FindModuleRoot(wd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin, err := exporterproc.Build(ctx, root, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Every device a panel needs: CD-ROM trays, pvpanic, ib700, a disk
+	// whose first read of sector 1 fails (rerror=stop, so it has an I/O
+	// status and pauses the VM), a balloon, VNC and SPICE.
+	vm, err := qemulab.Start(ctx, qemulab.Options{
+		Dir: filepath.Join(dir, "vm"), Name: e2eVM,
+		Devices: true, VNC: true, SPICE: true, Balloon: true,
+		FaultyDisk: &qemulab.FaultyDisk{ReadError: "stop", Once: true},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vm.Close() })
+	exp, err := exporterproc.Start(ctx, bin, "--qmp.socket="+vm.ExporterSocket, "--qmp.command-timeout=3s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(exp.Kill)
+
+	rules, err := os.ReadFile(filepath.Join(root, "alerts", "qmp_exporter.rules.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rules, err = promlab.ShortenFor(rules, 0); err != nil {
+		t.Fatal(err)
+	}
+	rulesPath := filepath.Join(dir, "qmp_exporter.rules.yml")
+	if err := os.WriteFile(rulesPath, rules, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	prom, err := promlab.Start(ctx, promlab.Options{
+		Dir: filepath.Join(dir, "prometheus"), Binary: promBin,
+		Job: "qmp", Targets: []string{exp.Addr}, RuleFiles: []string{rulesPath},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := prom.Close(); err != nil {
+			t.Error(err)
+		}
+	})
+	since := time.Now()
+	t.Logf("exporter, QEMU and Prometheus up after %v", since.Sub(began).Round(time.Millisecond))
+
+	e := &e2e{t: t, ctx: ctx, prom: prom, vm: vm, exp: exp}
+	vmLabels := map[string]string{"job": "qmp", "instance": exp.Addr, "vm": e2eVM}
+	with := func(extra map[string]string) map[string]string {
+		m := map[string]string{}
+		for k, v := range vmLabels {
+			m[k] = v
+		}
+		for k, v := range extra {
+			m[k] = v
+		}
+		return m
+	}
+
+	// Prometheus has the session up and the alerting counters at 0
+	// before anything happens, as they will be in production.
+	e.waitQuery(`qmp_up{vm="lab"} == 1 and on(vm) qmp_guest_panics_total{vm="lab",action="pause",info="none"} == 0`)
+
+	// Data for the panels that need a device touched: a tray, VNC and
+	// SPICE clients that stay connected, a stop and a cont.
+	e.ctl("blockdev-open-tray", map[string]any{"id": qemulab.CDROMNamedID})
+	for _, c := range []struct {
+		dial func(context.Context, string) (net.Conn, error)
+		path string
+	}{{qemulab.VNCHandshake, vm.VNCSocket}, {qemulab.SPICEHandshake, vm.SPICESocket}} {
+		conn, err := c.dial(ctx, c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.consoles = append(e.consoles, conn)
+	}
+	t.Cleanup(func() {
+		for _, c := range e.consoles {
+			c.Close()
+		}
+	})
+	e.ctl("stop", nil)
+	e.ctl("cont", nil)
+	e.waitQuery(`qmp_vnc_clients{vm="lab"} == 1`)
+	e.waitQuery(`qmp_spice_clients{vm="lab"} > 0`)
+	e.waitQuery(`qmp_tray_open{vm="lab",device="cdrom0"} == 1`)
+
+	// Watchdog: ib700 fires at once, action reset (then RESET).
+	e.expect("WATCHDOG", func() error { return vm.FireWatchdog(ctx) })
+	e.waitAlert("QEMUWatchdogFired", with(map[string]string{"action": "reset", "severity": "critical"}), nil)
+
+	// Panic: pvpanic, action pause; the VM stays in guest-panicked.
+	e.expect("GUEST_PANICKED", func() error { return vm.Panic(ctx) })
+	e.waitAlert("QEMUGuestPanicked", with(map[string]string{"action": "pause", "info": "none", "severity": "critical"}), nil)
+	e.waitQuery(`qmp_vm_status{vm="lab",status="guest-panicked"} == 1`)
+	e.ctl("cont", nil)
+
+	// Reset loop: the watchdog's reset is already in Prometheus; seven
+	// more guest resets make more than five in the window.
+	for range 7 {
+		e.expect("RESET", func() error { return vm.GuestReset(ctx) })
+	}
+	e.waitAlert("QEMUVMResetLoop", with(map[string]string{"severity": "warning"}), nil)
+
+	// I/O error: the disk's read fails once, rerror=stop pauses the VM.
+	e.expect("BLOCK_IO_ERROR", func() error { return vm.DiskRead(ctx, qemulab.FaultySector) })
+	e.waitAlert("QEMUBlockIOErrors", with(map[string]string{"device": qemulab.FaultyDiskID, "operation": "read", "action": "stop"}), nil)
+	e.waitAlert("QEMUVMPausedOnIOError", with(nil), func(a promlab.Alert) bool {
+		return strings.Contains(a.Annotations["description"], qemulab.FaultyDiskID+" (failed)")
+	})
+	e.ctl("cont", nil) // the retry succeeds (FaultyDisk.Once)
+	e.waitQuery(`qmp_vm_status{vm="lab",status="running"} == 1`)
+
+	// Migrations: one that fails, then one to /dev/null that completes
+	// (and leaves the VM in postmigrate until cont).
+	if err := vm.SetMigrationEvents(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	for _, uri := range []string{qemulab.MigrateToFail, qemulab.MigrateToNull} {
+		if err := vm.Migrate(ctx, uri); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := vm.WaitMigration(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.waitAlert("QEMUMigrationFailed", with(map[string]string{"result": "failed"}), nil)
+	e.waitQuery(`qmp_migration_transferred_bytes{vm="lab"} > 0 and on(vm) qmp_migration_status{vm="lab",status="completed"} == 1`)
+	e.ctl("cont", nil)
+
+	// A block job that stays: a mirror, ready and not completed.
+	for _, img := range []qemulab.Image{{Node: "src", Size: 4 << 20, Data: 4 << 20}, {Node: "tgt", Size: 4 << 20}} {
+		if _, err := vm.AddQcow2(ctx, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := vm.MirrorReady(ctx, qemulab.Mirror{JobID: "mirror0", Source: "src", Target: "tgt"}); err != nil {
+		t.Fatal(err)
+	}
+	e.waitQuery(`qmp_block_jobs{vm="lab",type="mirror",status="ready"} == 1`)
+	t.Logf("alerts fired and panel data in place after %v", time.Since(began).Round(time.Millisecond))
+
+	// Every query of every dashboard returns data, with the variables set
+	// as a user looking at this VM would set them.
+	vars := map[string]string{"job": "qmp", "instance": exp.Addr, "vm": e2eVM, "__rate_interval": "1m"}
+	// The range ends a step after now: a range query evaluates at
+	// since + k*step only, and the newest series (the block job's) may be
+	// younger than the last such instant before now.
+	until := time.Now().Add(time.Second)
+	n := 0
+	for _, d := range loadDashboards(t) {
+		for _, q := range d.queries() {
+			expr, err := substitute(q.Expr, vars)
+			if err != nil {
+				t.Errorf("%s: %v", q.Where, err)
+				continue
+			}
+			n++
+			if q.Instant {
+				res, err := prom.Query(ctx, expr)
+				if err != nil {
+					t.Errorf("%s: %v", q.Where, err)
+				} else if len(res) == 0 {
+					t.Errorf("%s: instant query returned no series\n    expr: %s", q.Where, expr)
+				}
+				continue
+			}
+			res, err := prom.QueryRange(ctx, expr, since, until, time.Second)
+			if err != nil {
+				t.Errorf("%s: %v", q.Where, err)
+			} else if len(res) == 0 {
+				t.Errorf("%s: range query returned no series\n    expr: %s", q.Where, expr)
+			}
+		}
+		vqs, err := d.variableQueries()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, vq := range vqs {
+			expr, err := substitute(vq.Selector, vars)
+			if err != nil {
+				t.Errorf("%s: %v", vq.Where, err)
+				continue
+			}
+			n++
+			res, err := prom.Query(ctx, expr)
+			if err != nil {
+				t.Errorf("%s: %v", vq.Where, err)
+				continue
+			}
+			found := false
+			for _, s := range res {
+				found = found || s.Labels[vq.Label] != ""
+			}
+			if !found {
+				t.Errorf("%s: no value of %s in %s:\n%s", vq.Where, vq.Label, expr, promlab.FormatSamples(res))
+			}
+		}
+	}
+	t.Logf("%d dashboard queries checked", n)
+
+	// The panels that must show the events, not only exist.
+	for expr, what := range map[string]string{
+		`sum by (vm, action) (increase(qmp_guest_panics_total{vm="lab"}[1m]))`:     "the panic",
+		`sum by (vm, action) (increase(qmp_watchdog_actions_total{vm="lab"}[1m]))`: "the watchdog firing",
+		`sum by (action) (increase(qmp_block_io_errors_total{vm="lab"}[1m]))`:      "the I/O error",
+		`sum by (result) (increase(qmp_migrations_total{vm="lab"}[1m]))`:           "the migrations",
+	} {
+		res, err := prom.QueryRange(ctx, expr, since, until, time.Second)
+		if err != nil {
+			t.Errorf("%s: %v", what, err)
+			continue
+		}
+		seen := false
+		for _, s := range res {
+			for _, p := range s.Points {
+				seen = seen || p.Value > 0
+			}
+		}
+		if !seen {
+			t.Errorf("%s does not show in %s", what, expr)
+		}
+	}
+
+	// No rule failed to evaluate.
+	rs, err := prom.Rules(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		if r.Health != "ok" {
+			t.Errorf("rule %s: health %s: %s", r.Name, r.Health, r.LastError)
+		}
+	}
+
+	// The session down, then the exporter down.
+	if err := vm.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	e.waitAlert("QMPMonitorDisconnected", with(map[string]string{"severity": "warning"}), nil)
+	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+	defer scancel()
+	if err := exp.Stop(sctx); err != nil {
+		t.Errorf("exporter did not stop cleanly: %v\n%s", err, exp.Logs())
+	}
+	e.waitAlert("QMPExporterDown", map[string]string{"job": "qmp", "instance": exp.Addr, "severity": "critical"}, nil)
+	t.Logf("done in %v", time.Since(began).Round(time.Millisecond))
+}
+
+// e2e holds what the end-to-end test's steps share.
+type e2e struct {
+	t        *testing.T
+	ctx      context.Context
+	prom     *promlab.Server
+	vm       *qemulab.VM
+	exp      *exporterproc.Process
+	consoles []net.Conn
+}
+
+// ctl runs a command on QEMU's control monitor.
+func (e *e2e) ctl(cmd string, args any) {
+	e.t.Helper()
+	if _, err := e.vm.Ctl.Execute(e.ctx, cmd, args); err != nil {
+		e.t.Fatalf("%s: %v", cmd, err)
+	}
+}
+
+// expect does something and waits for the event it makes QEMU emit.
+func (e *e2e) expect(event string, do func() error) {
+	e.t.Helper()
+	exp := e.vm.Ctl.Expect(event)
+	if err := do(); err != nil {
+		e.t.Fatalf("before %s: %v", event, err)
+	}
+	wctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer cancel()
+	if _, err := exp.Wait(wctx); err != nil {
+		e.t.Fatalf("%s: %v", event, err)
+	}
+}
+
+// waitQuery waits, for at most 20 s, until expr returns a series.
+func (e *e2e) waitQuery(expr string) {
+	e.t.Helper()
+	wctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
+	defer cancel()
+	if _, err := e.prom.WaitQuery(wctx, expr, func(r []promlab.Sample) bool { return len(r) > 0 }); err != nil {
+		e.t.Fatalf("%v\nexporter log:\n%s", err, e.exp.Logs())
+	}
+}
+
+// waitAlert waits, for at most 20 s, until the alert fires.
+func (e *e2e) waitAlert(name string, labels map[string]string, match func(promlab.Alert) bool) {
+	e.t.Helper()
+	wctx, cancel := context.WithTimeout(e.ctx, 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	a, err := e.prom.WaitAlertFunc(wctx, name, labels, match)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Logf("%s fired after %v: %s", name, time.Since(start).Round(time.Millisecond), a.Annotations["summary"])
+}
