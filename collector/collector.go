@@ -1,8 +1,13 @@
 package collector
 
 import (
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -11,12 +16,19 @@ import (
 // in-memory state; it performs no I/O, so a hung VM cannot slow a scrape.
 type Collector struct {
 	m *Manager
+
+	mu sync.Mutex // guards descs
+	// descs caches the descriptors of metrics that carry a VM's extra
+	// labels, by metric name and label set.
+	descs map[string]*prometheus.Desc
 }
 
 var _ prometheus.Collector = (*Collector)(nil)
 
 // NewCollector returns a Collector for m's VMs.
-func NewCollector(m *Manager) *Collector { return &Collector{m: m} }
+func NewCollector(m *Manager) *Collector {
+	return &Collector{m: m, descs: make(map[string]*prometheus.Desc)}
+}
 
 // Describe sends every metric description.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
@@ -30,11 +42,28 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // reader waits) and sent after the lock is released.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	used := make(map[string]bool)
+	uuids := make(map[string]string) // UUID → vm label of its first VM
+	now := time.Now()
 	var buf []prometheus.Metric
 	for _, w := range c.m.sortedWatchers() {
 		w.mu.Lock()
+		if (w.target.Discovered || w.dynamic) && w.stale(now) {
+			w.mu.Unlock()
+			continue // its socket lingers, or it has not dialled in again
+		}
+		uuid := w.st.info.uuid
+		if w.st.up && uuid != "" && uuid != zeroUUID {
+			if first, dup := uuids[uuid]; dup {
+				w.mu.Unlock()
+				c.m.warnDuplicate(w, first)
+				continue
+			}
+		}
 		vm := uniqueName(vmLabel(w.target, &w.st), w.target, used)
-		e := emitter{vm: vm, out: buf[:0]}
+		if w.st.up && uuid != "" && uuid != zeroUUID {
+			uuids[uuid] = vm
+		}
+		e := emitter{vm: vm, out: buf[:0], extra: w.target.Labels, c: c}
 		e.vmMetrics(&w.st)
 		buf = e.out
 		w.mu.Unlock()
@@ -42,6 +71,45 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- m
 		}
 	}
+	for _, m := range c.m.listenerMetrics() {
+		ch <- m
+	}
+}
+
+// zeroUUID is what query-uuid returns for a QEMU started without -uuid.
+const zeroUUID = "00000000-0000-0000-0000-000000000000"
+
+// descFor returns d's descriptor with the VM's extra labels as constant
+// labels (those whose names the metric already uses are left out).
+// Describe lists only the descriptors without extra labels: configured
+// labels may change at every reload, and the exporter's registry, which is
+// not pedantic, only needs the described ones to be consistent.
+func (c *Collector) descFor(d *metricDef, extra map[string]string) *prometheus.Desc {
+	if len(extra) == 0 {
+		return d.desc
+	}
+	var key strings.Builder
+	key.WriteString(d.name)
+	names := slices.Sorted(maps.Keys(extra))
+	for _, k := range names {
+		key.WriteString("\x00" + k + "=" + extra[k])
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if desc, ok := c.descs[key.String()]; ok {
+		return desc
+	}
+	constLabels := prometheus.Labels{}
+	for _, k := range names {
+		if k != "vm" && !slices.Contains(d.labels, k) {
+			constLabels[k] = extra[k]
+		}
+	}
+	desc := prometheus.NewDesc(d.name, d.help, d.labels, constLabels)
+	if len(c.descs) < 100000 { // label sets are bounded by the configuration
+		c.descs[key.String()] = desc
+	}
+	return desc
 }
 
 // vmLabel is the configured name, else QEMU's -name, else the default
@@ -80,8 +148,10 @@ func uniqueName(name string, t Target, used map[string]bool) string {
 
 // emitter builds one VM's metrics.
 type emitter struct {
-	vm  string
-	out []prometheus.Metric
+	vm    string
+	out   []prometheus.Metric
+	extra map[string]string // the VM's configured labels
+	c     *Collector
 }
 
 func (e *emitter) add(d *metricDef, v float64, labels ...string) {
@@ -89,7 +159,11 @@ func (e *emitter) add(d *metricDef, v float64, labels ...string) {
 	if d.typ == "counter" {
 		vt = prometheus.CounterValue
 	}
-	e.out = append(e.out, prometheus.MustNewConstMetric(d.desc, vt, v, append([]string{e.vm}, labels...)...))
+	desc := d.desc
+	if len(e.extra) > 0 {
+		desc = e.c.descFor(d, e.extra)
+	}
+	e.out = append(e.out, prometheus.MustNewConstMetric(desc, vt, v, append([]string{e.vm}, labels...)...))
 }
 
 func boolValue(b bool) float64 {

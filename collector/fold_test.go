@@ -333,8 +333,12 @@ func TestMigrationEndsCountedOnce(t *testing.T) {
 			steps: []func(*vmState){
 				func(s *vmState) { s.setMigrate(queryMigrate{}) },
 				func(s *vmState) { s.setMigrate(queryMigrate{Status: "active"}) },
-				func(s *vmState) { s.setMigrate(queryMigrate{Status: "failed", ErrorDesc: "Unable to write to command: Broken pipe"}) },
-				func(s *vmState) { s.setMigrate(queryMigrate{Status: "failed", ErrorDesc: "Unable to write to command: Broken pipe"}) },
+				func(s *vmState) {
+					s.setMigrate(queryMigrate{Status: "failed", ErrorDesc: "Unable to write to command: Broken pipe"})
+				},
+				func(s *vmState) {
+					s.setMigrate(queryMigrate{Status: "failed", ErrorDesc: "Unable to write to command: Broken pipe"})
+				},
 			},
 			want: [3]uint64{0, 1, 0},
 		},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/go-kit/log/level"
 
@@ -19,8 +20,13 @@ type Manager struct {
 
 	mu       sync.Mutex
 	watchers map[string]*managed
-	ctx      context.Context // set by Run; nil before
-	wg       sync.WaitGroup
+	// listenerCounts counts dialled-in connections by listener and result.
+	listenerCounts map[[2]string]uint64
+	// warned holds the watchers already reported as duplicates of another
+	// source of the same VM.
+	warned map[*watcher]bool
+	ctx    context.Context // set by Run; nil before
+	wg     sync.WaitGroup
 }
 
 type managed struct {
@@ -31,7 +37,8 @@ type managed struct {
 // NewManager returns a Manager with no targets.
 func NewManager(opts Options) *Manager {
 	opts.setDefaults()
-	return &Manager{opts: opts, dial: qmp.Dial, watchers: make(map[string]*managed)}
+	return &Manager{opts: opts, dial: qmp.Dial, watchers: make(map[string]*managed),
+		listenerCounts: make(map[[2]string]uint64), warned: make(map[*watcher]bool)}
 }
 
 // Sync makes the set of watched targets equal to targets: new ones start,
@@ -46,11 +53,15 @@ func (m *Manager) Sync(targets []Target) {
 		want[t.key()] = t
 	}
 	for k, mw := range m.watchers {
+		if mw.w.dynamic {
+			continue // VMs that dialled in are not configured targets
+		}
 		if _, ok := want[k]; !ok {
 			if mw.cancel != nil {
 				mw.cancel()
 			}
 			delete(m.watchers, k)
+			delete(m.warned, mw.w)
 			level.Info(m.opts.Logger).Log("msg", "stopped watching vm", "vm", mw.w.target.DefaultNameOrName(), "address", mw.w.target.Address)
 		}
 	}
@@ -83,9 +94,51 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.start(mw)
 	}
 	m.mu.Unlock()
-	<-ctx.Done()
-	m.wg.Wait()
-	return nil
+	reap := time.NewTicker(max(m.opts.StaleAfter/10, time.Second))
+	defer reap.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			m.wg.Wait()
+			return nil
+		case now := <-reap.C:
+			m.reap(now)
+		}
+	}
+}
+
+// reap forgets the VMs that dialled in and have not been back for
+// StaleAfter: their watchers stop and their series go. (Discovered and
+// configured targets are removed by Sync instead.)
+func (m *Manager) reap(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, mw := range m.watchers {
+		if !mw.w.dynamic {
+			continue
+		}
+		mw.w.mu.Lock()
+		stale := mw.w.stale(now)
+		mw.w.mu.Unlock()
+		if stale {
+			mw.cancel()
+			delete(m.watchers, k)
+			delete(m.warned, mw.w)
+			level.Info(m.opts.Logger).Log("msg", "forgot a vm that dialled in and did not come back", "identity", mw.w.target.Address)
+		}
+	}
+}
+
+// warnDuplicate logs, once, that w reaches the same VM (same UUID) as the
+// VM already exported as first; w's series are left out.
+func (m *Manager) warnDuplicate(w *watcher, first string) {
+	m.mu.Lock()
+	seen := m.warned[w]
+	m.warned[w] = true
+	m.mu.Unlock()
+	if !seen {
+		level.Warn(m.opts.Logger).Log("msg", "two sources reach the same VM (same UUID); reporting it once", "vm", first, "duplicate_address", w.target.Address)
+	}
 }
 
 // sortedWatchers returns the watchers in a stable order (by target key),

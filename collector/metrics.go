@@ -210,6 +210,11 @@ var (
 		"vm")
 )
 
+// mListener is the listeners' metric; it has no vm label.
+var mListener = def("qmp_listener_connections_total", "counter", "listener sockets (QEMU dialling in)",
+	"Connections QEMUs opened to a listener socket, by result: accepted (identified and attached to its VM), refused (peer uid not allowed, or too many handshakes at once) or failed (handshake or identification failed).",
+	"listener", "result")
+
 // metricDefs lists every metric the collector exports, in README order.
 var metricDefs = []*metricDef{
 	mUp, mVMStatus, mVMInfo, mEvents, mEventsUnlabelled, mLastEvent,
@@ -225,4 +230,5 @@ var metricDefs = []*metricDef{
 	mMigSetupTime, mMigEnded,
 	mVNCClients, mVNCConnections, mVNCSessions, mVNCFailed,
 	mSpiceClients, mSpiceConnections, mSpiceSessions, mSpiceFailed,
+	mListener,
 }

@@ -5,7 +5,9 @@
 package collector
 
 import (
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 )
 
@@ -18,11 +20,24 @@ type Target struct {
 	// Network and Address are passed to the dialer: "unix" and a socket
 	// path, or "tcp" and host:port.
 	Network, Address string
+	// Labels are added to every series of the VM.
+	Labels map[string]string
+	// Discovered marks a target found by scanning globs: its series are
+	// hidden once it has been unreachable for Options.StaleAfter (its
+	// socket may linger after QEMU was killed).
+	Discovered bool
 }
 
-// key identifies a target for Manager.Sync: a change of name or address is
-// a different target.
-func (t Target) key() string { return t.Name + "\x00" + t.Network + "\x00" + t.Address }
+// key identifies a target for Manager.Sync: a change of name, address or
+// labels is a different target.
+func (t Target) key() string {
+	var b strings.Builder
+	b.WriteString(t.Name + "\x00" + t.Network + "\x00" + t.Address)
+	for _, k := range slices.Sorted(maps.Keys(t.Labels)) {
+		b.WriteString("\x00" + k + "=" + t.Labels[k])
+	}
+	return b.String()
+}
 
 // DefaultName is the name used when neither the configuration nor QEMU
 // names the VM: the socket file's base name without its extension, or

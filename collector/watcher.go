@@ -29,6 +29,9 @@ type Options struct {
 	RefreshInterval time.Duration
 	// MaxMessageBytes bounds one QMP message; zero means the qmp default.
 	MaxMessageBytes int
+	// StaleAfter is how long a discovered VM, or one that dialled in, may
+	// stay unreachable before its series are removed.
+	StaleAfter time.Duration
 	// Logger receives the watchers' logs; nil discards them.
 	Logger log.Logger
 }
@@ -51,6 +54,9 @@ func (o *Options) setDefaults() {
 	}
 	if o.RefreshInterval <= 0 {
 		o.RefreshInterval = 30 * time.Second
+	}
+	if o.StaleAfter <= 0 {
+		o.StaleAfter = 5 * time.Minute
 	}
 	if o.Logger == nil {
 		o.Logger = log.NewNopLogger()
@@ -96,9 +102,12 @@ type watcher struct {
 	// failures; replaceable in tests.
 	backoff func(n int) time.Duration
 
-	mu    sync.Mutex // guards st and phase
+	mu    sync.Mutex // guards st, phase and downSince
 	st    vmState
 	phase watcherState
+	// downSince is when the VM was last seen up (or the watcher started);
+	// zero while it is up.
+	downSince time.Time
 	// protocolLogged limits protocol-error logs to one per session, and
 	// dataLogged malformed-event logs to one per VM.
 	protocolLogged bool
@@ -117,6 +126,19 @@ type watcher struct {
 
 	// noFollowUps: events trigger no queries (golden tests only).
 	noFollowUps bool
+
+	// dialTimeout bounds dial; zero waits until ctx ends (a VM that dials
+	// in arrives when it arrives).
+	dialTimeout time.Duration
+
+	// dynamic marks the watcher of a VM that dialled in; incoming carries
+	// its next session from the listener.
+	dynamic  bool
+	incoming chan dialledIn
+
+	// live is the current session's connection (under mu), so that a
+	// newer dialled-in connection can replace it.
+	live *qmp.Conn
 }
 
 func newWatcher(t Target, opts Options, dial dialFunc) *watcher {
@@ -127,6 +149,9 @@ func newWatcher(t Target, opts Options, dial dialFunc) *watcher {
 		dial:   dial,
 		st:     newVMState(),
 		nudge:  make(chan struct{}, 1),
+		// Dialled-in VMs wait for QEMU as long as it takes.
+		dialTimeout: opts.DialTimeout,
+		downSince:   time.Now(),
 	}
 	w.backoff = w.jitteredBackoff
 	return w
@@ -200,7 +225,10 @@ func (w *watcher) session(ctx context.Context) (time.Duration, error) {
 	w.mu.Unlock()
 	w.unsupported = make(map[string]bool)
 
-	dctx, cancel := context.WithTimeout(ctx, w.opts.DialTimeout)
+	dctx, cancel := context.WithCancel(ctx)
+	if w.dialTimeout > 0 {
+		dctx, cancel = context.WithTimeout(ctx, w.dialTimeout)
+	}
 	conn, err := w.dial(dctx, w.target.Network, w.target.Address, qmp.Options{
 		OnEvent:         w.onEvent,
 		OnProtocolError: w.onProtocolError,
@@ -211,7 +239,16 @@ func (w *watcher) session(ctx context.Context) (time.Duration, error) {
 		w.countFailure()
 		return 0, err
 	}
-	defer func() { conn.Close(); <-conn.Done() }()
+	w.mu.Lock()
+	w.live = conn
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		w.live = nil
+		w.mu.Unlock()
+		conn.Close()
+		<-conn.Done()
+	}()
 
 	w.setPhase(stateSyncing)
 	if err := w.sync(ctx, conn); err != nil {
@@ -220,6 +257,7 @@ func (w *watcher) session(ctx context.Context) (time.Duration, error) {
 	}
 	w.mu.Lock()
 	w.st.up = true
+	w.downSince = time.Time{}
 	w.phase = stateConnected
 	name := w.st.info.name
 	w.mu.Unlock()
@@ -393,8 +431,27 @@ func (w *watcher) countFailure() {
 
 func (w *watcher) markDown() {
 	w.mu.Lock()
+	if w.st.up {
+		w.downSince = time.Now()
+	}
 	w.st.disconnected()
 	w.mu.Unlock()
+}
+
+// closeLive closes the current session, if any.
+func (w *watcher) closeLive() {
+	w.mu.Lock()
+	c := w.live
+	w.mu.Unlock()
+	if c != nil {
+		c.Close()
+	}
+}
+
+// stale reports whether the VM has been unreachable for longer than
+// StaleAfter. Called with mu held.
+func (w *watcher) stale(now time.Time) bool {
+	return !w.st.up && !w.downSince.IsZero() && now.Sub(w.downSince) > w.opts.StaleAfter
 }
 
 func (w *watcher) setPhase(p watcherState) {

@@ -2,6 +2,8 @@ package collector
 
 import (
 	"context"
+	"fmt"
+	"hash/crc32"
 	"net"
 	"strings"
 	"sync"
@@ -9,6 +11,7 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
@@ -32,6 +35,9 @@ type fakeQEMU struct {
 	dials   int
 	// extra answers commands before the defaults; nil for none.
 	extra func(qmptest.Command) (qmptest.Reply, bool)
+	// sameUUID makes every socket answer with the same UUID, as two
+	// paths to one VM would.
+	sameUUID bool
 }
 
 func (f *fakeQEMU) dial(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, error) {
@@ -42,7 +48,13 @@ func (f *fakeQEMU) dial(ctx context.Context, network, address string, opts qmp.O
 		return nil, &net.OpError{Op: "dial", Net: network, Err: errRefused}
 	}
 	f.mu.Unlock()
-	client, srv := qmptest.New(f.t, qmptest.Options{Handle: f.handle})
+	client, srv := qmptest.New(f.t, qmptest.Options{Handle: func(cmd qmptest.Command) (qmptest.Reply, bool) {
+		if cmd.Execute == "query-uuid" && !f.sameUUID {
+			// A distinct UUID per socket, as distinct VMs have.
+			return qmptest.Return(map[string]string{"UUID": fmt.Sprintf("0b5b6a4e-2f0e-4d59-9d4b-%012x", crc32.ChecksumIEEE([]byte(address)))}), true
+		}
+		return f.handle(cmd)
+	}})
 	f.mu.Lock()
 	f.current = srv
 	f.mu.Unlock()
@@ -103,15 +115,18 @@ func newTestManager(t *testing.T, fake *fakeQEMU, targets ...Target) (*Manager, 
 	return m, func() { cancel(); <-done }
 }
 
+// scrape renders the named families as the exporter's own (non-pedantic)
+// registry would: VMs with configured labels carry them as constant
+// labels of descriptors that Describe does not list.
 func scrape(t *testing.T, m *Manager, names ...string) string {
 	t.Helper()
-	var b strings.Builder
-	n, err := testutil.CollectAndFormat(NewCollector(m), expfmtText, names...)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector(m))
+	b, err := testutil.GatherAndFormat(reg, expfmtText, names...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.Write(n)
-	return b.String()
+	return string(b)
 }
 
 func TestWatcherLifecycle(t *testing.T) {
@@ -306,5 +321,22 @@ func TestMigrationPolledWithoutEvents(t *testing.T) {
 			t.Errorf("%d polls after the migration ended", polls-before)
 		}
 		mu.Unlock()
+	})
+}
+
+// TestSameVMFromTwoSourcesReportedOnce: two sockets that reach one VM
+// (same UUID) are exported once.
+func TestSameVMFromTwoSourcesReportedOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := &fakeQEMU{t: t, status: "running", name: "one", sameUUID: true}
+		m, stop := newTestManager(t, fake,
+			Target{Network: "unix", Address: "/x/a.qmp"},
+			Target{Network: "unix", Address: "/x/bb.qmp"})
+		defer stop()
+		synctest.Wait()
+		got := scrape(t, m, "qmp_up")
+		if strings.Count(got, "qmp_up{") != 1 {
+			t.Errorf("want the VM once:\n%s", got)
+		}
 	})
 }

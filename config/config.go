@@ -26,9 +26,11 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"net"
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -52,7 +54,49 @@ type Config struct {
 	VMs []VM `yaml:"vms"`
 	// Discovery finds more sockets by scanning globs.
 	Discovery Discovery `yaml:"discovery"`
+	// Listen are sockets on which the exporter accepts connections from
+	// QEMUs started with a client-mode QMP chardev (reconnect=...).
+	Listen []Listen `yaml:"listen"`
+	// Labels are added to every series of every VM; a VM's own labels
+	// override them.
+	Labels map[string]string `yaml:"labels"`
 }
+
+// DefaultStaleAfter is how long a discovered or dialled-in VM may stay
+// unreachable before its series are removed.
+const DefaultStaleAfter = 5 * time.Minute
+
+// DefaultListenMode is the file mode of a listener socket.
+const DefaultListenMode = FileMode(0o660)
+
+// Listen is a socket the exporter listens on for QEMUs that dial in.
+type Listen struct {
+	// Path is a unix socket to create; Address a TCP address (host:port,
+	// or :port for the loopback address). Exactly one must be set.
+	Path    string `yaml:"path"`
+	Address string `yaml:"address"`
+	// Mode is the unix socket's file mode, in octal (default 0660).
+	Mode FileMode `yaml:"mode"`
+	// AllowedUIDs, if not empty, are the only user ids whose processes
+	// may connect to a unix listener (checked with SO_PEERCRED).
+	AllowedUIDs []uint32 `yaml:"allowed_uids"`
+}
+
+// FileMode is a unix file mode written in octal, such as "0660".
+type FileMode uint32
+
+// UnmarshalYAML reads an octal mode.
+func (m *FileMode) UnmarshalYAML(value *yaml.Node) error {
+	v, err := strconv.ParseUint(strings.TrimPrefix(value.Value, "0o"), 8, 32)
+	if err != nil || v > 0o777 {
+		return fmt.Errorf("line %d: invalid mode %q, want an octal file mode such as 0660", value.Line, value.Value)
+	}
+	*m = FileMode(v)
+	return nil
+}
+
+// MarshalYAML writes the mode in octal.
+func (m FileMode) MarshalYAML() (any, error) { return fmt.Sprintf("%04o", uint32(m)), nil }
 
 // VM is one QEMU VM, reached through its QMP socket.
 type VM struct {
@@ -93,6 +137,10 @@ type Discovery struct {
 	// RescanInterval is the time between two scans of SocketGlobs. It
 	// defaults to DefaultRescanInterval and must be positive.
 	RescanInterval Duration `yaml:"rescan_interval"`
+	// StaleAfter is how long a discovered VM (or one that dialled in) may
+	// stay unreachable before its series are removed. It defaults to
+	// DefaultStaleAfter.
+	StaleAfter Duration `yaml:"stale_after"`
 }
 
 // Duration is a time.Duration written in YAML as a Go duration string,
@@ -153,7 +201,7 @@ func Parse(data []byte) (*Config, error) {
 	// checks need the whole list (indices, duplicates), yaml.v3's
 	// Node.Decode drops KnownFields, and the `type plain T` workaround
 	// would put "config.plain" into unknown-key errors.
-	c := &Config{Discovery: Discovery{RescanInterval: Duration(DefaultRescanInterval)}}
+	c := &Config{Discovery: Discovery{RescanInterval: Duration(DefaultRescanInterval), StaleAfter: Duration(DefaultStaleAfter)}}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	switch err := dec.Decode(c); {
@@ -172,6 +220,11 @@ func Parse(data []byte) (*Config, error) {
 	}
 	for i := range c.VMs {
 		c.VMs[i].NameFromConfig = c.VMs[i].Name != ""
+	}
+	for i := range c.Listen {
+		if c.Listen[i].Mode == 0 {
+			c.Listen[i].Mode = DefaultListenMode
+		}
 	}
 	if err := c.validate(); err != nil {
 		return nil, err
@@ -209,7 +262,37 @@ func (c *Config) validate() error {
 		}
 	}
 	errs = append(errs, c.Discovery.validate()...)
+	for i := range c.Listen {
+		if err := c.Listen[i].validate(); err != nil {
+			errs = append(errs, fmt.Errorf("listen[%d]: %w", i, err))
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Labels)) {
+		if err := checkLabel(name, c.Labels[name]); err != nil {
+			errs = append(errs, fmt.Errorf("labels: %w", err))
+		}
+	}
 	return errors.Join(errs...)
+}
+
+func (l *Listen) validate() error {
+	switch {
+	case (l.Path == "") == (l.Address == ""):
+		return errors.New("set exactly one of path and address")
+	case l.Path != "":
+		return checkUnixPath(l.Path)
+	}
+	host, port, err := net.SplitHostPort(l.Address)
+	if err != nil {
+		return fmt.Errorf("invalid address %q: %w", l.Address, err)
+	}
+	if _, err := parsePort(port); err != nil {
+		return fmt.Errorf("invalid address %q: %w", l.Address, err)
+	}
+	if host == "" {
+		l.Address = net.JoinHostPort("127.0.0.1", port)
+	}
+	return nil
 }
 
 // validate checks the VM's own fields and derives its name if it has none.
@@ -263,6 +346,9 @@ func (d *Discovery) validate() []error {
 	}
 	if d.RescanInterval <= 0 {
 		errs = append(errs, fmt.Errorf("discovery.rescan_interval: must be greater than 0, got %s", d.RescanInterval))
+	}
+	if d.StaleAfter <= 0 {
+		errs = append(errs, fmt.Errorf("discovery.stale_after: must be greater than 0, got %s", d.StaleAfter))
 	}
 	return errs
 }

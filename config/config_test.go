@@ -35,6 +35,7 @@ func TestLoadGood(t *testing.T) {
 		Discovery: Discovery{
 			SocketGlobs:    []string{"/run/qemu/*.qmp", "/var/lib/vms/[a-z]*/qmp.sock"},
 			RescanInterval: Duration(5 * time.Minute),
+			StaleAfter:     Duration(DefaultStaleAfter),
 		},
 	}
 	got, err := Load("testdata/good.yml")
@@ -141,7 +142,7 @@ func TestLoadMissingFile(t *testing.T) {
 }
 
 func TestParse(t *testing.T) {
-	defaults := Discovery{RescanInterval: Duration(DefaultRescanInterval)}
+	defaults := Discovery{RescanInterval: Duration(DefaultRescanInterval), StaleAfter: Duration(DefaultStaleAfter)}
 	tests := []struct {
 		name    string
 		in      string
@@ -156,12 +157,12 @@ func TestParse(t *testing.T) {
 		{
 			name: "empty rescan_interval keeps default",
 			in:   "discovery:\n  socket_globs: ['/run/*.qmp']\n  rescan_interval:\n",
-			want: &Config{Discovery: Discovery{SocketGlobs: []string{"/run/*.qmp"}, RescanInterval: Duration(DefaultRescanInterval)}},
+			want: &Config{Discovery: Discovery{SocketGlobs: []string{"/run/*.qmp"}, RescanInterval: Duration(DefaultRescanInterval), StaleAfter: Duration(DefaultStaleAfter)}},
 		},
 		{
 			name: "compound duration",
 			in:   "discovery:\n  rescan_interval: 1h30m\n",
-			want: &Config{Discovery: Discovery{RescanInterval: Duration(90 * time.Minute)}},
+			want: &Config{Discovery: Discovery{RescanInterval: Duration(90 * time.Minute), StaleAfter: Duration(DefaultStaleAfter)}},
 		},
 		{
 			name: "tcp name uses canonical port",
@@ -503,4 +504,47 @@ func cloneConfig(c *Config) *Config {
 	}
 	out.Discovery.SocketGlobs = slices.Clone(c.Discovery.SocketGlobs)
 	return &out
+}
+
+func TestListenAndGlobalLabels(t *testing.T) {
+	c, err := Parse([]byte(`
+labels: {site: fra1}
+listen:
+  - path: /run/qmp_exporter/qmp.sock
+  - path: /run/qmp_exporter/other.sock
+    mode: "0600"
+    allowed_uids: [0, 64055]
+  - address: ":4445"
+discovery:
+  socket_globs: ["/run/qemu-server/*.qmp"]
+  stale_after: 90s
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &Config{
+		Labels: map[string]string{"site": "fra1"},
+		Listen: []Listen{
+			{Path: "/run/qmp_exporter/qmp.sock", Mode: DefaultListenMode},
+			{Path: "/run/qmp_exporter/other.sock", Mode: 0o600, AllowedUIDs: []uint32{0, 64055}},
+			{Address: "127.0.0.1:4445", Mode: DefaultListenMode},
+		},
+		Discovery: Discovery{SocketGlobs: []string{"/run/qemu-server/*.qmp"}, RescanInterval: Duration(DefaultRescanInterval), StaleAfter: Duration(90 * time.Second)},
+	}
+	if diff := cmp.Diff(want, c); diff != "" {
+		t.Errorf("Parse (-want +got):\n%s", diff)
+	}
+	for _, tc := range []struct{ in, want string }{
+		{"listen: [{}]", "listen[0]: set exactly one of path and address"},
+		{"listen: [{path: /a, address: ':1'}]", "listen[0]: set exactly one of path and address"},
+		{"listen: [{path: /a, mode: '0999'}]", `line 1: invalid mode "0999", want an octal file mode such as 0660`},
+		{"listen: [{address: 'h:0'}]", `listen[0]: invalid address "h:0": port "0" is not a number from 1 to 65535`},
+		{"labels: {vm: x}", `labels: label name "vm" is reserved, the exporter sets it to the VM's name`},
+		{"discovery: {stale_after: 0s}", "discovery.stale_after: must be greater than 0, got 0s"},
+	} {
+		_, err := Parse([]byte(tc.in))
+		if err == nil || err.Error() != tc.want {
+			t.Errorf("Parse(%q) error = %v, want %q", tc.in, err, tc.want)
+		}
+	}
 }

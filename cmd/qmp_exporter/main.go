@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -48,6 +49,9 @@ type flags struct {
 	configFile     string
 	configCheck    bool
 	sockets        []string
+	globs          []string
+	listens        []string
+	staleAfter     time.Duration
 	dialTimeout    time.Duration
 	commandTimeout time.Duration
 	maxBackoff     time.Duration
@@ -80,6 +84,12 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
 		BoolVar(&f.configCheck)
 	app.Flag("qmp.socket", "A VM's QMP monitor socket: a unix socket path, or tcp:HOST:PORT. Repeatable. The vm label is QEMU's -name, else the socket file's base name without extension.").
 		PlaceHolder("PATH").StringsVar(&f.sockets)
+	app.Flag("qmp.socket-glob", "Watch every unix socket matching this glob (e.g. /run/qemu-server/*.qmp): sockets that appear are connected within a second, those that disappear lose their series. Repeatable; added to discovery.socket_globs of --config.file.").
+		PlaceHolder("GLOB").StringsVar(&f.globs)
+	app.Flag("qmp.listen", "Create this unix socket and accept QEMUs that dial in to it (-chardev socket,path=PATH,reconnect=5 -mon chardev=...,mode=control). Repeatable; added to listen of --config.file.").
+		PlaceHolder("PATH").StringsVar(&f.listens)
+	app.Flag("qmp.stale-after", "Remove the series of a discovered or dialled-in VM that has been unreachable this long.").
+		Default("5m").DurationVar(&f.staleAfter)
 	app.Flag("qmp.dial-timeout", "Limit on connecting to a monitor and completing the QMP handshake.").
 		Default("5s").DurationVar(&f.dialTimeout)
 	app.Flag("qmp.command-timeout", "Limit on each query. A VM that does not answer in time is treated as hung: its session is dropped and retried.").
@@ -140,7 +150,7 @@ func targets(cfg *config.Config, sockets []string) ([]collector.Target, error) {
 	if cfg != nil {
 		for _, vm := range cfg.VMs {
 			network, address := vm.Endpoint()
-			t := collector.Target{Network: network, Address: address}
+			t := collector.Target{Network: network, Address: address, Labels: mergeLabels(cfg.Labels, vm.Labels)}
 			if vm.NameFromConfig {
 				t.Name = vm.Name
 			}
@@ -157,7 +167,11 @@ func targets(cfg *config.Config, sockets []string) ([]collector.Target, error) {
 			continue
 		}
 		seen[network+" "+address] = true
-		out = append(out, collector.Target{Network: network, Address: address})
+		var labels map[string]string
+		if cfg != nil {
+			labels = mergeLabels(cfg.Labels, nil)
+		}
+		out = append(out, collector.Target{Network: network, Address: address, Labels: labels})
 	}
 	return out, nil
 }
@@ -187,7 +201,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ts, err := targets(cfg, f.sockets)
 		return cfg, ts, err
 	}
-	_, initial, err := loadConfig()
+	cfg, initial, err := loadConfig()
 	if f.configCheck {
 		if f.configFile == "" {
 			fmt.Fprintln(stderr, "--config.check needs --config.file")
@@ -206,8 +220,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	level.Info(logger).Log("msg", "starting "+exporterName, "version", version.Info())
 	level.Info(logger).Log("msg", "build context", "build_context", version.BuildContext())
-	if len(initial) == 0 {
-		level.Warn(logger).Log("msg", "no VMs to watch: pass --qmp.socket or list vms in --config.file")
+	if cfg == nil {
+		cfg = &config.Config{Discovery: config.Discovery{RescanInterval: config.Duration(config.DefaultRescanInterval)}}
+	}
+	// discovery returns the globs and rescan interval of a configuration
+	// plus the flags'.
+	discovery := func(c *config.Config) ([]string, time.Duration) {
+		globs := append(slices.Clone(c.Discovery.SocketGlobs), f.globs...)
+		slices.Sort(globs)
+		return slices.Compact(globs), time.Duration(c.Discovery.RescanInterval)
+	}
+	listens := slices.Clone(cfg.Listen)
+	for _, p := range f.listens {
+		listens = append(listens, config.Listen{Path: p, Mode: config.DefaultListenMode})
+	}
+	if globs, _ := discovery(cfg); len(initial) == 0 && len(globs) == 0 && len(listens) == 0 {
+		level.Warn(logger).Log("msg", "no VMs to watch: pass --qmp.socket, --qmp.socket-glob or --qmp.listen, or use --config.file")
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -219,13 +247,27 @@ func run(args []string, stdout, stderr io.Writer) int {
 		MaxBackoff:      f.maxBackoff,
 		RefreshInterval: f.refresh,
 		MaxMessageBytes: f.maxMessage,
+		StaleAfter:      f.staleAfter,
 		Logger:          logger,
 	})
-	m.Sync(initial)
 	var wg sync.WaitGroup
 	mctx, cancelManager := context.WithCancel(context.Background())
 	wg.Go(func() { _ = m.Run(mctx) })
 	defer func() { cancelManager(); wg.Wait() }()
+	src := &sources{ctx: mctx, m: m, logger: logger}
+	defer src.stopDiscovery()
+	globs, rescan := discovery(cfg)
+	src.apply(initial, globs, rescan, mergeLabels(cfg.Labels, nil))
+	for _, l := range listens {
+		ln, name, err := listen(l)
+		if err != nil {
+			level.Error(logger).Log("msg", "cannot listen for QEMUs dialling in", "listener", name, "err", err)
+			return 1
+		}
+		lo := collector.ListenOptions{Name: name, AllowedUIDs: l.AllowedUIDs, Labels: mergeLabels(cfg.Labels, nil)}
+		level.Info(logger).Log("msg", "listening for QEMUs dialling in", "listener", name)
+		wg.Go(func() { _ = m.Serve(mctx, ln, lo) })
+	}
 
 	productReg := prometheus.NewRegistry()
 	productReg.MustRegister(versioncollector.NewCollector(exporterName), collector.NewCollector(m))
@@ -246,13 +288,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	reload := func() error {
 		reloadMu.Lock()
 		defer reloadMu.Unlock()
-		_, ts, err := loadConfig()
+		c, ts, err := loadConfig()
 		if err != nil {
 			reloadOK.Set(0)
 			level.Error(logger).Log("msg", "reload failed; keeping the previous configuration", "err", err)
 			return err
 		}
-		m.Sync(ts)
+		if c == nil {
+			c = cfg
+		}
+		globs, rescan := discovery(c)
+		src.apply(ts, globs, rescan, mergeLabels(c.Labels, nil))
 		reloadOK.Set(1)
 		reloadTime.SetToCurrentTime()
 		level.Info(logger).Log("msg", "configuration reloaded", "vms", len(ts))
