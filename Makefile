@@ -50,7 +50,8 @@ GOVULNCHECK   := golang.org/x/vuln/cmd/govulncheck@v1.9.0
 # target is adding a line here.
 FUZZ_TARGETS := \
 	./qmp/:FuzzDecode \
-	./config/:FuzzParse
+	./config/:FuzzParse \
+	./collector/:FuzzFold
 FUZZTIME ?= 10s
 
 # Extra flags for the race test run, e.g. GOTESTFLAGS='-run TestEndToEnd'.

@@ -213,6 +213,7 @@ func (e *emitter) vmMetrics(st *vmState) {
 	e.add(mFailures, float64(st.failures))
 	e.add(mProtocolErrors, float64(st.protocolErrors))
 	e.add(mEventDataErrors, float64(st.dataErrors))
+	e.add(mCommandTimeouts, float64(st.commandTimeouts))
 	for _, k := range sortedKeys(st.dropped) {
 		e.add(mDropped, float64(st.dropped[k]), k)
 	}

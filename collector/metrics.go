@@ -54,6 +54,9 @@ var (
 	mEventDataErrors = def("qmp_event_data_errors_total", "counter", "every event",
 		"QMP events whose data lacked a member the event must carry or was not a JSON object; the event is still counted in qmp_events_total.",
 		"vm")
+	mCommandTimeouts = def("qmp_command_timeouts_total", "counter", "session state",
+		"Queries the VM did not answer within --qmp.command-timeout; each one drops the session as hung.",
+		"vm")
 	mDropped = def("qmp_dropped_label_sets_total", "counter", "all per-object metrics",
 		"Objects (block devices, jobs, serial ports) not given their own series because the VM already had 64 of that kind.",
 		"vm", "kind")
@@ -218,7 +221,7 @@ var mListener = def("qmp_listener_connections_total", "counter", "listener socke
 // metricDefs lists every metric the collector exports, in README order.
 var metricDefs = []*metricDef{
 	mUp, mVMStatus, mVMInfo, mEvents, mEventsUnlabelled, mLastEvent,
-	mAttempts, mFailures, mProtocolErrors, mEventDataErrors, mDropped,
+	mAttempts, mFailures, mProtocolErrors, mEventDataErrors, mCommandTimeouts, mDropped,
 	mShutdowns, mResets, mPanics, mCrashloads, mWatchdog, mMemoryFailures,
 	mRTCOffset, mVserport, mDumps, mDeviceDeletions,
 	mIOErrors, mNospace, mIOStatus, mTray, mCorruptions, mCorruptFatal,

@@ -187,6 +187,7 @@ type vmState struct {
 	attempts, failures uint64
 	protocolErrors     uint64
 	dataErrors         uint64 // events whose data could not be read
+	commandTimeouts    uint64
 	dropped            map[string]uint64
 
 	// Guest.

@@ -381,6 +381,9 @@ func (w *watcher) execute(ctx context.Context, conn *qmp.Conn, cmd string, out a
 	defer cancel()
 	err := conn.Execute(cctx, cmd, nil, out)
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		w.mu.Lock()
+		w.st.commandTimeouts++
+		w.mu.Unlock()
 		return errors.Join(errors.New("qemu did not answer "+cmd+" within "+w.opts.CommandTimeout.String()), err)
 	}
 	return err

@@ -210,8 +210,9 @@ func TestWatcherDropsHungPeer(t *testing.T) {
 		// The periodic refresh finds the peer silent and drops the session.
 		time.Sleep(31 * time.Second)
 		synctest.Wait()
-		if got := scrape(t, m, "qmp_up"); !strings.Contains(got, `qmp_up{vm="hung"} 0`) {
-			t.Errorf("hung peer still up:\n%s", got)
+		got := scrape(t, m, "qmp_up", "qmp_command_timeouts_total")
+		if !strings.Contains(got, `qmp_up{vm="hung"} 0`) || !strings.Contains(got, `qmp_command_timeouts_total{vm="hung"} 1`) {
+			t.Errorf("hung peer still up, or its timeout not counted:\n%s", got)
 		}
 	})
 }

@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/qmp-exporter/qmp_exporter/internal/exporterproc"
 	"github.com/qmp-exporter/qmp_exporter/internal/qemulab"
+	"github.com/qmp-exporter/qmp_exporter/qmp"
 )
 
 // TestDeviceRecipesEndToEnd covers the recipes that need more than the
@@ -34,7 +36,9 @@ func TestDeviceRecipesEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { vm.Close() })
-	e := startExporter(t, ctx, bin, "--qmp.socket="+vm.ExporterSocket, "--qmp.command-timeout=5s")
+	// Everything the exporter sends goes through a recording proxy.
+	rec := newCommandRecorder(t, vm.ExporterSocket)
+	e := startExporter(t, ctx, bin, "--qmp.socket="+rec.Path, "--qmp.command-timeout=5s")
 	has := func(series string, v float64) func(exporterproc.Metrics) bool {
 		return func(m exporterproc.Metrics) bool { return m.Has(series, v) }
 	}
@@ -165,6 +169,20 @@ func TestDeviceRecipesEndToEnd(t *testing.T) {
 	})
 
 	m = e.wait("final", func(exporterproc.Metrics) bool { return true })
+	// Read-only by construction: everything the exporter sent in this
+	// whole run (connect, sync, every follow-up query, migration polling)
+	// is on the allow-list.
+	sent := rec.Commands()
+	for _, c := range sent {
+		if !qmp.Allowed(c) {
+			t.Errorf("the exporter sent %q, which is not on the read-only allow-list", c)
+		}
+	}
+	for _, c := range []string{"qmp_capabilities", "query-status", "query-block", "query-migrate", "query-jobs", "query-balloon", "query-spice", "query-vnc"} {
+		if !slices.Contains(sent, c) {
+			t.Errorf("the exporter never sent %s (sent %v)", c, sent)
+		}
+	}
 	for _, s := range []string{`qmp_event_data_errors_total{` + vmL + `}`, `qmp_protocol_errors_total{` + vmL + `}`} {
 		if !m.Has(s, 0) {
 			v, _ := m.Value(s)

@@ -46,7 +46,7 @@ type Process struct {
 }
 
 // Start runs bin with args plus a --web.listen-address on a free loopback
-// port, and waits until /-/healthy answers.
+// port, and waits until it accepts connections.
 func Start(ctx context.Context, bin string, args ...string) (*Process, error) {
 	addr, err := freePort()
 	if err != nil {
@@ -88,20 +88,17 @@ func StartAt(ctx context.Context, addr, bin string, args ...string) (*Process, e
 	}
 }
 
-// healthy reports whether /-/healthy answers at all, waiting at most a
-// second.
+// healthy reports whether the exporter accepts connections on its
+// address (plain HTTP or TLS alike), waiting at most a second.
 func (p *Process) healthy(ctx context.Context) bool {
+	var d net.Dialer
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.Addr+"/-/healthy", nil)
+	c, err := d.DialContext(ctx, "tcp", p.Addr)
 	if err != nil {
 		return false
 	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return false
-	}
-	resp.Body.Close()
+	c.Close()
 	return true
 }
 
