@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -151,9 +152,11 @@ func benchManager(n int) *Manager {
 		targets[i] = Target{Network: "unix", Address: "/run/qemu/vm" + strconv.Itoa(i) + ".qmp"}
 	}
 	m.Sync(targets)
+	i := 0
 	for _, mw := range m.watchers {
 		w := mw.w
-		w.st.setInfo(vmInfo{name: w.target.DefaultName(), uuid: "5c0ffee0-0d15-4a7b-9e3c-000000000001", version: "7.2.22"})
+		w.st.setInfo(vmInfo{name: w.target.DefaultName(), uuid: fmt.Sprintf("5c0ffee0-0d15-4a7b-9e3c-%012d", len(m.watchers)+i), version: "7.2.22"})
+		i++
 		w.st.up = true
 		w.st.setStatus("running")
 		for _, e := range []string{"STOP", "RESUME", "RESET", "RTC_CHANGE", "VNC_CONNECTED", "VNC_DISCONNECTED"} {
