@@ -52,6 +52,7 @@ type flags struct {
 	globs          []string
 	listens        []string
 	staleAfter     time.Duration
+	staleAfterSet  bool // --qmp.stale-after was given
 	dialTimeout    time.Duration
 	commandTimeout time.Duration
 	maxBackoff     time.Duration
@@ -84,12 +85,12 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
 		BoolVar(&f.configCheck)
 	app.Flag("qmp.socket", "A VM's QMP monitor socket: a unix socket path, or tcp:HOST:PORT. Repeatable. The vm label is QEMU's -name, else the socket file's base name without extension.").
 		PlaceHolder("PATH").StringsVar(&f.sockets)
-	app.Flag("qmp.socket-glob", "Watch every unix socket matching this glob (e.g. /run/qemu-server/*.qmp): sockets that appear are connected within a second, those that disappear lose their series. Repeatable; added to discovery.socket_globs of --config.file.").
+	app.Flag("qmp.socket-glob", "Watch every unix socket matching this glob (e.g. /run/vm-qmp/*.qmp; the exporter needs monitors of its own, never those a management stack uses): sockets that appear are connected within a second, those that disappear lose their series. Repeatable; added to discovery.socket_globs of --config.file.").
 		PlaceHolder("GLOB").StringsVar(&f.globs)
 	app.Flag("qmp.listen", "Create this unix socket and accept QEMUs that dial in to it (-chardev socket,path=PATH,reconnect=5 -mon chardev=...,mode=control). Repeatable; added to listen of --config.file.").
 		PlaceHolder("PATH").StringsVar(&f.listens)
-	app.Flag("qmp.stale-after", "Remove the series of a discovered or dialled-in VM that has been unreachable this long.").
-		Default("5m").DurationVar(&f.staleAfter)
+	app.Flag("qmp.stale-after", "Remove the series of a discovered or dialled-in VM that has been unreachable this long. Overrides discovery.stale_after of --config.file.").
+		Default("5m").IsSetByUser(&f.staleAfterSet).DurationVar(&f.staleAfter)
 	app.Flag("qmp.dial-timeout", "Limit on connecting to a monitor and completing the QMP handshake.").
 		Default("5s").DurationVar(&f.dialTimeout)
 	app.Flag("qmp.command-timeout", "Limit on each query. A VM that does not answer in time is treated as hung: its session is dropped and retried.").
@@ -238,6 +239,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 		level.Warn(logger).Log("msg", "no VMs to watch: pass --qmp.socket, --qmp.socket-glob or --qmp.listen, or use --config.file")
 	}
 
+	// staleAfter is the flag if given, else the file's discovery.stale_after
+	// (which defaults to the flag's default). It is read once: a reload
+	// that changes it only warns.
+	staleAfter := func(c *config.Config) time.Duration {
+		if f.staleAfterSet || f.configFile == "" || c == nil {
+			return f.staleAfter
+		}
+		return time.Duration(c.Discovery.StaleAfter)
+	}
+	runningStaleAfter := staleAfter(cfg)
+
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -247,7 +259,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		MaxBackoff:      f.maxBackoff,
 		RefreshInterval: f.refresh,
 		MaxMessageBytes: f.maxMessage,
-		StaleAfter:      f.staleAfter,
+		StaleAfter:      runningStaleAfter,
 		Logger:          logger,
 	})
 	var wg sync.WaitGroup
@@ -299,6 +311,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		globs, rescan := discovery(c)
 		src.apply(ts, globs, rescan, mergeLabels(c.Labels, nil))
+		if sa := staleAfter(c); sa != runningStaleAfter {
+			level.Warn(logger).Log("msg", "discovery.stale_after changed; it takes effect when the exporter restarts", "running", runningStaleAfter, "configured", sa)
+		}
 		reloadOK.Set(1)
 		reloadTime.SetToCurrentTime()
 		level.Info(logger).Log("msg", "configuration reloaded", "vms", len(ts))

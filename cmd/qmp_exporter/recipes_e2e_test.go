@@ -145,7 +145,7 @@ func TestDeviceRecipesEndToEnd(t *testing.T) {
 
 	// The guest sets its clock to 2000-01-01: a negative offset.
 	must("rtc", vm.SetRTC(ctx, time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)))
-	m = e.wait("rtc offset", func(m exporterproc.Metrics) bool {
+	e.wait("rtc offset", func(m exporterproc.Metrics) bool {
 		v, ok := m.Value(`qmp_rtc_offset_seconds{` + vmL + `}`)
 		return ok && v < -8e8
 	})
