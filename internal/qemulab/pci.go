@@ -37,10 +37,3 @@ func (v *VM) pciWriteb(ctx context.Context, dev, fn, reg uint8, val uint8) error
 	}
 	return v.QTest.Outb(ctx, pciConfigData+uint16(reg&3), val)
 }
-
-func (v *VM) pciReadl(ctx context.Context, dev, fn, reg uint8) (uint32, error) {
-	if err := v.QTest.Outl(ctx, pciConfigAddress, pciAddr(dev, fn, reg)); err != nil {
-		return 0, err
-	}
-	return v.QTest.Inl(ctx, pciConfigData)
-}
