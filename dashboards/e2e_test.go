@@ -41,18 +41,8 @@ func TestEndToEndPrometheus(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := exporterproc.FindModuleRoot(wd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := exporterproc.Build(ctx, root, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	root := exporterproc.ModuleRoot(t)
+	bin := exporterproc.BuildForTest(ctx, t)
 
 	// Every device a panel needs: CD-ROM trays, pvpanic, ib700, a disk
 	// whose first read of sector 1 fails (rerror=stop, so it has an I/O

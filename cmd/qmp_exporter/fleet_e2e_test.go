@@ -330,15 +330,7 @@ func TestHelpSuggestsNoManagementSocket(t *testing.T) {
 // recipe's listener path replaced by listen.
 func recipeArgs(t *testing.T, snippet, listen string) []string {
 	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := exporterproc.FindModuleRoot(wd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(filepath.Join(root, "examples", snippet))
+	data, err := os.ReadFile(filepath.Join(exporterproc.ModuleRoot(t), "examples", snippet))
 	if err != nil {
 		t.Fatal(err)
 	}

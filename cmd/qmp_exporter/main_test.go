@@ -32,19 +32,7 @@ func requireTool(t *testing.T, name string) string {
 // buildExporter compiles this package's binary once per test.
 func buildExporter(t *testing.T, ctx context.Context) string {
 	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := exporterproc.FindModuleRoot(wd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin, err := exporterproc.Build(ctx, root, t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return bin
+	return exporterproc.BuildForTest(ctx, t)
 }
 
 const e2eUUID = "5c0ffee0-0d15-4a7b-9e3c-00000000e2e0"

@@ -18,9 +18,10 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
+
+	"github.com/qmp-exporter/qmp_exporter/internal/tailbuf"
 )
 
 // Build compiles ./cmd/qmp_exporter of the module rooted at moduleDir into
@@ -40,7 +41,7 @@ type Process struct {
 	// Addr is host:port of its web listener.
 	Addr string
 	cmd  *exec.Cmd
-	logs *lockedBuffer
+	logs *tailbuf.Buffer
 	done chan struct{}
 	err  error
 }
@@ -65,7 +66,7 @@ func StartAt(ctx context.Context, addr, bin string, args ...string) (*Process, e
 		return nil, fmt.Errorf("listen address %s is not free: %w", addr, err)
 	}
 	ln.Close()
-	p := &Process{Addr: addr, logs: &lockedBuffer{}, done: make(chan struct{})}
+	p := &Process{Addr: addr, logs: tailbuf.New(4<<20, nil), done: make(chan struct{})}
 	p.cmd = exec.Command(bin, append(args, "--web.listen-address="+addr)...)
 	p.cmd.Stdout = p.logs
 	p.cmd.Stderr = p.logs
@@ -246,22 +247,34 @@ func FindModuleRoot(dir string) (string, error) {
 	}
 }
 
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+// TB is the part of testing.TB the test helpers below use.
+type TB interface {
+	Helper()
+	Fatal(args ...any)
+	TempDir() string
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.b.Len() > 4<<20 {
-		l.b.Reset() // keep memory bounded in long demos
+// ModuleRoot returns the module's root directory for a test running in
+// one of its packages.
+func ModuleRoot(t TB) string {
+	t.Helper()
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
 	}
-	return l.b.Write(p)
+	root, err := FindModuleRoot(wd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
 }
 
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+// BuildForTest builds the exporter into a temporary directory of the test.
+func BuildForTest(ctx context.Context, t TB) string {
+	t.Helper()
+	bin, err := Build(ctx, ModuleRoot(t), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
 }

@@ -19,7 +19,6 @@
 package promlab
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -34,6 +33,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/qmp-exporter/qmp_exporter/internal/tailbuf"
 )
 
 // FindPrometheus returns the path of the Prometheus server binary:
@@ -124,7 +125,7 @@ type Server struct {
 	URL string
 
 	cmd    *exec.Cmd
-	out    *tailBuffer
+	out    *tailbuf.Buffer
 	exited chan struct{}
 	err    error // cmd.Wait's result; read after exited is closed
 	client *http.Client
@@ -190,7 +191,7 @@ func Start(ctx context.Context, opts Options) (*Server, error) {
 func start(ctx context.Context, bin, dir, cfgPath, addr string, log io.Writer) (*Server, error) {
 	s := &Server{
 		URL:    "http://" + addr,
-		out:    &tailBuffer{max: 64 << 10, w: log},
+		out:    tailbuf.New(64<<10, log),
 		exited: make(chan struct{}),
 		client: &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second},
 	}
@@ -336,36 +337,4 @@ func (s *Server) Close() error {
 		}
 	})
 	return s.closeErr
-}
-
-// tailBuffer keeps the last max bytes written to it and copies every write
-// to w, if set. It is safe for concurrent use.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	w   io.Writer
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.w != nil {
-		t.w.Write(p) // a failing log must not break Prometheus's output pipe
-	}
-	t.b = append(t.b, p...)
-	if len(t.b) > 2*t.max {
-		t.b = append([]byte(nil), t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	b := t.b
-	if len(b) > t.max {
-		b = b[len(b)-t.max:]
-	}
-	return string(bytes.Clone(b))
 }

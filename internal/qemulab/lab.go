@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/qmp-exporter/qmp_exporter/internal/tailbuf"
 )
 
 // Names of the lab devices added by Options.Devices.
@@ -174,7 +176,7 @@ type VM struct {
 	Pid int
 
 	cmd     *exec.Cmd
-	out     *tailBuffer
+	out     *tailbuf.Buffer
 	tmpDir  string        // made by Start because Dir was too long; removed by Close
 	exited  chan struct{} // closed when cmd.Wait has returned
 	waitErr error         // cmd.Wait's result; read only after exited is closed
@@ -209,7 +211,7 @@ func Start(ctx context.Context, opts Options) (*VM, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("qemulab: %w", err)
 	}
-	v := &VM{out: &tailBuffer{max: outputTail, w: opts.Log}, exited: make(chan struct{})}
+	v := &VM{out: tailbuf.New(outputTail, opts.Log), exited: make(chan struct{})}
 	if len(filepath.Join(dir, "exporter.qmp")) > maxSocketPath {
 		if dir, err = os.MkdirTemp("", "qlab"); err != nil {
 			return nil, fmt.Errorf("qemulab: short directory for sockets: %w", err)
@@ -605,36 +607,4 @@ func (v *VM) QdevOfDrive(ctx context.Context, drive string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("qemulab: query-block: no drive %q", drive)
-}
-
-// tailBuffer keeps the last max bytes written to it and copies every write
-// to w, if set. It is safe for concurrent use (QEMU's stdout and stderr are
-// copied by two goroutines).
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	w   io.Writer
-	b   []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.w != nil {
-		t.w.Write(p) // a failing log must not break QEMU's output pipe
-	}
-	t.b = append(t.b, p...)
-	if len(t.b) > 2*t.max {
-		t.b = append([]byte(nil), t.b[len(t.b)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if len(t.b) > t.max {
-		return string(t.b[len(t.b)-t.max:])
-	}
-	return string(t.b)
 }
