@@ -173,6 +173,15 @@ test-short:
 gobench:
 	$(GO) test -run=XXX -bench=. -benchmem ./qmp/ ./collector/
 
+# bench: whole-process benchmarks of the exporter binary against
+# cmd/qmp-loadgen (docs/performance.md): CPU per event, memory per VM, loss,
+# /metrics latency, reconnection. About 7 minutes on an idle 2-core machine;
+# results in .build/bench/. Flags in BENCHFLAGS, e.g. BENCHFLAGS='-only flood-1 -perf'.
+.PHONY: bench
+BENCHFLAGS ?=
+bench:
+	ulimit -n "$$(ulimit -Hn)" 2>/dev/null || true; $(GO) run ./internal/bench -out $(BUILD_ROOT)/bench $(BENCHFLAGS)
+
 # lint: golangci-lint (.golangci.yml), then govulncheck; optional, not in test.
 lint:
 	@echo ">> golangci-lint"

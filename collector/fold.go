@@ -28,12 +28,12 @@ var handlers = map[string]handler{
 	// one) are the only live signs of it, so they also re-read
 	// query-migrate.
 	"STOP":         {true, needStatus | needMigrate},
-	"RESUME":       {true, needStatus | needMigrate},
+	"RESUME":       {true, needMigrate},
 	"SUSPEND":      {true, needStatus},
 	"SUSPEND_DISK": {false, needStatus},
 	"WAKEUP":       {true, needStatus},
 	"SHUTDOWN":     {true, needStatus},
-	"RESET":        {true, needStatus},
+	"RESET":        {true, 0}, // foldReset asks for query-status when needed
 
 	// Guest failures.
 	"GUEST_PANICKED":    {true, needStatus},
@@ -42,7 +42,7 @@ var handlers = map[string]handler{
 	"MEMORY_FAILURE":    {true, 0},
 
 	// Block devices.
-	"BLOCK_IO_ERROR":        {true, needStatus},
+	"BLOCK_IO_ERROR":        {true, 0}, // foldIOError asks when the action stops the VM
 	"BLOCK_IMAGE_CORRUPTED": {true, 0},
 	"BLOCK_WRITE_THRESHOLD": {true, 0},
 	"QUORUM_FAILURE":        {true, 0},
@@ -90,7 +90,7 @@ func (s *vmState) foldData(name string, f *qmp.Fields) (need, bool) {
 	case "STOP":
 		s.status = "paused"
 	case "RESUME", "WAKEUP":
-		s.status = "running"
+		s.status = "running" // QEMU's vm_start: always "running"
 	case "SUSPEND":
 		s.status = "suspended"
 	case "SHUTDOWN":
@@ -211,10 +211,16 @@ func foldShutdown(s *vmState, f *qmp.Fields) (need, bool) {
 	return 0, ok
 }
 
+// foldReset counts the reset. A reset leaves a running VM running, so
+// query-status is only re-read when the VM was in another state (a reset
+// takes a VM in "shutdown" to "prelaunch", for example).
 func foldReset(s *vmState, f *qmp.Fields) (need, bool) {
 	k, ok := guestReasonOf(f)
 	countReason(s.resets, k)
-	return 0, ok
+	if s.status == "running" {
+		return 0, ok
+	}
+	return needStatus, ok
 }
 
 var panicInfoTypes = []string{"none", "hyper-v", "s390", "tdx"}
@@ -380,10 +386,12 @@ func foldIOError(s *vmState, f *qmp.Fields) (need, bool) {
 	if ns, _ := f.Bool("nospace"); ns {
 		d.nospace++
 	}
-	if ai == 2 { // stop: the VM pauses with RunState io-error
+	if ai == 2 { // stop: the VM pauses with RunState io-error, and the
+		// device's io-status changes
 		s.status = "io-error"
+		n |= needStatus | needBlock
 	}
-	return n | needBlock, true
+	return n, true
 }
 
 func foldCorrupted(s *vmState, f *qmp.Fields) (need, bool) {

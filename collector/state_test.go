@@ -51,7 +51,7 @@ func TestApply(t *testing.T) {
 			name:   "stop then resume, as the control monitor's stop and cont produce",
 			status: "running",
 			events: []qmp.Event{ev("STOP", ""), ev("RESUME", "")},
-			want:   foldView{Status: "running", Counts: map[string]uint64{"STOP": 1, "RESUME": 1}, Rechecks: 2},
+			want:   foldView{Status: "running", Counts: map[string]uint64{"STOP": 1, "RESUME": 1}, Rechecks: 1},
 		},
 		{
 			name:   "stop leaves a paused hint until query-status says more",
@@ -60,10 +60,16 @@ func TestApply(t *testing.T) {
 			want:   foldView{Status: "paused", Counts: map[string]uint64{"STOP": 1}, Rechecks: 1},
 		},
 		{
-			name:   "reset does not change the run state but asks for a recheck",
+			name:   "a reset leaves a running VM running: no recheck",
 			status: "running",
 			events: []qmp.Event{ev("RESET", `{"guest": false, "reason": "host-qmp-system-reset"}`), ev("RESET", `{"guest": true, "reason": "guest-reset"}`)},
-			want:   foldView{Status: "running", Counts: map[string]uint64{"RESET": 2}, Rechecks: 2},
+			want:   foldView{Status: "running", Counts: map[string]uint64{"RESET": 2}},
+		},
+		{
+			name:   "a reset of a VM in shutdown (it goes to prelaunch) asks for a recheck",
+			status: "shutdown",
+			events: []qmp.Event{ev("RESET", `{"guest": false, "reason": "host-qmp-system-reset"}`)},
+			want:   foldView{Status: "shutdown", Counts: map[string]uint64{"RESET": 1}, Rechecks: 1},
 		},
 		{
 			name:   "shutdown with -no-shutdown",
