@@ -623,7 +623,7 @@ func (s *vmState) migrationEvent(st string) {
 			s.mig.eventEnd = true
 		}
 	} else {
-		s.mig.endCounted = false
+		s.mig.endCounted, s.mig.eventEnd = false, false
 	}
 	s.setMigrationStatus(st)
 }

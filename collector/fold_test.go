@@ -354,6 +354,18 @@ func TestMigrationEndsCountedOnce(t *testing.T) {
 			want: [3]uint64{2, 0, 0},
 		},
 		{
+			name: "a reply written before the ending event but applied after it is stale",
+			steps: []func(*vmState){
+				func(s *vmState) { s.setMigrate(queryMigrate{}) },
+				func(s *vmState) { s.migrationEvent("setup") },
+				func(s *vmState) { s.migrationEvent("active") },
+				func(s *vmState) { s.migrationEvent("failed") },
+				func(s *vmState) { s.setMigrate(queryMigrate{Status: "active"}) }, // stale
+				func(s *vmState) { s.setMigrate(queryMigrate{Status: "failed", ErrorDesc: "Unable to write to command: Broken pipe"}) },
+			},
+			want: [3]uint64{0, 1, 0},
+		},
+		{
 			name: "an end while the session was down is counted at the reconnect",
 			steps: []func(*vmState){
 				func(s *vmState) { s.setMigrate(queryMigrate{Status: "active"}) },

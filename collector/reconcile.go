@@ -128,6 +128,12 @@ func (s *vmState) setMigrate(q queryMigrate) {
 	if !validEnum([]byte(st)) {
 		return
 	}
+	if s.mig.eventEnd && !migrationEnded(st) {
+		// A reply QEMU wrote before the MIGRATION event that ended the
+		// migration, applied after it (the watcher and the reader run
+		// concurrently): it is older than what the event said.
+		return
+	}
 	switch {
 	case migrationEnded(st):
 		key := st + "|" + msString(q.TotalTime) + "|" + msString(q.SetupTime) + "|" + msString(q.Downtime) + "|" + q.ErrorDesc
