@@ -361,7 +361,9 @@ func TestMigrationEndsCountedOnce(t *testing.T) {
 				func(s *vmState) { s.migrationEvent("active") },
 				func(s *vmState) { s.migrationEvent("failed") },
 				func(s *vmState) { s.setMigrate(queryMigrate{Status: "active"}) }, // stale
-				func(s *vmState) { s.setMigrate(queryMigrate{Status: "failed", ErrorDesc: "Unable to write to command: Broken pipe"}) },
+				func(s *vmState) {
+					s.setMigrate(queryMigrate{Status: "failed", ErrorDesc: "Unable to write to command: Broken pipe"})
+				},
 			},
 			want: [3]uint64{0, 1, 0},
 		},
