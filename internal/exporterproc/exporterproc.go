@@ -133,6 +133,9 @@ func (p *Process) Kill() {
 	<-p.done
 }
 
+// Pid returns the exporter's process id, for reading its /proc entries.
+func (p *Process) Pid() int { return p.cmd.Process.Pid }
+
 // Signal sends sig to the exporter.
 func (p *Process) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
 

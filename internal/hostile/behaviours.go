@@ -1,0 +1,310 @@
+package hostile
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"time"
+)
+
+// NeverGreet accepts a client and never sends a byte: a monitor whose
+// QEMU is wedged before its greeting. It records whatever the client sends.
+type NeverGreet struct{}
+
+func (NeverGreet) eventsToSend() int { return 0 }
+
+func (NeverGreet) serve(_ context.Context, s *session) error { return s.drain() }
+
+// NoCapabilitiesReply greets and then answers nothing, not even
+// qmp_capabilities.
+type NoCapabilitiesReply struct{}
+
+func (NoCapabilitiesReply) eventsToSend() int { return 0 }
+
+func (NoCapabilitiesReply) serve(_ context.Context, s *session) error {
+	if err := s.greet(); err != nil {
+		return err
+	}
+	return s.drain()
+}
+
+// Garbage completes the handshake, then sends lines that are not QMP
+// messages (not JSON, JSON of the wrong shape, a second greeting, control
+// bytes): a burst at once, and two more instead of each reply. It never
+// answers a query.
+type Garbage struct{}
+
+func (Garbage) eventsToSend() int { return 0 }
+
+func (Garbage) serve(_ context.Context, s *session) error {
+	if err := s.negotiate(); err != nil {
+		return err
+	}
+	for _, l := range garbageLines {
+		if err := s.writeLine(l); err != nil {
+			return err
+		}
+	}
+	for i := 0; ; i += 2 {
+		if _, err := s.readCommand(); err != nil {
+			return err
+		}
+		for j := range 2 {
+			if err := s.writeLine(garbageLines[(i+j)%len(garbageLines)]); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// InvalidUTF8 answers like QEMU 7.2, except that its name, UUID and
+// package string carry bytes that are not UTF-8, and on its first session
+// it emits events whose names and strings carry them too (see
+// InvalidUTF8TrayDevice and the constants after it for what a client
+// should make of them).
+type InvalidUTF8 struct{ Identity }
+
+func (InvalidUTF8) eventsToSend() int { return len(invalidUTF8Events) }
+
+func (b InvalidUTF8) serve(ctx context.Context, s *session) error {
+	if err := s.negotiate(); err != nil {
+		return err
+	}
+	for s.eventsLeft() {
+		i, ok := s.takeEvent(len(invalidUTF8Events))
+		if !ok {
+			break
+		}
+		e := invalidUTF8Events[i]
+		if err := s.sendEvent(event(time.Now(), e.name, e.data)); err != nil {
+			s.giveBack()
+			return err
+		}
+	}
+	return s.answerLoop(b.Identity, func(c command) (bool, error) {
+		switch c.Execute {
+		case "query-name":
+			return true, s.reply(c, "{\"name\": \""+b.Name+"-\xff\xfe\"}")
+		case "query-uuid":
+			return true, s.reply(c, "{\"UUID\": \""+b.UUID+"\xc3\"}")
+		case "query-version":
+			return true, s.reply(c, "{\"qemu\": {\"micro\": 22, \"minor\": 2, \"major\": 7}, \"package\": \"Debian \xff\xfe 7.2\"}")
+		}
+		return false, nil
+	})
+}
+
+// UnknownID answers like QEMU 7.2, but before each reply (qmp_capabilities
+// included) it sends replies with ids the client never used, or with none.
+type UnknownID struct{ Identity }
+
+func (UnknownID) eventsToSend() int { return 0 }
+
+func (b UnknownID) serve(_ context.Context, s *session) error {
+	strays := func() error {
+		for _, l := range strayReplies {
+			if err := s.writeLine(l); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := s.greet(); err != nil {
+		return err
+	}
+	for {
+		c, err := s.readCommand()
+		if err != nil {
+			return err
+		}
+		if err := strays(); err != nil {
+			return err
+		}
+		if c.Execute == "qmp_capabilities" {
+			if err := s.reply(c, `{}`); err != nil {
+				return err
+			}
+			break
+		}
+		if err := s.replyError(c, "CommandNotFound", "Expecting capabilities negotiation with 'qmp_capabilities'"); err != nil {
+			return err
+		}
+	}
+	return s.answerLoop(b.Identity, func(command) (bool, error) { return false, strays() })
+}
+
+// DefaultHugeLineBytes is the size of a HugeLine's line when Bytes is 0.
+const DefaultHugeLineBytes = 64 << 20
+
+// hugeChunk is the size of each write of a HugeLine.
+const hugeChunk = 256 << 10
+
+// HugeLine completes the handshake and then writes one line of Bytes
+// bytes (DefaultHugeLineBytes if 0), the start of an event whose data is
+// padded, in chunks and without a newline, answering nothing. It stops
+// writing when the client hangs up (PayloadWritten tells how far it got)
+// or the session ends, and then waits for the client to leave.
+type HugeLine struct{ Bytes int }
+
+func (HugeLine) eventsToSend() int { return 0 }
+
+func (b HugeLine) serve(ctx context.Context, s *session) error {
+	if err := s.negotiate(); err != nil {
+		return err
+	}
+	size := b.Bytes
+	if size <= 0 {
+		size = DefaultHugeLineBytes
+	}
+	var wg sync.WaitGroup
+	var readErr error
+	wg.Go(func() { readErr = s.drain() })
+	head := []byte(`{"timestamp": ` + timestamp(time.Now()) + `, "event": "STOP", "data": {"pad": "`)
+	chunk := []byte(strings.Repeat("A", hugeChunk))
+	var written int64
+	n, err := s.write(head)
+	written += int64(n)
+	for err == nil && written < int64(size) && ctx.Err() == nil {
+		c := chunk[:min(int64(len(chunk)), int64(size)-written)]
+		n, err = s.write(c)
+		written += int64(n)
+	}
+	s.p.mu.Lock()
+	s.p.written = append(s.p.written, written)
+	s.p.mu.Unlock()
+	if err != nil {
+		// The client gave up on the line; make sure the reader ends too.
+		s.cancel()
+	}
+	wg.Wait()
+	if err != nil && !hungUp(err) && ctx.Err() == nil {
+		return err
+	}
+	return readErr
+}
+
+// HalfLineThenHang completes the handshake, writes the first half of an
+// event line and then nothing more, ever; it reads and records commands
+// without answering them.
+type HalfLineThenHang struct{}
+
+func (HalfLineThenHang) eventsToSend() int { return 0 }
+
+func (HalfLineThenHang) serve(_ context.Context, s *session) error {
+	if err := s.negotiate(); err != nil {
+		return err
+	}
+	line := event(time.Now(), "RESET", `{"guest": false, "reason": "host-qmp-system-reset"}`)
+	if _, err := s.write([]byte(line[:len(line)/2])); err != nil {
+		return err
+	}
+	return s.drain()
+}
+
+// floodCycles is how many healthy cycles make one write of a Flood.
+const floodCycles = 8
+
+// Flood answers like QEMU 7.2 and, from its first handshake on, writes
+// events as fast as the client reads them, for the duration For (until
+// the peer stops if For is 0); it then only answers queries. Its events
+// are Healthy's mix, written in batches of whole cycles with the replies
+// between batches, so query-status is always right to say "running".
+// Sent counts every event written in full.
+type Flood struct {
+	Identity
+	For time.Duration
+}
+
+func (Flood) eventsToSend() int { return -1 }
+
+func (b Flood) serve(ctx context.Context, s *session) error {
+	if err := s.negotiate(); err != nil {
+		return err
+	}
+	s.p.mu.Lock()
+	if s.p.floodEnd.IsZero() {
+		s.p.floodEnd = time.Now().Add(b.For)
+		if b.For <= 0 {
+			s.p.floodEnd = time.Now().Add(100 * 365 * 24 * time.Hour)
+		}
+	}
+	end := s.p.floodEnd
+	s.p.mu.Unlock()
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		var batch []byte
+		var events int
+		var built time.Time
+		for ctx.Err() == nil {
+			now := time.Now()
+			if !now.Before(end) {
+				s.p.finishEvents()
+				return
+			}
+			if now.Sub(built) > 100*time.Millisecond {
+				batch, events = floodBatch(floodCycles, now)
+				built = now
+			}
+			n, err := s.write(batch)
+			if n == len(batch) {
+				s.countSent(events)
+			} else {
+				s.countSent(strings.Count(string(batch[:n]), "\n"))
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
+	err := s.answerLoop(b.Identity, nil)
+	s.cancel()
+	wg.Wait()
+	return err
+}
+
+// Healthy answers like QEMU 7.2 and, from its first handshake on, emits
+// exactly Events events over its life, Rate per second (as fast as it can
+// if Rate is 0), a mix of STOP, RESUME, RESET, RTC_CHANGE, VNC_*,
+// WATCHDOG, DEVICE_TRAY_MOVED and POWERDOWN with the data QEMU 7.2 gives
+// them. An event that could not be written because the session ended is
+// sent on the next session. query-status follows STOP and RESUME.
+type Healthy struct {
+	Identity
+	Events int
+	Rate   float64
+}
+
+func (b Healthy) eventsToSend() int { return b.Events }
+
+func (b Healthy) serve(ctx context.Context, s *session) error {
+	if err := s.negotiate(); err != nil {
+		return err
+	}
+	var interval time.Duration
+	if b.Rate > 0 {
+		interval = time.Duration(float64(time.Second) / b.Rate)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for s.eventsLeft() {
+			i, ok := s.takeEvent(b.Events)
+			if !ok {
+				return
+			}
+			line, paused := healthyEvent(i, time.Now())
+			// QEMU changes the run state, then reports it.
+			s.setPaused(paused)
+			if err := s.sendEvent(line); err != nil {
+				s.giveBack()
+				return
+			}
+			if !s.eventsLeft() || !sleep(ctx, interval) {
+				return
+			}
+		}
+	})
+	err := s.answerLoop(b.Identity, nil)
+	s.cancel()
+	wg.Wait()
+	return err
+}
