@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math/rand/v2"
@@ -113,6 +114,12 @@ type watcher struct {
 	protocolLogged bool
 	dataLogged     bool
 
+	// early keeps (under mu, while collectEarly) the events of a session
+	// that arrive before its sync has identified the VM, so that they can
+	// be folded again if a different VM turns out to answer.
+	early        []qmp.Event
+	collectEarly bool
+
 	// pending holds the queries events asked for (under mu); nudge tells
 	// the session loop to run them. Size one: the event handler sends
 	// without blocking, and many nudges collapse into one round of queries.
@@ -178,6 +185,9 @@ func (w *watcher) jitteredBackoff(n int) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
+// maxEarlyEvents bounds the events kept from before a session's sync.
+const maxEarlyEvents = 1024
+
 // stableSession is how long a session must last for the backoff to start
 // again from the minimum. Shorter sessions count as failures, so a QEMU
 // that accepts and then drops every session is not hammered.
@@ -222,6 +232,7 @@ func (w *watcher) session(ctx context.Context) (time.Duration, error) {
 	w.phase = stateConnecting
 	w.protocolLogged = false
 	w.pending = 0
+	w.early, w.collectEarly = nil, true
 	w.mu.Unlock()
 	w.unsupported = make(map[string]bool)
 
@@ -334,6 +345,15 @@ func (w *watcher) sync(ctx context.Context, conn *qmp.Conn) error {
 	}
 	w.mu.Lock()
 	replaced := w.st.setInfo(vmInfo{name: name.Name, uuid: uuid.UUID, version: ver.String(), pkg: ver.Package})
+	if replaced {
+		// The events this session delivered before its identity was
+		// known belong to the new VM: fold them again into its fresh
+		// state.
+		for _, ev := range w.early {
+			w.st.apply(ev)
+		}
+	}
+	w.early, w.collectEarly = nil, false
 	w.mu.Unlock()
 	if replaced {
 		level.Info(w.logger).Log("msg", "a different VM answers on this socket; its counters start again", "qemu_name", name.Name, "uuid", uuid.UUID)
@@ -393,6 +413,10 @@ func (w *watcher) execute(ctx context.Context, conn *qmp.Conn, cmd string, out a
 // folds, and at most nudges run. It never calls Execute.
 func (w *watcher) onEvent(ev qmp.Event) {
 	w.mu.Lock()
+	if w.collectEarly && len(w.early) < maxEarlyEvents {
+		ev.Data = bytes.Clone(ev.Data) // Data is only valid during the call
+		w.early = append(w.early, ev)
+	}
 	before := w.st.dataErrors
 	n := w.st.apply(ev)
 	if w.noFollowUps {

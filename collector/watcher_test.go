@@ -38,6 +38,8 @@ type fakeQEMU struct {
 	// sameUUID makes every socket answer with the same UUID, as two
 	// paths to one VM would.
 	sameUUID bool
+	// beforeSync are lines sent right after the qmp_capabilities reply.
+	beforeSync []string
 }
 
 func (f *fakeQEMU) dial(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, error) {
@@ -48,7 +50,13 @@ func (f *fakeQEMU) dial(ctx context.Context, network, address string, opts qmp.O
 		return nil, &net.OpError{Op: "dial", Net: network, Err: errRefused}
 	}
 	f.mu.Unlock()
-	client, srv := qmptest.New(f.t, qmptest.Options{Handle: func(cmd qmptest.Command) (qmptest.Reply, bool) {
+	f.mu.Lock()
+	early := f.beforeSync
+	f.mu.Unlock()
+	client, srv := qmptest.New(f.t, qmptest.Options{HandleCapabilities: true, Handle: func(cmd qmptest.Command) (qmptest.Reply, bool) {
+		if cmd.Execute == "qmp_capabilities" {
+			return qmptest.Raw(fmt.Sprintf(`{"return": {}, "id": %s}`, cmd.ID)).Then(qmptest.Raw(early...)), true
+		}
 		if cmd.Execute == "query-uuid" && !f.sameUUID {
 			// A distinct UUID per socket, as distinct VMs have.
 			return qmptest.Return(map[string]string{"UUID": fmt.Sprintf("0b5b6a4e-2f0e-4d59-9d4b-%012x", crc32.ChecksumIEEE([]byte(address)))}), true
@@ -338,6 +346,35 @@ func TestSameVMFromTwoSourcesReportedOnce(t *testing.T) {
 		got := scrape(t, m, "qmp_up")
 		if strings.Count(got, "qmp_up{") != 1 {
 			t.Errorf("want the VM once:\n%s", got)
+		}
+	})
+}
+
+// TestReplacedVMKeepsItsFirstEvents: when a different VM (another UUID)
+// answers on a socket, its state starts from zero, but the events it sent
+// before the sync identified it are kept.
+func TestReplacedVMKeepsItsFirstEvents(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := &fakeQEMU{t: t, status: "running", name: "a"}
+		m, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/r.qmp"})
+		defer stop()
+		synctest.Wait()
+		if err := fake.server().Emit("RESET", nil); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		// Another VM now answers on the socket; it sends a STOP right
+		// after the handshake, before the exporter has read its UUID.
+		fake.set(func(f *fakeQEMU) {
+			f.sameUUID = true // the fixed UUID differs from the per-socket one
+			f.beforeSync = []string{`{"event": "STOP", "timestamp": {"seconds": 1, "microseconds": 0}}`}
+		})
+		fake.server().Close()
+		time.Sleep(time.Second)
+		synctest.Wait()
+		got := scrape(t, m, "qmp_events_total", "qmp_up")
+		if !strings.Contains(got, `qmp_events_total{event="STOP",vm="a"} 1`) || strings.Contains(got, `event="RESET"`) {
+			t.Errorf("want the new VM's STOP kept and the old VM's RESET gone:\n%s", got)
 		}
 	})
 }
