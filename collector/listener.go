@@ -180,10 +180,17 @@ func (m *Manager) attach(id string, lo ListenOptions, conn *qmp.Conn, r *relay) 
 		return
 	}
 	w := mw.w
+	// The live session, if any, is replaced: note it before handing the
+	// new one over, since the watcher may take the new one at once.
+	w.mu.Lock()
+	old := w.live
+	w.mu.Unlock()
 	for {
 		select {
 		case w.incoming <- dialledIn{conn, r}:
-			w.closeLive()
+			if old != nil {
+				old.Close()
+			}
 			return
 		default:
 		}

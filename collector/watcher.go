@@ -465,16 +465,6 @@ func (w *watcher) markDown() {
 	w.mu.Unlock()
 }
 
-// closeLive closes the current session, if any.
-func (w *watcher) closeLive() {
-	w.mu.Lock()
-	c := w.live
-	w.mu.Unlock()
-	if c != nil {
-		c.Close()
-	}
-}
-
 // stale reports whether the VM has been unreachable for longer than
 // StaleAfter. Called with mu held.
 func (w *watcher) stale(now time.Time) bool {
