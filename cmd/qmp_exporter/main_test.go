@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -11,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/qmp-exporter/qmp_exporter/internal/citool"
 	"github.com/qmp-exporter/qmp_exporter/internal/exporterproc"
 	"github.com/qmp-exporter/qmp_exporter/internal/qemulab"
 )
@@ -19,14 +19,7 @@ import (
 // the test, except under CI=true, where it fails it.
 func requireTool(t *testing.T, name string) string {
 	t.Helper()
-	p, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s is required in CI: %v", name, err)
-		}
-		t.Skipf("%s not installed: %v", name, err)
-	}
-	return p
+	return citool.Require(t, func() (string, error) { return exec.LookPath(name) })
 }
 
 // buildExporter compiles this package's binary once per test.

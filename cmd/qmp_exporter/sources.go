@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io/fs"
 	"maps"
 	"net"
@@ -17,6 +15,7 @@ import (
 
 	"github.com/qmp-exporter/qmp_exporter/collector"
 	"github.com/qmp-exporter/qmp_exporter/config"
+	"github.com/qmp-exporter/qmp_exporter/internal/sockfile"
 )
 
 // sources keeps the Manager's targets equal to the configured VMs plus the
@@ -129,14 +128,7 @@ func listen(l config.Listen) (net.Listener, string, error) {
 		ln, err := net.Listen("tcp", l.Address)
 		return ln, l.Address, err
 	}
-	if fi, err := os.Lstat(l.Path); err == nil {
-		if fi.Mode()&fs.ModeSocket == 0 {
-			return nil, l.Path, fmt.Errorf("%s exists and is not a socket", l.Path)
-		}
-		if err := os.Remove(l.Path); err != nil {
-			return nil, l.Path, err
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	if err := sockfile.RemoveStale(l.Path); err != nil {
 		return nil, l.Path, err
 	}
 	ln, err := net.Listen("unix", l.Path)

@@ -45,6 +45,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/qmp-exporter/qmp_exporter/internal/sockfile"
 )
 
 // maxCommandBytes bounds one line read from the client; the exporter's
@@ -105,7 +107,7 @@ func Serve(ctx context.Context, path string, b Behaviour) (*Peer, error) {
 	if b == nil {
 		return nil, errors.New("hostile: nil Behaviour")
 	}
-	if err := removeStale(path); err != nil {
+	if err := sockfile.RemoveStale(path); err != nil {
 		return nil, err
 	}
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
@@ -121,22 +123,6 @@ func Serve(ctx context.Context, path string, b Behaviour) (*Peer, error) {
 	}
 	go p.acceptLoop(ctx)
 	return p, nil
-}
-
-// removeStale removes a socket file left at path by an earlier run; any
-// other kind of file is an error.
-func removeStale(path string) error {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("hostile: %w", err)
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("hostile: %s exists and is not a socket", path)
-	}
-	return os.Remove(path)
 }
 
 // Path returns the socket's path.

@@ -34,6 +34,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/qmp-exporter/qmp_exporter/internal/citool"
 	"github.com/qmp-exporter/qmp_exporter/internal/tailbuf"
 )
 
@@ -67,11 +68,7 @@ func findTool(env, name string) (string, error) {
 
 // TB is the part of testing.TB that RequirePrometheus and RequirePromtool
 // use.
-type TB interface {
-	Helper()
-	Skip(args ...any)
-	Fatal(args ...any)
-}
+type TB = citool.TB
 
 // RequirePrometheus returns the Prometheus binary for a test. When it is
 // missing the test is skipped, except when the environment variable CI is
@@ -79,25 +76,13 @@ type TB interface {
 // skipping the end-to-end check.
 func RequirePrometheus(t TB) string {
 	t.Helper()
-	return require(t, FindPrometheus)
+	return citool.Require(t, FindPrometheus)
 }
 
 // RequirePromtool is RequirePrometheus for promtool.
 func RequirePromtool(t TB) string {
 	t.Helper()
-	return require(t, FindPromtool)
-}
-
-func require(t TB, find func() (string, error)) string {
-	t.Helper()
-	p, err := find()
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	return p
+	return citool.Require(t, FindPromtool)
 }
 
 // Options configures Start.

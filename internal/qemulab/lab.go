@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/qmp-exporter/qmp_exporter/internal/citool"
+	"github.com/qmp-exporter/qmp_exporter/internal/sockfile"
 	"github.com/qmp-exporter/qmp_exporter/internal/tailbuf"
 )
 
@@ -76,25 +78,14 @@ func FindQEMU() (string, error) {
 }
 
 // TB is the part of testing.TB that RequireQEMU uses.
-type TB interface {
-	Helper()
-	Skip(args ...any)
-	Fatal(args ...any)
-}
+type TB = citool.TB
 
 // RequireQEMU returns the QEMU binary for a test. When it is missing the test
 // is skipped, except when the environment variable CI is "true": a missing
 // QEMU must fail CI rather than silently skip the end-to-end tests.
 func RequireQEMU(t TB) string {
 	t.Helper()
-	p, err := FindQEMU()
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(err)
-		}
-		t.Skip(err)
-	}
-	return p
+	return citool.Require(t, FindQEMU)
 }
 
 // Options describes a lab VM. Dir is required; the zero value of every
@@ -417,28 +408,6 @@ func writeLabFiles(dir string, devices bool) error {
 	return nil
 }
 
-// removeStaleSocket removes a socket file left by an earlier run. It refuses
-// to remove anything that is not a socket.
-func removeStaleSocket(path string) error {
-	if path == "" {
-		return nil
-	}
-	fi, err := os.Lstat(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("qemulab: %w", err)
-	}
-	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("qemulab: %s exists and is not a socket", path)
-	}
-	if err := os.Remove(path); err != nil {
-		return fmt.Errorf("qemulab: remove stale socket: %w", err)
-	}
-	return nil
-}
-
 func accept(ctx context.Context, ln *net.UnixListener) (net.Conn, error) {
 	release := bound(ctx, ln.SetDeadline)
 	defer release()
@@ -607,4 +576,16 @@ func (v *VM) QdevOfDrive(ctx context.Context, drive string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("qemulab: query-block: no drive %q", drive)
+}
+
+// removeStaleSocket removes a socket file left by an earlier run. It refuses
+// to remove anything that is not a socket.
+func removeStaleSocket(path string) error {
+	if path == "" {
+		return nil
+	}
+	if err := sockfile.RemoveStale(path); err != nil {
+		return fmt.Errorf("qemulab: remove stale socket: %w", err)
+	}
+	return nil
 }
