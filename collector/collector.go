@@ -41,28 +41,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // built under that VM's lock (a few microseconds, during which its event
 // reader waits) and sent after the lock is released.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	used := make(map[string]bool)
-	uuids := make(map[string]string) // UUID → vm label of its first VM
-	now := time.Now()
 	var buf []prometheus.Metric
-	for _, w := range c.m.sortedWatchers() {
-		w.mu.Lock()
-		if (w.target.Discovered || w.dynamic) && w.stale(now) {
-			w.mu.Unlock()
-			continue // its socket lingers, or it has not dialled in again
-		}
-		uuid := w.st.info.uuid
-		if w.st.up && uuid != "" && uuid != zeroUUID {
-			if first, dup := uuids[uuid]; dup {
-				w.mu.Unlock()
-				c.m.warnDuplicate(w, first)
-				continue
-			}
-		}
-		vm := uniqueName(vmLabel(w.target, &w.st), w.target, used)
-		if w.st.up && uuid != "" && uuid != zeroUUID {
-			uuids[uuid] = vm
-		}
+	c.m.visibleVMs(time.Now(), func(w *watcher, vm string) {
 		e := emitter{vm: vm, out: buf[:0], extra: w.target.Labels, c: c}
 		e.vmMetrics(&w.st)
 		buf = e.out
@@ -70,7 +50,59 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		for _, m := range buf {
 			ch <- m
 		}
+		w.mu.Lock()
+	})
+	for _, m := range c.m.listenerMetrics() {
+		ch <- m
 	}
+}
+
+// visibleVMs calls fn, with the watcher's lock held, for each VM whose
+// series a scrape shows, with its vm label, in a stable order. VMs whose
+// sockets linger or that have not dialled in again for StaleAfter are
+// left out, and so is every VM after the first with the same UUID.
+func (m *Manager) visibleVMs(now time.Time, fn func(w *watcher, vm string)) {
+	used := make(map[string]bool)
+	uuids := make(map[string]string) // UUID → vm label of its first VM
+	for _, w := range m.sortedWatchers() {
+		w.mu.Lock()
+		if (w.target.Discovered || w.dynamic) && w.stale(now) {
+			w.mu.Unlock()
+			continue // its socket lingers, or it has not dialled in again
+		}
+		uuid := w.st.info.uuid
+		identified := w.st.up && uuid != "" && uuid != zeroUUID
+		if identified {
+			if first, dup := uuids[uuid]; dup {
+				w.mu.Unlock()
+				m.warnDuplicate(w, first)
+				continue
+			}
+		}
+		vm := uniqueName(vmLabel(w.target, &w.st), w.target, used)
+		if identified {
+			uuids[uuid] = vm
+		}
+		fn(w, vm)
+		w.mu.Unlock()
+	}
+}
+
+// ListenerCollector exposes the listeners' connection counters
+// (qmp_listener_connections_total), the one family of the
+// Manager's that TextWriter leaves to a registry.
+type ListenerCollector struct{ m *Manager }
+
+var _ prometheus.Collector = (*ListenerCollector)(nil)
+
+// NewListenerCollector returns a ListenerCollector for m's listeners.
+func NewListenerCollector(m *Manager) *ListenerCollector { return &ListenerCollector{m: m} }
+
+// Describe sends the listener counter's description.
+func (c *ListenerCollector) Describe(ch chan<- *prometheus.Desc) { ch <- mListener.desc }
+
+// Collect sends one counter per listener and result.
+func (c *ListenerCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, m := range c.m.listenerMetrics() {
 		ch <- m
 	}
@@ -146,15 +178,21 @@ func uniqueName(name string, t Target, used map[string]bool) string {
 	}
 }
 
-// emitter builds one VM's metrics.
+// emitter builds one VM's metrics: as const metrics for a registry, or
+// as text lines when text is set.
 type emitter struct {
 	vm    string
 	out   []prometheus.Metric
 	extra map[string]string // the VM's configured labels
 	c     *Collector
+	text  *textScratch
 }
 
 func (e *emitter) add(d *metricDef, v float64, labels ...string) {
+	if e.text != nil {
+		e.text.add(e, d, v, labels)
+		return
+	}
 	vt := prometheus.GaugeValue
 	if d.typ == "counter" {
 		vt = prometheus.CounterValue

@@ -62,6 +62,24 @@ func TestGolden(t *testing.T) {
 
 func replay(t *testing.T, tr *qmptest.Transcript, target Target) []byte {
 	var out []byte
+	replayThen(t, tr, target, func(m *Manager) {
+		reg := prometheus.NewPedanticRegistry()
+		reg.MustRegister(NewCollector(m))
+		if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) != 0 {
+			t.Errorf("lint: %v %v", problems, err)
+		}
+		b, err := formatAll(reg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = b
+	})
+	return out
+}
+
+// replayThen replays tr through a real watcher of target (see TestGolden)
+// and calls check with its Manager once every event has been folded.
+func replayThen(t *testing.T, tr *qmptest.Transcript, target Target, check func(*Manager)) {
 	synctest.Test(t, func(t *testing.T) {
 		var srv *qmptest.Server
 		m := NewManager(Options{})
@@ -86,21 +104,10 @@ func replay(t *testing.T, tr *qmptest.Transcript, target Target) []byte {
 			}
 			synctest.Wait()
 		}
-
-		reg := prometheus.NewPedanticRegistry()
-		reg.MustRegister(NewCollector(m))
-		if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) != 0 {
-			t.Errorf("lint: %v %v", problems, err)
-		}
-		b, err := formatAll(reg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = b
+		check(m)
 		cancel()
 		<-done
 	})
-	return out
 }
 
 // formatAll renders every family g gathers in the text format.

@@ -39,5 +39,13 @@ func FuzzFold(f *testing.F) {
 		c := NewCollector(NewManager(Options{}))
 		e := emitter{vm: "vm", c: c}
 		e.vmMetrics(&s) // MustNewConstMetric panics on an invalid label value
+
+		// The text the scrape handler writes holds the same series.
+		m := NewManager(Options{})
+		m.Sync([]Target{{Network: "unix", Address: "/run/qemu/fuzz.qmp", Labels: map[string]string{"device": "d", "site": "s"}}})
+		w := m.sortedWatchers()[0]
+		s.up = true
+		w.st = s
+		checkTextMatchesCollector(t, m)
 	})
 }

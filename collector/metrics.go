@@ -12,6 +12,8 @@ type metricDef struct {
 	source string // the QMP events and commands it is built from
 	help   string
 	desc   *prometheus.Desc
+	// textIndex is the metric's place in textFamilies.
+	textIndex int
 }
 
 func def(name, typ, source, help string, labels ...string) *metricDef {

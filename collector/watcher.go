@@ -68,6 +68,13 @@ func (o *Options) setDefaults() {
 // fake QEMU.
 type dialFunc func(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, error)
 
+// lock takes w.mu for a change of state and marks the VM's rendered
+// series out of date. Readers that change nothing may take w.mu directly.
+func (w *watcher) lock() {
+	w.mu.Lock()
+	w.gen++
+}
+
 // watcherState is where a watcher is in its life, for logs and tests.
 type watcherState int
 
@@ -103,9 +110,15 @@ type watcher struct {
 	// failures; replaceable in tests.
 	backoff func(n int) time.Duration
 
-	mu    sync.Mutex // guards st, phase and downSince
-	st    vmState
-	phase watcherState
+	mu sync.Mutex // guards st, phase, downSince and gen
+	// gen changes whenever the watcher is locked through lock, which every
+	// writer uses: a scrape re-renders the VM's series only when it moved.
+	gen uint64
+	// rendered is the VM's series as the last scrape wrote them (under
+	// mu), reused while gen has not moved.
+	rendered *renderedVM
+	st       vmState
+	phase    watcherState
 	// downSince is when the VM was last seen up (or the watcher started);
 	// zero while it is up.
 	downSince time.Time
@@ -227,7 +240,7 @@ func (w *watcher) run(ctx context.Context) {
 // session runs one connection from dial to death. It returns how long the
 // session was up (zero if it never got there) and why it ended.
 func (w *watcher) session(ctx context.Context) (time.Duration, error) {
-	w.mu.Lock()
+	w.lock()
 	w.st.attempts++
 	w.phase = stateConnecting
 	w.protocolLogged = false
@@ -250,11 +263,11 @@ func (w *watcher) session(ctx context.Context) (time.Duration, error) {
 		w.countFailure()
 		return 0, err
 	}
-	w.mu.Lock()
+	w.lock()
 	w.live = conn
 	w.mu.Unlock()
 	defer func() {
-		w.mu.Lock()
+		w.lock()
 		w.live = nil
 		w.mu.Unlock()
 		conn.Close()
@@ -266,7 +279,7 @@ func (w *watcher) session(ctx context.Context) (time.Duration, error) {
 		w.countFailure()
 		return 0, err
 	}
-	w.mu.Lock()
+	w.lock()
 	w.st.up = true
 	w.downSince = time.Time{}
 	w.phase = stateConnected
@@ -291,7 +304,7 @@ func (w *watcher) session(ctx context.Context) (time.Duration, error) {
 			level.Info(w.logger).Log("msg", "qmp session lost", "err", conn.Err())
 			return time.Since(start), nil
 		case <-w.nudge:
-			w.mu.Lock()
+			w.lock()
 			n, w.pending = w.pending, 0
 			w.mu.Unlock()
 		case <-refresh.C:
@@ -320,7 +333,7 @@ func (w *watcher) session(ctx context.Context) (time.Duration, error) {
 const migrationPollInterval = time.Second
 
 func (w *watcher) migrationInProgress() bool {
-	w.mu.Lock()
+	w.lock()
 	defer w.mu.Unlock()
 	return w.st.mig.inProgress()
 }
@@ -343,7 +356,7 @@ func (w *watcher) sync(ctx context.Context, conn *qmp.Conn) error {
 			return err
 		}
 	}
-	w.mu.Lock()
+	w.lock()
 	replaced := w.st.setInfo(vmInfo{name: name.Name, uuid: uuid.UUID, version: ver.String(), pkg: ver.Package})
 	if replaced {
 		// The events this session delivered before its identity was
@@ -382,13 +395,13 @@ func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n need) error {
 			if qe.Class == "CommandNotFound" {
 				w.unsupported[q.command] = true
 			}
-			w.mu.Lock()
+			w.lock()
 			q.absent(&w.st)
 			w.mu.Unlock()
 		case err != nil:
 			return err
 		default:
-			w.mu.Lock()
+			w.lock()
 			q.apply(&w.st, out)
 			w.mu.Unlock()
 		}
@@ -401,7 +414,7 @@ func (w *watcher) execute(ctx context.Context, conn *qmp.Conn, cmd string, out a
 	defer cancel()
 	err := conn.Execute(cctx, cmd, nil, out)
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-		w.mu.Lock()
+		w.lock()
 		w.st.commandTimeouts++
 		w.mu.Unlock()
 		return errors.Join(errors.New("qemu did not answer "+cmd+" within "+w.opts.CommandTimeout.String()), err)
@@ -412,7 +425,7 @@ func (w *watcher) execute(ctx context.Context, conn *qmp.Conn, cmd string, out a
 // onEvent runs on the connection's reader goroutine: it takes the lock,
 // folds, and at most nudges run. It never calls Execute.
 func (w *watcher) onEvent(ev qmp.Event) {
-	w.mu.Lock()
+	w.lock()
 	if w.collectEarly && len(w.early) < maxEarlyEvents {
 		ev.Data = bytes.Clone(ev.Data) // Data is only valid during the call
 		w.early = append(w.early, ev)
@@ -440,7 +453,7 @@ func (w *watcher) onEvent(ev qmp.Event) {
 }
 
 func (w *watcher) onProtocolError(err error) {
-	w.mu.Lock()
+	w.lock()
 	w.st.protocolErrors++
 	first := !w.protocolLogged
 	w.protocolLogged = true
@@ -451,13 +464,13 @@ func (w *watcher) onProtocolError(err error) {
 }
 
 func (w *watcher) countFailure() {
-	w.mu.Lock()
+	w.lock()
 	w.st.failures++
 	w.mu.Unlock()
 }
 
 func (w *watcher) markDown() {
-	w.mu.Lock()
+	w.lock()
 	if w.st.up {
 		w.downSince = time.Now()
 	}
@@ -472,13 +485,13 @@ func (w *watcher) stale(now time.Time) bool {
 }
 
 func (w *watcher) setPhase(p watcherState) {
-	w.mu.Lock()
+	w.lock()
 	w.phase = p
 	w.mu.Unlock()
 }
 
 func (w *watcher) phaseName() string {
-	w.mu.Lock()
+	w.lock()
 	defer w.mu.Unlock()
 	return w.phase.String()
 }

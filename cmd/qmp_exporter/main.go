@@ -282,7 +282,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 
 	productReg := prometheus.NewRegistry()
-	productReg.MustRegister(versioncollector.NewCollector(exporterName), collector.NewCollector(m))
+	productReg.MustRegister(versioncollector.NewCollector(exporterName), collector.NewListenerCollector(m))
 	exporterReg := prometheus.NewRegistry()
 	reloadOK := prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "qmp_exporter_config_last_reload_successful",
@@ -333,19 +333,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 	})
 
-	var handler http.Handler
-	opts := promhttp.HandlerOpts{
-		ErrorLog:            promhttpLogger{logger},
-		ErrorHandling:       promhttp.ContinueOnError,
+	// The VMs' series are written by collector.NewTextWriter, which keeps
+	// each VM's rendered lines between scrapes; the registries hold only
+	// the exporter's own few metrics.
+	hopts := collector.HandlerOpts{
 		MaxRequestsInFlight: f.maxRequests,
+		ErrorLog:            func(err error) { level.Error(logger).Log("msg", "error gathering metrics", "err", err) },
 	}
+	var handler http.Handler
 	if f.noExporterMet {
-		handler = promhttp.HandlerFor(productReg, opts)
+		handler = collector.NewHandler(collector.NewTextWriter(m), productReg, hopts)
 	} else {
 		exporterReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		opts.Registry = exporterReg
 		handler = promhttp.InstrumentMetricHandler(exporterReg,
-			promhttp.HandlerFor(prometheus.Gatherers{productReg, exporterReg}, opts))
+			collector.NewHandler(collector.NewTextWriter(m), prometheus.Gatherers{productReg, exporterReg}, hopts))
 	}
 
 	mux := http.NewServeMux()
@@ -403,11 +404,4 @@ func run(args []string, stdout, stderr io.Writer) int {
 		level.Error(logger).Log("msg", "http server failed", "err", err)
 		return 1
 	}
-}
-
-// promhttpLogger passes promhttp's errors to the go-kit logger.
-type promhttpLogger struct{ logger log.Logger }
-
-func (l promhttpLogger) Println(v ...any) {
-	level.Error(l.logger).Log("msg", fmt.Sprint(v...))
 }

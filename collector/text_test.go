@@ -1,0 +1,306 @@
+package collector
+
+import (
+	"bytes"
+	"compress/gzip"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"testing/synctest"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/qmp-exporter/qmp_exporter/qmp/qmptest"
+)
+
+// canonical renders metric families as sorted lines, one per series
+// ("name type {label=value,...} value", labels sorted), plus one per
+// family for its HELP, so that two expositions with the same content in
+// a different order compare equal.
+func canonical(mfs map[string]*dto.MetricFamily) string {
+	var lines []string
+	for name, mf := range mfs {
+		if len(mf.GetMetric()) == 0 {
+			continue
+		}
+		lines = append(lines, fmt.Sprintf("%s HELP %q", name, mf.GetHelp()))
+		for _, m := range mf.GetMetric() {
+			var labels []string
+			for _, lp := range m.GetLabel() {
+				labels = append(labels, fmt.Sprintf("%s=%q", lp.GetName(), lp.GetValue()))
+			}
+			slices.Sort(labels)
+			var v float64
+			switch mf.GetType() {
+			case dto.MetricType_COUNTER:
+				v = m.GetCounter().GetValue()
+			case dto.MetricType_GAUGE:
+				v = m.GetGauge().GetValue()
+			default:
+				v = m.GetUntyped().GetValue()
+			}
+			lines = append(lines, fmt.Sprintf("%s %s {%s} %s", name, mf.GetType(), strings.Join(labels, ","), strconv.FormatFloat(v, 'g', -1, 64)))
+		}
+	}
+	slices.Sort(lines)
+	return strings.Join(lines, "\n")
+}
+
+func parseText(t testing.TB, b []byte) map[string]*dto.MetricFamily {
+	t.Helper()
+	p := expfmt.NewTextParser(model.LegacyValidation)
+	mfs, err := p.TextToMetricFamilies(bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("TextWriter output does not parse: %v\n%s", err, b)
+	}
+	return mfs
+}
+
+// viaRegistry gathers m's VM series through Collector and a registry.
+func viaRegistry(t testing.TB, m *Manager) map[string]*dto.MetricFamily {
+	t.Helper()
+	reg := prometheus.NewRegistry() // as the exporter's: extra labels are not described
+	reg.MustRegister(NewCollector(m))
+	got, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mfs := make(map[string]*dto.MetricFamily)
+	for _, mf := range got {
+		if mf.GetName() != mListener.name {
+			mfs[mf.GetName()] = mf
+		}
+	}
+	return mfs
+}
+
+// checkTextMatchesCollector fails t unless TextWriter writes exactly the
+// series Collector sends for m's VMs, in valid text format.
+func checkTextMatchesCollector(t testing.TB, m *Manager) {
+	t.Helper()
+	var b bytes.Buffer
+	if _, err := NewTextWriter(m).WriteTo(&b); err != nil {
+		t.Fatal(err)
+	}
+	want := canonical(viaRegistry(t, m))
+	if want == "" {
+		t.Fatal("Collector sent nothing; the comparison would prove nothing")
+	}
+	if diff := cmp.Diff(want, canonical(parseText(t, b.Bytes()))); diff != "" {
+		t.Errorf("TextWriter and Collector differ (-Collector +TextWriter):\n%s", diff)
+	}
+}
+
+// TestTextWriterMatchesCollector replays the real QEMU transcripts, with
+// awkward vm names and configured labels (one of them named like a label
+// the metrics already use), and compares the two ways of exposing them.
+func TestTextWriterMatchesCollector(t *testing.T) {
+	tr, err := qmptest.LoadTranscript("testdata/transcripts/qemu72-events.jsonl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range []Target{
+		{Network: "unix", Address: "/run/qemu/plain.qmp"},
+		{Network: "unix", Address: "/run/qemu/odd.qmp", Name: "a \"quoted\\\" vm\nwith newline",
+			Labels: map[string]string{"rack": "r\"1\\", "device": "shadowed", "vm": "ignored", "zone": "ünïcode"}},
+	} {
+		t.Run(target.Address, func(t *testing.T) {
+			replayThen(t, tr, target, func(m *Manager) { checkTextMatchesCollector(t, m) })
+		})
+	}
+	for _, f := range []string{"qemu72-basic", "qemu72-jobs"} {
+		t.Run(f, func(t *testing.T) {
+			tr, err := qmptest.LoadTranscript("testdata/transcripts/" + f + ".jsonl")
+			if err != nil {
+				t.Fatal(err)
+			}
+			replayThen(t, tr, Target{Network: "unix", Address: "/run/qemu/" + f + ".qmp"}, func(m *Manager) { checkTextMatchesCollector(t, m) })
+		})
+	}
+}
+
+// TestTextWriterMatchesCollectorFleet compares the two on many VMs at once
+// (label collisions, duplicate UUIDs, VMs down), which is where the order
+// and uniqueness of series across VMs matter.
+func TestTextWriterMatchesCollectorFleet(t *testing.T) {
+	m := benchManager(50)
+	i := 0
+	for _, w := range m.sortedWatchers() {
+		switch i % 5 {
+		case 1:
+			w.st.info.name = "same-name" // vm label collision: falls back to the socket name
+		case 2:
+			w.st.up = false
+			w.st.disconnected()
+		case 3:
+			w.st.info.uuid = "5c0ffee0-0d15-4a7b-9e3c-000000000000" // same UUID: shown once
+		}
+		i++
+	}
+	checkTextMatchesCollector(t, m)
+}
+
+// TestTextWriterRendersOnlyChangedVMs checks the cache: a VM whose state
+// did not change is not rendered again, one that changed is, and so is
+// one whose vm label changed.
+func TestTextWriterRendersOnlyChangedVMs(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := &fakeQEMU{t: t, status: "running", name: "cached"}
+		m, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/cached.sock"})
+		defer stop()
+		synctest.Wait()
+		tw := NewTextWriter(m)
+		scrape := func() (string, *renderedVM) {
+			var b bytes.Buffer
+			if _, err := tw.WriteTo(&b); err != nil {
+				t.Fatal(err)
+			}
+			w := m.sortedWatchers()[0]
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			return b.String(), w.rendered
+		}
+		first, r1 := scrape()
+		again, r2 := scrape()
+		if r1 == nil || r1 != r2 || first != again {
+			t.Fatalf("an unchanged VM was rendered again (%p, %p)", r1, r2)
+		}
+		if err := fake.server().Emit("STOP", nil); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		after, r3 := scrape()
+		if r3 == r2 {
+			t.Fatal("a VM that saw an event was not rendered again")
+		}
+		if !strings.Contains(after, `qmp_events_total{event="STOP",vm="cached"} 1`) {
+			t.Errorf("the new event is missing:\n%s", after)
+		}
+		checkTextMatchesCollector(t, m)
+
+		// The same state under another vm label must not reuse the lines.
+		w := m.sortedWatchers()[0]
+		w.mu.Lock()
+		r := tw.render(w, "renamed")
+		w.mu.Unlock()
+		if !bytes.Contains(r.data, []byte(`qmp_up{vm="renamed"} 1`)) {
+			t.Errorf("render with a new vm label kept the old one:\n%s", r.data)
+		}
+	})
+}
+
+func TestAppendValueAndEscaping(t *testing.T) {
+	for _, c := range []struct {
+		v    float64
+		want string
+	}{{0, "0"}, {1, "1"}, {-3, "-3"}, {1e15, "1000000000000000"}, {1e300, "1e+300"}, {0.25, "0.25"},
+		{1.5e-7, "1.5e-07"}} {
+		if got := string(appendValue(nil, c.v)); got != c.want {
+			t.Errorf("appendValue(%v) = %q, want %q", c.v, got, c.want)
+		}
+	}
+	if got := string(appendEscaped(nil, "a\\b\"c\nd\xff", true)); got != `a\\b\"c\nd`+"\uFFFD" {
+		t.Errorf("label escaping: %q", got)
+	}
+	if got := string(appendEscaped(nil, `say "hi"`, false)); got != `say "hi"` {
+		t.Errorf("HELP escaping touched quotes: %q", got)
+	}
+}
+
+// TestHandler checks /metrics as served: text format, gzip when asked,
+// the registry's families after the VMs', and the bound on concurrent
+// scrapes.
+func TestHandler(t *testing.T) {
+	m := benchManager(3)
+	m.countListener("l", "accepted")
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewListenerCollector(m))
+	h := NewHandler(NewTextWriter(m), reg, HandlerOpts{})
+	for _, enc := range []string{"", "gzip", "deflate, gzip;q=0.5", "gzip;q=0", "*"} {
+		req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+		if enc != "" {
+			req.Header.Set("Accept-Encoding", enc)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != textContentType {
+			t.Fatalf("%q: status %d, type %q", enc, rec.Code, rec.Header().Get("Content-Type"))
+		}
+		body := rec.Body.Bytes()
+		gzipped := rec.Header().Get("Content-Encoding") == "gzip"
+		if wantGzip := enc == "gzip" || enc == "*" || strings.HasPrefix(enc, "deflate"); gzipped != wantGzip {
+			t.Fatalf("Accept-Encoding %q: gzipped=%v", enc, gzipped)
+		}
+		if gzipped {
+			zr, err := gzip.NewReader(bytes.NewReader(body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body, err = io.ReadAll(zr); err != nil {
+				t.Fatal(err)
+			}
+		}
+		mfs := parseText(t, body)
+		if mfs["qmp_up"] == nil || len(mfs["qmp_up"].GetMetric()) != 3 || mfs[mListener.name] == nil {
+			t.Fatalf("%q: missing families:\n%s", enc, body)
+		}
+	}
+
+	// A full in-flight bound answers 503 at once.
+	limited := NewHandler(NewTextWriter(m), reg, HandlerOpts{MaxRequestsInFlight: 1}).(*metricsHandler)
+	limited.inFlight <- struct{}{}
+	rec := httptest.NewRecorder()
+	limited.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Errorf("over the limit: status %d, want 503", rec.Code)
+	}
+	<-limited.inFlight
+	rec = httptest.NewRecorder()
+	limited.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+	if rec.Code != http.StatusOK {
+		t.Errorf("under the limit: status %d", rec.Code)
+	}
+}
+
+// bumpAll marks every VM changed, as if each had seen an event.
+func bumpAll(m *Manager) {
+	for _, w := range m.sortedWatchers() {
+		w.lock()
+		w.mu.Unlock()
+	}
+}
+
+// BenchmarkTextWriter writes n VMs' series: "cached" when no VM changed
+// since the previous scrape, "changed" when every VM did.
+func BenchmarkTextWriter(b *testing.B) {
+	for _, n := range []int{100, 1000, 10000} {
+		m := benchManager(n)
+		tw := NewTextWriter(m)
+		for _, mode := range []string{"cached", "changed"} {
+			b.Run(fmt.Sprintf("%dVMs/%s", n, mode), func(b *testing.B) {
+				b.ReportAllocs()
+				var size int64
+				for b.Loop() {
+					if mode == "changed" {
+						bumpAll(m)
+					}
+					k, err := tw.WriteTo(io.Discard)
+					if err != nil || k == 0 {
+						b.Fatal(err, k)
+					}
+					size = k
+				}
+				b.ReportMetric(float64(size), "bytes/scrape")
+			})
+		}
+	}
+}
