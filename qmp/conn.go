@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -32,6 +34,13 @@ type Options struct {
 	// the connection with ErrMessageTooLarge. Zero means
 	// DefaultMaxMessageBytes.
 	MaxMessageBytes int
+
+	// ServeReader makes the caller provide the reader goroutine: NewConn
+	// starts none, and the session's messages are read (replies
+	// delivered, OnEvent called) only by a goroutine running Serve, which
+	// the caller must start. It saves a goroutine per connection for a
+	// caller that has one waiting for the connection's end anyway.
+	ServeReader bool
 }
 
 // Conn is a QMP session on one connection, past its handshake. See the
@@ -45,18 +54,45 @@ type Conn struct {
 	wmu  sync.Mutex // serializes writes and guards wbuf
 	wbuf []byte
 
-	mu        sync.Mutex // guards the fields below
-	nextID    uint64
-	pending   map[uint64]pendingCall
+	mu     sync.Mutex // guards the fields below
+	nextID uint64
+	// pending lists the calls waiting for a reply. A slice, not a map:
+	// a session has one or two in flight, and the abandoned ones are
+	// bounded by maxAbandoned, so a scan is cheap, and an idle connection
+	// keeps a few dozen bytes rather than a map's table.
+	pending   []pendingCall
 	abandoned int   // entries of pending whose caller gave up
 	err       error // why the connection died; nil while alive
 
-	done chan struct{}
+	done    chan struct{}
+	serving atomic.Bool // Serve has been called
+	msg     message     // the reader's message being dispatched
 }
 
 type pendingCall struct {
+	id      uint64
 	ch      chan reply // nil once the caller has given up
 	command string
+}
+
+// findPending returns the index of id in pending, or -1. Called with mu
+// held.
+func (c *Conn) findPending(id uint64) int {
+	for i := range c.pending {
+		if c.pending[i].id == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// removePending removes pending[i], not keeping the order. Called with mu
+// held.
+func (c *Conn) removePending(i int) {
+	last := len(c.pending) - 1
+	c.pending[i] = c.pending[last]
+	c.pending[last] = pendingCall{}
+	c.pending = c.pending[:last]
 }
 
 type reply struct {
@@ -90,11 +126,10 @@ func NewConn(ctx context.Context, nc net.Conn, opts Options) (*Conn, error) {
 		opts.MaxMessageBytes = DefaultMaxMessageBytes
 	}
 	c := &Conn{
-		nc:      nc,
-		opts:    opts,
-		lr:      newLineReader(nc, opts.MaxMessageBytes),
-		pending: make(map[uint64]pendingCall),
-		done:    make(chan struct{}),
+		nc:   nc,
+		opts: opts,
+		lr:   newLineReader(nc, opts.MaxMessageBytes),
+		done: make(chan struct{}),
 	}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = nc.SetDeadline(dl)
@@ -115,8 +150,26 @@ func NewConn(ctx context.Context, nc net.Conn, opts Options) (*Conn, error) {
 		return nil, err
 	}
 	_ = nc.SetDeadline(time.Time{})
-	go c.readLoop()
+	// From now on the reader holds a buffer only while there is something
+	// to read (the handshake, bounded by deadlines, keeps its own).
+	c.lr.idle = newIdleReader(nc)
+	if !opts.ServeReader {
+		c.serving.Store(true)
+		go c.readLoop()
+	}
 	return c, nil
+}
+
+// Serve returns once the connection is dead. With Options.ServeReader,
+// the first call is the connection's reader: it reads, delivers replies
+// and calls OnEvent on the calling goroutine until then. Otherwise, and
+// for later calls, it waits for Done.
+func (c *Conn) Serve() {
+	if c.serving.CompareAndSwap(false, true) {
+		c.readLoop()
+		return
+	}
+	<-c.done
 }
 
 // handshake runs synchronously, before the reader goroutine exists, on the
@@ -226,7 +279,7 @@ func (c *Conn) Execute(ctx context.Context, command string, args, result any) er
 	}
 	c.nextID++
 	id := c.nextID
-	c.pending[id] = pendingCall{ch: ch, command: command}
+	c.pending = append(c.pending, pendingCall{id: id, ch: ch, command: command})
 	c.mu.Unlock()
 
 	if err := c.write(ctx, id, command, rawArgs); err != nil {
@@ -239,8 +292,8 @@ func (c *Conn) Execute(ctx context.Context, command string, args, result any) er
 		return r.decode(command, result)
 	case <-ctx.Done():
 		c.mu.Lock()
-		if p, ok := c.pending[id]; ok && p.ch != nil {
-			c.pending[id] = pendingCall{command: command}
+		if i := c.findPending(id); i >= 0 && c.pending[i].ch != nil {
+			c.pending[i].ch = nil
 			c.abandoned++
 			if c.abandoned > maxAbandoned {
 				c.forgetAbandoned()
@@ -272,11 +325,7 @@ func (r reply) decode(command string, result any) error {
 // forgetAbandoned drops every abandoned id; their late replies, if they
 // ever come, are then reported as unknown ids. Called with mu held.
 func (c *Conn) forgetAbandoned() {
-	for id, p := range c.pending {
-		if p.ch == nil {
-			delete(c.pending, id)
-		}
-	}
+	c.pending = slices.DeleteFunc(c.pending, func(p pendingCall) bool { return p.ch == nil })
 	c.abandoned = 0
 }
 
@@ -310,16 +359,20 @@ func (c *Conn) write(ctx context.Context, id uint64, command string, args []byte
 
 // readLoop is the only reader after the handshake. It exits when the
 // connection dies, closing done last.
+//
+// The message being dispatched lives in the Conn rather than in this
+// frame: with Options.ServeReader, this is the caller's long-lived
+// goroutine, parked here between messages, and the runtime shrinks a
+// parked goroutine's stack only when little of it is in use.
 func (c *Conn) readLoop() {
 	defer close(c.done)
-	var m message
 	for {
 		line, err := c.lr.next()
 		if err != nil {
 			c.shutdown(readError(err))
 			return
 		}
-		c.dispatch(line, &m)
+		c.dispatch(line, &c.msg)
 	}
 }
 
@@ -362,9 +415,15 @@ func (c *Conn) deliverEvent(m *message, line []byte) {
 func (c *Conn) deliverReply(m *message, line []byte) {
 	id, ok := parseID(m.id)
 	c.mu.Lock()
-	p, found := c.pending[id]
-	if ok && found {
-		delete(c.pending, id)
+	var p pendingCall
+	i := -1
+	if ok {
+		i = c.findPending(id)
+	}
+	found := i >= 0
+	if found {
+		p = c.pending[i]
+		c.removePending(i)
 		if p.ch == nil {
 			c.abandoned--
 		}

@@ -536,3 +536,58 @@ func TestEventTimestampAndData(t *testing.T) {
 		t.Errorf("events (-want +got):\n%s", diff)
 	}
 }
+
+// TestServeReader: with Options.ServeReader, nothing is read until Serve
+// runs, Serve is the reader and returns when the connection dies, and a
+// second Serve only waits.
+func TestServeReader(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		rec := &recorder{}
+		client, srv := qmptest.New(t, qmptest.Options{Handle: func(cmd qmptest.Command) (qmptest.Reply, bool) {
+			return qmptest.Raw(`{"event": "RESUME", "timestamp": {"seconds": 5, "microseconds": 0}}`).
+				Then(qmptest.Return(map[string]any{"status": "running"})), true
+		}})
+		opts := rec.opts()
+		opts.ServeReader = true
+		c, err := qmp.NewConn(t.Context(), client, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st struct {
+			Status string `json:"status"`
+		}
+		execErr := make(chan error, 1)
+		go func() { execErr <- c.Execute(t.Context(), "query-status", nil, &st) }()
+		synctest.Wait()
+		select {
+		case err := <-execErr:
+			t.Fatalf("Execute returned %v before anything read its reply", err)
+		default:
+		}
+		served := make(chan struct{})
+		go func() { c.Serve(); close(served) }()
+		if err := <-execErr; err != nil || st.Status != "running" {
+			t.Fatalf("Execute = %v, status %q", err, st.Status)
+		}
+		if diff := cmp.Diff([]string{"RESUME"}, rec.Events()); diff != "" {
+			t.Errorf("events (-want +got):\n%s", diff)
+		}
+		waited := make(chan struct{})
+		go func() { c.Serve(); close(waited) }()
+		synctest.Wait()
+		select {
+		case <-served:
+			t.Fatal("Serve returned while the connection is alive")
+		case <-waited:
+			t.Fatal("a second Serve returned while the connection is alive")
+		default:
+		}
+		srv.Close()
+		<-served
+		<-waited
+		<-c.Done()
+		if !errors.Is(c.Err(), qmp.ErrClosed) {
+			t.Errorf("Err() = %v, want ErrClosed", c.Err())
+		}
+	})
+}

@@ -3,6 +3,7 @@ package qmp
 import (
 	"bytes"
 	"io"
+	"sync"
 )
 
 const (
@@ -33,10 +34,47 @@ type lineReader struct {
 	scanned    int // bytes after start already known to hold no '\n'
 	max        int
 	err        error // sticky read error, returned once buffered lines are used up
+
+	// idle, when set, reads into a buffer borrowed for the read only
+	// when no byte is buffered, so that a connection waiting for its
+	// next message holds no buffer (see idleReader).
+	idle idleReader
+	// pooled is the borrowed buffer buf is, nil when buf is its own.
+	pooled *[]byte
 }
+
+// idleReader waits until its connection is readable, with no buffer
+// held meanwhile, and reads then into the one lr borrows. It returns what
+// an io.Reader's Read would.
+type idleReader interface {
+	readIdle(lr *lineReader) (int, error)
+}
+
+// bufPool holds the read buffers of connections that are waiting: with
+// thousands of mostly idle connections, only those reading hold one.
+var bufPool = sync.Pool{New: func() any {
+	b := make([]byte, initialBufferBytes)
+	return &b
+}}
 
 func newLineReader(r io.Reader, max int) *lineReader {
 	return &lineReader{r: r, buf: make([]byte, initialBufferBytes), max: max}
+}
+
+// borrow makes buf a buffer from bufPool.
+func (lr *lineReader) borrow() {
+	lr.pooled = bufPool.Get().(*[]byte)
+	lr.buf, lr.start, lr.end, lr.scanned = *lr.pooled, 0, 0, 0
+}
+
+// giveBack drops buf, which must hold no unread byte, and returns the
+// borrowed buffer to bufPool (buf is that buffer, or one makeRoom made
+// in its place; either way no line handed out is valid any more).
+func (lr *lineReader) giveBack() {
+	if lr.pooled != nil {
+		bufPool.Put(lr.pooled)
+	}
+	lr.buf, lr.pooled, lr.start, lr.end, lr.scanned = nil, nil, 0, 0, 0
 }
 
 // next returns the next line without its "\n". At end of stream it returns
@@ -60,8 +98,16 @@ func (lr *lineReader) next() ([]byte, error) {
 			}
 			return nil, lr.err
 		}
-		lr.makeRoom()
-		n, err := lr.r.Read(lr.buf[lr.end:])
+		var n int
+		var err error
+		if lr.idle != nil && lr.start == lr.end {
+			// Nothing buffered: wait without a buffer.
+			lr.giveBack()
+			n, err = lr.idle.readIdle(lr)
+		} else {
+			lr.makeRoom()
+			n, err = lr.r.Read(lr.buf[lr.end:])
+		}
 		lr.end += n
 		if err != nil {
 			lr.err = err
@@ -73,6 +119,9 @@ func (lr *lineReader) next() ([]byte, error) {
 // up (doubling, to at most max+1 so that an overlong line is detected)
 // when it is full, down when a large line has been consumed.
 func (lr *lineReader) makeRoom() {
+	if lr.buf == nil {
+		lr.buf = make([]byte, initialBufferBytes)
+	}
 	unread := lr.end - lr.start
 	if len(lr.buf) > shrinkAboveBytes && unread < initialBufferBytes/2 {
 		nb := make([]byte, initialBufferBytes)
