@@ -23,12 +23,13 @@ type handler struct {
 var handlers = map[string]handler{
 	// Run state. The event gives a hint; query-status says exactly which
 	// state (a STOP may mean paused, io-error, guest-panicked, ...).
-	// A migration stops the VM for its last pass: with the events
-	// capability off, the STOP (and the RESUME of a failed or cancelled
-	// one) are the only live signs of it, so they also re-read
-	// query-migrate.
-	"STOP":         {true, needStatus | needMigrate},
-	"RESUME":       {true, needMigrate},
+	// RESUME says it exactly: running. A migration stops the VM for its
+	// last pass: with the events capability off, the STOP (and the RESUME
+	// of a failed or cancelled one) are the only live signs of it, so
+	// foldData adds query-migrate when a migration may be running
+	// unannounced (see migrationMayRun).
+	"STOP":         {true, needStatus},
+	"RESUME":       {true, 0},
 	"SUSPEND":      {true, needStatus},
 	"SUSPEND_DISK": {false, needStatus},
 	"WAKEUP":       {true, needStatus},
@@ -38,8 +39,10 @@ var handlers = map[string]handler{
 	// Guest failures.
 	"GUEST_PANICKED":    {true, needStatus},
 	"GUEST_CRASHLOADED": {true, 0},
-	"WATCHDOG":          {true, needStatus},
-	"MEMORY_FAILURE":    {true, 0},
+	// A watchdog's action brings its own events when it changes the run
+	// state: RESET, SHUTDOWN, POWERDOWN, or the STOP of pause and debug.
+	"WATCHDOG":       {true, 0},
+	"MEMORY_FAILURE": {true, 0},
 
 	// Block devices.
 	"BLOCK_IO_ERROR":        {true, 0}, // foldIOError asks when the action stops the VM
@@ -50,12 +53,13 @@ var handlers = map[string]handler{
 	"DEVICE_TRAY_MOVED":     {true, 0},
 	"DEVICE_DELETED":        {true, 0},
 
-	// Jobs.
-	"BLOCK_JOB_COMPLETED": {true, needJobs},
-	"BLOCK_JOB_CANCELLED": {true, needJobs},
+	// Jobs. The ends, READY and PENDING carry all the exporter keeps of
+	// the job (id, type, progress); an error may change its status.
+	"BLOCK_JOB_COMPLETED": {true, 0},
+	"BLOCK_JOB_CANCELLED": {true, 0},
 	"BLOCK_JOB_ERROR":     {true, needJobs},
-	"BLOCK_JOB_READY":     {true, needJobs},
-	"BLOCK_JOB_PENDING":   {true, needJobs},
+	"BLOCK_JOB_READY":     {true, 0},
+	"BLOCK_JOB_PENDING":   {true, 0},
 	"JOB_STATUS_CHANGE":   {true, 0},
 
 	// Memory.
@@ -64,8 +68,9 @@ var handlers = map[string]handler{
 
 	// Migration. The events only come when a management tool turned the
 	// "events" migration capability on; the watcher polls query-migrate
-	// while a migration runs either way.
-	"MIGRATION":      {true, needMigrate | needStatus},
+	// while a migration runs either way. foldMigration asks for the
+	// queries a status needs.
+	"MIGRATION":      {true, 0},
 	"MIGRATION_PASS": {true, 0},
 
 	// Consoles.
@@ -89,8 +94,16 @@ func (s *vmState) foldData(name string, f *qmp.Fields) (need, bool) {
 	switch name {
 	case "STOP":
 		s.status = "paused"
-	case "RESUME", "WAKEUP":
+		if s.migrationMayRun() {
+			return needMigrate, true
+		}
+	case "RESUME":
 		s.status = "running" // QEMU's vm_start: always "running"
+		if s.migrationMayRun() {
+			return needMigrate, true
+		}
+	case "WAKEUP":
+		s.status = "running"
 	case "SUSPEND":
 		s.status = "suspended"
 	case "SHUTDOWN":
@@ -197,16 +210,9 @@ func guestReasonOf(f *qmp.Fields) (guestReason, bool) {
 	return guestReason{guest: g, reason: r}, true
 }
 
-func countReason(m map[guestReason]uint64, k guestReason) {
-	if _, ok := m[k]; !ok && len(m) >= maxEnumValues {
-		return
-	}
-	m[k]++
-}
-
 func foldShutdown(s *vmState, f *qmp.Fields) (need, bool) {
 	k, ok := guestReasonOf(f)
-	countReason(s.shutdowns, k)
+	countKey(&s.shutdowns, k)
 	s.status = "shutdown"
 	return 0, ok
 }
@@ -216,7 +222,7 @@ func foldShutdown(s *vmState, f *qmp.Fields) (need, bool) {
 // takes a VM in "shutdown" to "prelaunch", for example).
 func foldReset(s *vmState, f *qmp.Fields) (need, bool) {
 	k, ok := guestReasonOf(f)
-	countReason(s.resets, k)
+	countKey(&s.resets, k)
 	if s.status == "running" {
 		return 0, ok
 	}
@@ -250,9 +256,7 @@ func foldPanic(s *vmState, f *qmp.Fields) (need, bool) {
 	if !ok {
 		return 0, false
 	}
-	if _, seen := s.panics[k]; seen || len(s.panics) < maxEnumValues {
-		s.panics[k]++
-	}
+	s.countPanic(k)
 	if k[0] == "pause" {
 		s.status = "guest-panicked"
 	}
@@ -264,9 +268,7 @@ func foldCrashload(s *vmState, f *qmp.Fields) (need, bool) {
 	if !ok {
 		return 0, false
 	}
-	if _, seen := s.crashloads[k[0]]; seen || len(s.crashloads) < maxEnumValues {
-		s.crashloads[k[0]]++
-	}
+	countKey(&s.crashloads, k[0])
 	return 0, true
 }
 
@@ -275,9 +277,7 @@ func foldWatchdog(s *vmState, f *qmp.Fields) (need, bool) {
 	if !ok {
 		return 0, false
 	}
-	if _, seen := s.watchdog[a]; seen || len(s.watchdog) < maxEnumValues {
-		s.watchdog[a]++
-	}
+	s.countWatchdog(a)
 	if a == "pause" {
 		s.status = "watchdog"
 	}
@@ -295,10 +295,7 @@ func foldMemoryFailure(s *vmState, f *qmp.Fields) (need, bool) {
 	if !rok || !aok {
 		return 0, false
 	}
-	k := [2]string{r, a}
-	if _, seen := s.memoryFailures[k]; seen || len(s.memoryFailures) < maxEnumValues {
-		s.memoryFailures[k]++
-	}
+	countKey(&s.memoryFailures, [2]string{r, a})
 	return 0, true
 }
 
@@ -370,6 +367,9 @@ func (s *vmState) device(label string) *blockDev {
 		return newBlockDev()
 	}
 	d := newBlockDev()
+	if s.devices == nil {
+		s.devices = make(map[string]*blockDev)
+	}
 	s.devices[label] = d
 	return d
 }
@@ -493,6 +493,9 @@ func (s *vmState) job(id []byte) *blockJob {
 		return nil
 	}
 	j := &blockJob{}
+	if s.jobs == nil {
+		s.jobs = make(map[string]*blockJob)
+	}
 	s.jobs[cleanLabel(string(id))] = j
 	return j
 }
@@ -508,12 +511,12 @@ func (s *vmState) jobEnded(f *qmp.Fields, result string) bool {
 			typ = "unknown"
 		}
 	}
-	k := [2]string{typ, result}
-	if _, seen := s.jobsDone[k]; seen || len(s.jobsDone) < maxEnumValues {
-		s.jobsDone[k]++
-	}
+	countKey(&s.jobsDone, [2]string{typ, result})
 	if idok {
 		delete(s.jobs, string(id))
+		if tok {
+			s.endedJob = [2]string{string(id), typ}
+		}
 	}
 	return idok && tok
 }
@@ -581,7 +584,13 @@ func foldJobStatus(s *vmState, f *qmp.Fields) (need, bool) {
 		if j = s.job(id); j == nil {
 			return 0, true
 		}
-		n = needJobs // learn its type
+		if s.endedJob[0] == string(id) {
+			// The JOB_STATUS_CHANGE (concluded) that follows the end
+			// event of a job just forgotten: its type is known.
+			j.typ = s.endedJob[1]
+		} else {
+			n = needJobs // learn its type
+		}
 	}
 	j.status = st
 	return n, true
@@ -604,13 +613,35 @@ func foldHVBalloon(s *vmState, f *qmp.Fields) (need, bool) {
 	return 0, cok && aok
 }
 
+// foldMigration applies a MIGRATION event. The status is the event's;
+// query-migrate adds the figures of a migration that starts (and the
+// watcher then polls it while it runs) and the final ones of a migration
+// that ends, when query-status also tells the run state it left (a
+// completed migration leaves the VM in postmigrate, which no event
+// announces). Statuses in between need nothing.
 func foldMigration(s *vmState, f *qmp.Fields) (need, bool) {
 	st, ok := enumLabel(f, "status", migrationStates)
 	if !ok {
-		return 0, false
+		return needMigrate | needStatus, false
 	}
+	was := s.mig.inProgress()
+	s.mig.eventsSeen = true
 	s.migrationEvent(st)
+	switch {
+	case migrationEnded(st):
+		return needMigrate | needStatus, true
+	case !was && s.mig.inProgress():
+		return needMigrate, true
+	}
 	return 0, true
+}
+
+// migrationMayRun reports whether a migration may be running that this
+// state does not know of, or whose state is not known: no MIGRATION event
+// has shown this session that the events capability is on, or one is in
+// progress.
+func (s *vmState) migrationMayRun() bool {
+	return !s.mig.eventsSeen || !s.mig.known || s.mig.inProgress()
 }
 
 // foldMigration applies a MIGRATION event. Events are live, so a terminal
@@ -639,7 +670,8 @@ func (s *vmState) countMigrationEnd(st string) {
 // anything but an in-progress state) starts with fresh figures.
 func (s *vmState) setMigrationStatus(st string) {
 	if st == "setup" && !s.mig.inProgress() {
-		s.mig = migration{endKey: s.mig.endKey, baseline: s.mig.baseline, expectedDowntime: -1, totalTime: -1, downtime: -1, setupT: -1}
+		s.mig = migration{endKey: s.mig.endKey, baseline: s.mig.baseline, eventsSeen: s.mig.eventsSeen,
+			expectedDowntime: -1, totalTime: -1, downtime: -1, setupT: -1}
 	}
 	s.mig.known = true
 	s.mig.status = st
@@ -675,6 +707,9 @@ func (d *display) connected(key []byte) {
 	d.connections++
 	d.clients++
 	if len(d.pending) < maxPendingClients {
+		if d.pending == nil {
+			d.pending = make(map[string]struct{})
+		}
 		d.pending[string(key)] = struct{}{}
 	}
 }
@@ -765,6 +800,9 @@ func foldVserport(s *vmState, f *qmp.Fields) (need, bool) {
 	if _, seen := s.vserports[string(id)]; !seen && len(s.vserports) >= maxDevices {
 		s.drop("vserport")
 		return 0, true
+	}
+	if s.vserports == nil {
+		s.vserports = make(map[string]bool)
 	}
 	s.vserports[cleanLabel(string(id))] = open
 	return 0, true

@@ -216,6 +216,6 @@ func (d *display) set(enabled int8, clients int) {
 	d.enabled = enabled
 	d.clients = clients
 	if enabled != 1 {
-		d.pending = make(map[string]struct{})
+		d.pending = nil
 	}
 }

@@ -1,6 +1,7 @@
 package collector
 
 import (
+	"maps"
 	"time"
 
 	"github.com/qmp-exporter/qmp_exporter/qmp"
@@ -146,6 +147,11 @@ type migration struct {
 	endKey               string
 	baseline             bool
 	endCounted, eventEnd bool
+
+	// eventsSeen: a MIGRATION event arrived during this session, so the
+	// "events" migration capability is on and a migration announces
+	// itself; a STOP or RESUME then need not re-read query-migrate.
+	eventsSeen bool
 }
 
 func (m *migration) inProgress() bool {
@@ -168,8 +174,8 @@ type display struct {
 	clients     int
 	connections uint64
 	sessions    uint64
-	failed      uint64 // clients gone before INITIALIZED
-	pending     map[string]struct{}
+	failed      uint64              // clients gone before INITIALIZED
+	pending     map[string]struct{} // clients not yet initialized; made on first use
 }
 
 // vmState is everything known about one VM. It is changed by the pure fold
@@ -192,23 +198,29 @@ type vmState struct {
 
 	// Guest.
 	shutdowns, resets map[guestReason]uint64
-	panics            map[[2]string]uint64 // action, info type
+	panics            map[[2]string]uint64 // action, info type; see countPanic
 	crashloads        map[string]uint64    // action
-	watchdog          map[string]uint64    // action
-	memoryFailures    map[[2]string]uint64 // recipient, action
-	rtcOffset         int64
-	rtcKnown          bool
-	dumps             [2]uint64 // by dumpResults
-	deviceDeletions   uint64
-	vserports         map[string]bool
+	watchdog          map[string]uint64    // action; see countWatchdog
+	// ownPanics and ownWatchdog: panics and watchdog are this VM's own
+	// maps, no longer the shared zeroPanics and zeroWatchdog.
+	ownPanics, ownWatchdog bool
+	memoryFailures         map[[2]string]uint64 // recipient, action
+	rtcOffset              int64
+	rtcKnown               bool
+	dumps                  [2]uint64 // by dumpResults
+	deviceDeletions        uint64
+	vserports              map[string]bool
 
 	// Block devices and their name maps.
-	devices    map[string]*blockDev
-	bbToDev    map[string]string // BlockBackend name → device label
-	nodeToDev  map[string]string // node name → device label
-	jobs       map[string]*blockJob
-	jobsDone   map[[2]string]uint64 // job type, result (completed, failed, cancelled)
-	jobErrors  [2][3]uint64         // by ioOperations × ioActions
+	devices   map[string]*blockDev
+	bbToDev   map[string]string // BlockBackend name → device label
+	nodeToDev map[string]string // node name → device label
+	jobs      map[string]*blockJob
+	jobsDone  map[[2]string]uint64 // job type, result (completed, failed, cancelled)
+	// endedJob is the id and type of the last job an end event forgot,
+	// for the JOB_STATUS_CHANGE that follows it.
+	endedJob   [2]string
+	jobErrors  [2][3]uint64 // by ioOperations × ioActions
 	balloon    uint64
 	balloonOK  bool
 	hvBalloon  [2]uint64 // committed, available
@@ -220,45 +232,83 @@ type vmState struct {
 	vnc, spice display
 }
 
+// newVMState returns the state of a VM nothing is known about yet. Its
+// maps are made on first write (a nil map reads as empty), because most
+// VMs never see a panic, a memory failure, a job or a serial port, and
+// an idle VM's memory is what a host with thousands of them pays for.
+// The panic and watchdog counters that are exported at 0 from the start
+// share one read-only map among all VMs until their first write (see
+// countPanic and countWatchdog).
 func newVMState() vmState {
-	s := vmState{
-		events:         make(map[string]*eventStat),
-		dropped:        make(map[string]uint64),
-		shutdowns:      make(map[guestReason]uint64),
-		resets:         make(map[guestReason]uint64),
-		panics:         make(map[[2]string]uint64),
-		crashloads:     make(map[string]uint64),
-		watchdog:       make(map[string]uint64),
-		memoryFailures: make(map[[2]string]uint64),
-		vserports:      make(map[string]bool),
-		devices:        make(map[string]*blockDev),
-		bbToDev:        make(map[string]string),
-		nodeToDev:      make(map[string]string),
-		jobs:           make(map[string]*blockJob),
-		jobsDone:       make(map[[2]string]uint64),
-		vnc:            display{enabled: -1, pending: make(map[string]struct{})},
-		spice:          display{enabled: -1, pending: make(map[string]struct{})},
+	return vmState{
+		panics:   zeroPanics,
+		watchdog: zeroWatchdog,
+		vnc:      display{enabled: -1},
+		spice:    display{enabled: -1},
 	}
-	for _, a := range panicActions {
-		s.panics[[2]string{a, "none"}] = 0
+}
+
+// zeroPanics and zeroWatchdog are the counters every VM starts with, at 0.
+// They are shared and never written: a VM's first count copies them.
+var (
+	zeroPanics = func() map[[2]string]uint64 {
+		m := make(map[[2]string]uint64, len(panicActions))
+		for _, a := range panicActions {
+			m[[2]string{a, "none"}] = 0
+		}
+		return m
+	}()
+	zeroWatchdog = func() map[string]uint64 {
+		m := make(map[string]uint64, len(watchdogActions))
+		for _, a := range watchdogActions {
+			m[a] = 0
+		}
+		return m
+	}()
+)
+
+// countPanic counts a panic by action and info type, within the bound.
+func (s *vmState) countPanic(k [2]string) {
+	if _, seen := s.panics[k]; !seen && len(s.panics) >= maxEnumValues {
+		return
 	}
-	for _, a := range watchdogActions {
-		s.watchdog[a] = 0
+	if !s.ownPanics {
+		s.panics, s.ownPanics = maps.Clone(s.panics), true
 	}
-	return s
+	s.panics[k]++
+}
+
+// countWatchdog counts a watchdog action, within the bound.
+func (s *vmState) countWatchdog(a string) {
+	if _, seen := s.watchdog[a]; !seen && len(s.watchdog) >= maxEnumValues {
+		return
+	}
+	if !s.ownWatchdog {
+		s.watchdog, s.ownWatchdog = maps.Clone(s.watchdog), true
+	}
+	s.watchdog[a]++
+}
+
+// countKey adds one to (*m)[k], making the map on first use, unless k is
+// new and the map already holds maxEnumValues keys.
+func countKey[K comparable](m *map[K]uint64, k K) {
+	if _, seen := (*m)[k]; !seen && len(*m) >= maxEnumValues {
+		return
+	}
+	if *m == nil {
+		*m = make(map[K]uint64)
+	}
+	(*m)[k]++
 }
 
 // apply folds one event into the state and reports which queries should
 // run to confirm what the event implies.
 func (s *vmState) apply(ev qmp.Event) need {
-	st, ok := s.events[ev.Name]
-	if !ok {
-		if len(s.events) >= maxEventNames || !validEventName(ev.Name) {
-			s.unlabelled++
+	st := s.events[ev.Name]
+	if st == nil {
+		if st = s.newEvent(ev.Name); st == nil {
 			return 0
 		}
-		st = &eventStat{}
-		s.events[ev.Name] = st
 	}
 	st.count++
 	if !ev.Time.IsZero() {
@@ -283,6 +333,22 @@ func (s *vmState) apply(ev qmp.Event) need {
 		s.dataErrors++
 	}
 	return h.need | n
+}
+
+// newEvent starts counting events named name, or counts the event as
+// unlabelled and returns nil if the name is not worth a label value or
+// there are too many.
+func (s *vmState) newEvent(name string) *eventStat {
+	if len(s.events) >= maxEventNames || !validEventName(name) {
+		s.unlabelled++
+		return nil
+	}
+	if s.events == nil {
+		s.events = make(map[string]*eventStat)
+	}
+	st := &eventStat{}
+	s.events[name] = st
+	return st
 }
 
 // validEventName accepts what QEMU's QAPI generator produces: upper-case
@@ -350,12 +416,18 @@ func (s *vmState) setInfo(info vmInfo) (replaced bool) {
 func (s *vmState) disconnected() {
 	s.up = false
 	s.status = ""
-	s.vnc.pending = make(map[string]struct{})
-	s.spice.pending = make(map[string]struct{})
+	s.vnc.pending = nil
+	s.spice.pending = nil
+	s.mig.eventsSeen = false
 }
 
 // drop counts a label set that was not created because its kind is full.
-func (s *vmState) drop(kind string) { s.dropped[kind]++ }
+func (s *vmState) drop(kind string) {
+	if s.dropped == nil {
+		s.dropped = make(map[string]uint64)
+	}
+	s.dropped[kind]++
+}
 
 // cleanLabel makes a VM-supplied string safe as a label value: valid
 // UTF-8, no control characters, at most maxLabelBytes.

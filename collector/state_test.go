@@ -197,3 +197,157 @@ func BenchmarkApply(b *testing.B) {
 		})
 	}
 }
+
+// TestFollowUpQueries checks which queries each event asks for: only
+// those that tell something the event does not.
+func TestFollowUpQueries(t *testing.T) {
+	type step struct {
+		ev   qmp.Event
+		want need
+	}
+	migration := func(status string) qmp.Event { return ev("MIGRATION", `{"status": "`+status+`"}`) }
+	job := func(status string) qmp.Event {
+		return ev("JOB_STATUS_CHANGE", `{"status": "`+status+`", "id": "backup0"}`)
+	}
+	tests := []struct {
+		name  string
+		steps []step
+	}{
+		{
+			name: "stop and resume re-read query-migrate while migrations may go unannounced",
+			steps: []step{
+				{ev("STOP", ""), needStatus | needMigrate},
+				{ev("RESUME", ""), needMigrate},
+			},
+		},
+		{
+			name: "once MIGRATION events flow, stop and resume of an idle VM read only what they must",
+			steps: []step{
+				{migration("setup"), needMigrate},
+				{migration("active"), 0},
+				{migration("cancelling"), 0},
+				{migration("cancelled"), needMigrate | needStatus},
+				{ev("STOP", ""), needStatus},
+				{ev("RESUME", ""), 0},
+			},
+		},
+		{
+			name: "a stop during a migration re-reads it",
+			steps: []step{
+				{migration("setup"), needMigrate},
+				{ev("STOP", ""), needStatus | needMigrate},
+				{migration("completed"), needMigrate | needStatus},
+			},
+		},
+		{
+			name: "a migration first seen past its setup is read",
+			steps: []step{
+				{migration("active"), needMigrate},
+				{migration("failed"), needMigrate | needStatus},
+			},
+		},
+		{
+			name: "a watchdog action brings its own events",
+			steps: []step{
+				{ev("WATCHDOG", `{"action": "reset"}`), 0},
+				{ev("WATCHDOG", `{"action": "pause"}`), 0},
+			},
+		},
+		{
+			name: "a job's end and its concluded status need no query",
+			steps: []step{
+				{job("created"), needJobs},
+				{job("running"), 0},
+				{ev("BLOCK_JOB_COMPLETED", `{"device": "backup0", "len": 10, "offset": 10, "speed": 0, "type": "backup"}`), 0},
+				{job("concluded"), 0},
+				{job("null"), 0},
+			},
+		},
+		{
+			name: "ready and pending carry what query-jobs would say",
+			steps: []step{
+				{ev("BLOCK_JOB_READY", `{"device": "m0", "len": 10, "offset": 10, "speed": 0, "type": "mirror"}`), 0},
+				{ev("BLOCK_JOB_PENDING", `{"type": "mirror", "id": "m0"}`), 0},
+				{ev("BLOCK_JOB_CANCELLED", `{"device": "m0", "len": 10, "offset": 10, "speed": 0, "type": "mirror"}`), 0},
+			},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newVMState()
+			s.setStatus("running")
+			s.setMigrate(queryMigrate{}) // the sync's query-migrate: none
+			for i, st := range tc.steps {
+				if got := s.apply(st.ev); got != st.want {
+					t.Errorf("step %d (%s): need %07b, want %07b", i, st.ev.Name, got, st.want)
+				}
+			}
+		})
+	}
+}
+
+func TestFollowUpQueriesAfterReconnect(t *testing.T) {
+	s := newVMState()
+	s.setMigrate(queryMigrate{})
+	s.apply(ev("MIGRATION", `{"status": "cancelled"}`))
+	s.disconnected()
+	s.setMigrate(queryMigrate{})
+	// The capability may have been turned off while the exporter was away.
+	if got := s.apply(ev("STOP", "")); got&needMigrate == 0 {
+		t.Errorf("STOP after a reconnect: need %07b, want query-migrate", got)
+	}
+}
+
+func TestConcludedJobKeepsType(t *testing.T) {
+	s := newVMState()
+	s.apply(ev("BLOCK_JOB_COMPLETED", `{"device": "backup0", "len": 10, "offset": 10, "speed": 0, "type": "backup"}`))
+	s.apply(ev("JOB_STATUS_CHANGE", `{"status": "concluded", "id": "backup0"}`))
+	want(t, "job", &blockJob{typ: "backup", status: "concluded"}, s.jobs["backup0"])
+	want(t, "jobs done", map[[2]string]uint64{{"backup", "completed"}: 1}, s.jobsDone)
+}
+
+// TestNewVMStateIsLazy: a VM that has seen nothing costs no map, and the
+// counters exported at 0 from the start are shared until written.
+func TestNewVMStateIsLazy(t *testing.T) {
+	if n := testing.AllocsPerRun(10, func() { _ = newVMState() }); n != 0 {
+		t.Errorf("newVMState allocates %v times, want 0", n)
+	}
+	a, b := newVMState(), newVMState()
+	a.apply(ev("GUEST_PANICKED", `{"action": "pause"}`))
+	a.apply(ev("WATCHDOG", `{"action": "reset"}`))
+	want(t, "a's panics", uint64(1), a.panics[[2]string{"pause", "none"}])
+	want(t, "a's watchdog", uint64(1), a.watchdog["reset"])
+	want(t, "b's panics", uint64(0), b.panics[[2]string{"pause", "none"}])
+	want(t, "b's watchdog", uint64(0), b.watchdog["reset"])
+	want(t, "shared panics", uint64(0), zeroPanics[[2]string{"pause", "none"}])
+	want(t, "shared watchdog", uint64(0), zeroWatchdog["reset"])
+	want(t, "b's panic series", len(panicActions), len(b.panics))
+	want(t, "b's watchdog series", len(watchdogActions), len(b.watchdog))
+
+	// Every other kind of write works on the nil maps.
+	s := newVMState()
+	for _, e := range []qmp.Event{
+		ev("SHUTDOWN", `{"guest": true, "reason": "guest-shutdown"}`),
+		ev("RESET", `{"guest": true, "reason": "guest-reset"}`),
+		ev("GUEST_CRASHLOADED", `{"action": "run"}`),
+		ev("MEMORY_FAILURE", `{"recipient": "guest", "action": "inject", "flags": {"action-required": false, "recursive": false}}`),
+		ev("VSERPORT_CHANGE", `{"id": "channel0", "open": true}`),
+		ev("BLOCK_IO_ERROR", `{"device": "ide0-hd1", "operation": "write", "action": "report"}`),
+		ev("JOB_STATUS_CHANGE", `{"status": "created", "id": "j0"}`),
+		ev("BLOCK_JOB_COMPLETED", `{"device": "j0", "len": 1, "offset": 1, "speed": 0, "type": "mirror"}`),
+		ev("VNC_CONNECTED", `{"server": {}, "client": {"host": "h", "service": "1"}}`),
+	} {
+		s.apply(e)
+	}
+	s.drop("device")
+	want(t, "dataErrors", uint64(0), s.dataErrors)
+	for what, n := range map[string]int{
+		"shutdowns": len(s.shutdowns), "resets": len(s.resets), "crashloads": len(s.crashloads),
+		"memoryFailures": len(s.memoryFailures), "vserports": len(s.vserports), "devices": len(s.devices),
+		"jobsDone": len(s.jobsDone), "vnc pending": len(s.vnc.pending), "dropped": len(s.dropped),
+	} {
+		if n != 1 {
+			t.Errorf("%s: %d entries, want 1", what, n)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-kit/log"
@@ -100,7 +101,9 @@ func (s watcherState) String() string {
 }
 
 // watcher keeps one VM's session alive and its state current. It runs as
-// one goroutine (run) plus the qmp.Conn's reader, which calls onEvent.
+// one goroutine (run), which is also its connection's reader and calls
+// onEvent, plus a worker for queries while there are some to run (see
+// session).
 type watcher struct {
 	target Target
 	opts   Options
@@ -133,16 +136,21 @@ type watcher struct {
 	early        []qmp.Event
 	collectEarly bool
 
-	// pending holds the queries events asked for (under mu); nudge tells
-	// the session loop to run them. Size one: the event handler sends
-	// without blocking, and many nudges collapse into one round of queries.
+	// pending holds the queries events asked for (under mu); the event
+	// handler starts sess's worker to run them, unless it runs already,
+	// and many events collapse into one round of queries.
 	pending need
-	nudge   chan struct{}
+	// sess is the current session once dialled (under mu).
+	sess *session
 
 	// unsupported remembers the queries QEMU answered with
 	// CommandNotFound during this session. Only the watcher goroutine
 	// touches it.
 	unsupported map[string]bool
+
+	// timeout bounds the current session's queries; only the watcher
+	// goroutine touches it.
+	timeout *queryTimer
 
 	// noFollowUps: events trigger no queries (golden tests only).
 	noFollowUps bool
@@ -168,7 +176,6 @@ func newWatcher(t Target, opts Options, dial dialFunc) *watcher {
 		logger: log.With(opts.Logger, "vm", t.DefaultNameOrName(), "address", t.Address),
 		dial:   dial,
 		st:     newVMState(),
-		nudge:  make(chan struct{}, 1),
 		// Dialled-in VMs wait for QEMU as long as it takes.
 		dialTimeout: opts.DialTimeout,
 		downSince:   time.Now(),
@@ -207,39 +214,71 @@ const maxEarlyEvents = 1024
 const stableSession = 10 * time.Second
 
 // run dials, syncs and watches until ctx ends, reconnecting as needed.
+//
+// The goroutine running it spends a session parked in the connection's
+// read, so its frames are kept small (the work is in session's helpers):
+// the garbage collector halves a parked goroutine's stack only while it
+// uses less than a quarter of it, and an idle VM's cost is mostly that
+// stack.
 func (w *watcher) run(ctx context.Context) {
 	failures := 0
 	for {
 		lasted, err := w.session(ctx)
-		if ctx.Err() != nil {
+		if !w.afterSession(ctx, lasted, err, &failures) {
 			return
 		}
-		if lasted >= stableSession {
-			failures = 0
-		} else {
-			failures++
+	}
+}
+
+// afterSession counts and logs a session's end and waits the backoff. It
+// reports false when ctx has ended.
+func (w *watcher) afterSession(ctx context.Context, lasted time.Duration, err error, failures *int) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	if lasted >= stableSession {
+		*failures = 0
+	} else {
+		*failures++
+	}
+	if err != nil {
+		lg := level.Debug(w.logger)
+		if *failures <= 1 {
+			lg = level.Warn(w.logger)
 		}
-		if err != nil {
-			lg := level.Debug(w.logger)
-			if failures <= 1 {
-				lg = level.Warn(w.logger)
-			}
-			lg.Log("msg", "qmp session failed", "state", w.phaseName(), "consecutive_failures", failures, "err", err)
-		}
-		w.setPhase(stateDisconnected)
-		t := time.NewTimer(w.backoff(max(failures, 1)))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
+		lg.Log("msg", "qmp session failed", "state", w.phaseName(), "consecutive_failures", *failures, "err", err)
+	}
+	w.setPhase(stateDisconnected)
+	t := time.NewTimer(w.backoff(max(*failures, 1)))
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
 // session runs one connection from dial to death. It returns how long the
 // session was up (zero if it never got there) and why it ended.
+//
+// The watcher's goroutine is the connection's reader
+// (qmp.Options.ServeReader): it spends the session in conn.Serve, folding
+// events as they arrive. Queries run on a worker goroutine that exists
+// only while there is work (see startWorker): the sync, the queries
+// events ask for, the periodic refresh and the polls of a migration in
+// progress. An idle VM thus costs one parked goroutine, not two.
 func (w *watcher) session(ctx context.Context) (time.Duration, error) {
+	s, err := w.open(ctx)
+	if err != nil {
+		return 0, err
+	}
+	s.conn.Serve()
+	return w.close(s)
+}
+
+// open dials and starts the session's worker on the sync.
+func (w *watcher) open(ctx context.Context) (*session, error) {
 	w.lock()
 	w.st.attempts++
 	w.phase = stateConnecting
@@ -247,96 +286,194 @@ func (w *watcher) session(ctx context.Context) (time.Duration, error) {
 	w.pending = 0
 	w.early, w.collectEarly = nil, true
 	w.mu.Unlock()
-	w.unsupported = make(map[string]bool)
+	w.unsupported = nil
 
-	dctx, cancel := context.WithCancel(ctx)
+	// One context either way: a WithCancel made and then replaced would
+	// never be cancelled, and would stay registered with ctx for the
+	// watcher's life, one more per session.
+	var dctx context.Context
+	var cancel context.CancelFunc
 	if w.dialTimeout > 0 {
 		dctx, cancel = context.WithTimeout(ctx, w.dialTimeout)
+	} else {
+		dctx, cancel = context.WithCancel(ctx)
 	}
 	conn, err := w.dial(dctx, w.target.Network, w.target.Address, qmp.Options{
 		OnEvent:         w.onEvent,
 		OnProtocolError: w.onProtocolError,
 		MaxMessageBytes: w.opts.MaxMessageBytes,
+		ServeReader:     true,
 	})
 	cancel()
 	if err != nil {
 		w.countFailure()
-		return 0, err
+		return nil, err
 	}
+	s := &session{ctx: ctx, conn: conn}
+	// Queries are executed without a context (see execute): the end of
+	// ctx closes the connection instead, which ends any of them.
+	s.stopOnCancel = context.AfterFunc(ctx, func() { conn.Close() })
+	w.timeout = newQueryTimer(conn)
+	s.wake = time.AfterFunc(time.Hour, func() { w.wakeUp(s) })
+	s.wake.Stop()
 	w.lock()
 	w.live = conn
+	w.phase = stateSyncing
+	w.sess = s
+	w.startWorker(s) // the sync
 	w.mu.Unlock()
-	defer func() {
-		w.lock()
-		w.live = nil
-		w.mu.Unlock()
-		conn.Close()
-		<-conn.Done()
-	}()
+	return s, nil
+}
 
-	w.setPhase(stateSyncing)
-	if err := w.sync(ctx, conn); err != nil {
-		w.countFailure()
-		return 0, err
-	}
+// close ends a session whose connection is dead, once its worker has
+// stopped, and returns what session returns.
+func (w *watcher) close(s *session) (time.Duration, error) {
 	w.lock()
-	w.st.up = true
-	w.downSince = time.Time{}
-	w.phase = stateConnected
-	name := w.st.info.name
+	s.over = true
+	w.sess = nil
+	w.live = nil
 	w.mu.Unlock()
-	start := time.Now()
-	level.Info(w.logger).Log("msg", "qmp session established", "qemu_name", name, "qemu_version", conn.Greeting().Version.String())
+	s.wake.Stop()
+	s.stopOnCancel()
+	s.wg.Wait()
+	w.timeout.stop()
+	w.timeout = nil
 
-	refresh := time.NewTicker(w.opts.RefreshInterval)
-	defer refresh.Stop()
-	// migPoll ticks while a migration is in progress: without the events
-	// capability, polling is the only way to see it end.
-	var migPoll <-chan time.Time
+	if !s.established {
+		w.countFailure()
+		if s.err != nil {
+			return 0, s.err
+		}
+		return 0, s.conn.Err()
+	}
+	w.markDown()
+	lasted := time.Since(s.start)
+	switch {
+	case s.ctx.Err() != nil:
+	case s.err != nil:
+		level.Warn(w.logger).Log("msg", "dropping qmp session", "err", s.err)
+	default:
+		level.Info(w.logger).Log("msg", "qmp session lost", "err", s.conn.Err())
+	}
+	return lasted, nil
+}
+
+// session is the state of one connection's queries, shared by the
+// watcher's goroutine, its worker, its timer and the event handler. The
+// fields below ctx and conn are guarded by the watcher's mu, except where
+// noted.
+type session struct {
+	ctx  context.Context
+	conn *qmp.Conn
+	// wake fires at the next periodic refresh or migration poll; it is
+	// armed whenever the worker goes idle.
+	wake         *time.Timer
+	stopOnCancel func() bool
+	wg           sync.WaitGroup // the worker
+
+	working     bool // a worker goroutine runs
+	over        bool // the connection is dead: no more workers
+	due         need // queries wake asked for
+	nextRefresh time.Time
+	start       time.Time // when the sync ended
+	established bool      // the sync succeeded
+	err         error     // why the worker ended the session, if it did
+	synced      bool      // the sync has run; only workers touch it, one at a time
+}
+
+// startWorker starts the session's worker unless one runs or the session
+// is over. Called with w.mu held.
+func (w *watcher) startWorker(s *session) {
+	if s.working || s.over {
+		return
+	}
+	s.working = true
+	s.wg.Add(1)
+	go w.work(s)
+}
+
+// work runs the sync if it has not run, then rounds of queries until none
+// is due, and arms the timer for the next periodic one. A query that fails
+// other than with a QEMU error ends the session.
+func (w *watcher) work(s *session) {
+	defer s.wg.Done()
+	if !s.synced {
+		s.synced = true
+		if err := w.sync(s.ctx, s.conn); err != nil {
+			w.endSession(s, err)
+			return
+		}
+		w.lock()
+		w.st.up = true
+		w.downSince = time.Time{}
+		w.phase = stateConnected
+		name := w.st.info.name
+		s.established = true
+		s.start = time.Now()
+		s.nextRefresh = s.start.Add(w.opts.RefreshInterval)
+		w.mu.Unlock()
+		level.Info(w.logger).Log("msg", "qmp session established", "qemu_name", name, "qemu_version", s.conn.Greeting().Version.String())
+	}
 	for {
-		var n need
-		select {
-		case <-ctx.Done():
-			w.markDown()
-			return time.Since(start), nil
-		case <-conn.Done():
-			w.markDown()
-			level.Info(w.logger).Log("msg", "qmp session lost", "err", conn.Err())
-			return time.Since(start), nil
-		case <-w.nudge:
-			w.lock()
-			n, w.pending = w.pending, 0
-			w.mu.Unlock()
-		case <-refresh.C:
-			n = needAll
-		case <-migPoll:
-			n = needMigrate
-		}
-		if err := w.refresh(ctx, conn, n); err != nil {
-			w.markDown()
-			if ctx.Err() != nil {
-				return time.Since(start), nil
+		w.mu.Lock() // pending and the session, not the state
+		n := w.pending | s.due
+		w.pending, s.due = 0, 0
+		if n == 0 || s.over {
+			s.working = false
+			if !s.over {
+				// The periodic refresh and, while a migration is in
+				// progress, a poll migrationPollInterval after this
+				// round: without the events capability, polling is the
+				// only way to see it end.
+				d := time.Until(s.nextRefresh)
+				if w.st.mig.inProgress() {
+					d = min(d, migrationPollInterval)
+				}
+				s.wake.Reset(d)
 			}
-			level.Warn(w.logger).Log("msg", "dropping qmp session", "err", err)
-			return time.Since(start), nil
+			w.mu.Unlock()
+			return
 		}
-		migPoll = nil
-		if w.migrationInProgress() {
-			migPoll = time.After(migrationPollInterval)
+		w.mu.Unlock()
+		if err := w.refresh(s.ctx, s.conn, n); err != nil {
+			w.endSession(s, err)
+			return
 		}
 	}
+}
+
+// wakeUp runs on the session's timer: a periodic refresh, or a poll of a
+// migration in progress.
+func (w *watcher) wakeUp(s *session) {
+	now := time.Now()
+	w.mu.Lock() // the session, not the state
+	defer w.mu.Unlock()
+	n := needMigrate
+	if !now.Before(s.nextRefresh) {
+		n = needAll
+		s.nextRefresh = now.Add(w.opts.RefreshInterval)
+	}
+	s.due |= n
+	w.startWorker(s)
+}
+
+// endSession records why the worker gives up on the session and closes
+// the connection, which ends conn.Serve on the watcher's goroutine.
+func (w *watcher) endSession(s *session, err error) {
+	w.mu.Lock() // the session, not the state
+	if s.err == nil {
+		s.err = err
+	}
+	s.over = true
+	s.working = false
+	w.mu.Unlock()
+	s.conn.Close()
 }
 
 // migrationPollInterval is how often query-migrate is read while a
 // migration runs, so that no end (completed, failed, cancelled) is missed
 // even when the events capability is off.
 const migrationPollInterval = time.Second
-
-func (w *watcher) migrationInProgress() bool {
-	w.lock()
-	defer w.mu.Unlock()
-	return w.st.mig.inProgress()
-}
 
 // sync reads the absolute state that events only change: this is what
 // makes the data right again after a reconnect.
@@ -393,6 +530,9 @@ func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n need) error {
 		switch {
 		case errors.As(err, &qe):
 			if qe.Class == "CommandNotFound" {
+				if w.unsupported == nil {
+					w.unsupported = make(map[string]bool)
+				}
 				w.unsupported[q.command] = true
 			}
 			w.lock()
@@ -409,21 +549,72 @@ func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n need) error {
 	return nil
 }
 
+// execute runs one query, bounded by CommandTimeout. Rather than a
+// context with a timeout per query (a timer, a channel and a registration
+// with ctx each time, on every follow-up query of thousands of VMs), the
+// session's one queryTimer is armed around the call: if QEMU does not
+// answer in time, the timer closes the connection, which ends the call
+// and the session, as a timeout would. The end of ctx closes the
+// connection too (see session).
 func (w *watcher) execute(ctx context.Context, conn *qmp.Conn, cmd string, out any) error {
-	cctx, cancel := context.WithTimeout(ctx, w.opts.CommandTimeout)
-	defer cancel()
-	err := conn.Execute(cctx, cmd, nil, out)
-	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+	w.timeout.arm(w.opts.CommandTimeout)
+	err := conn.Execute(context.Background(), cmd, nil, out)
+	if w.timeout.disarm() && ctx.Err() == nil {
 		w.lock()
 		w.st.commandTimeouts++
 		w.mu.Unlock()
-		return errors.Join(errors.New("qemu did not answer "+cmd+" within "+w.opts.CommandTimeout.String()), err)
+		return &commandTimeoutError{command: cmd, after: w.opts.CommandTimeout}
 	}
 	return err
 }
 
+// commandTimeoutError says which query QEMU did not answer in time.
+type commandTimeoutError struct {
+	command string
+	after   time.Duration
+}
+
+func (e *commandTimeoutError) Error() string {
+	return "qemu did not answer " + e.command + " within " + e.after.String()
+}
+
+// Unwrap makes the error match context.DeadlineExceeded, as a query whose
+// context timed out would.
+func (e *commandTimeoutError) Unwrap() error { return context.DeadlineExceeded }
+
+// queryTimer bounds the session's queries, one at a time: armed before a
+// query, disarmed after it; if it fires in between, it closes the
+// connection. One timer serves the whole session.
+type queryTimer struct {
+	t     *time.Timer
+	fired atomic.Bool
+}
+
+func newQueryTimer(conn *qmp.Conn) *queryTimer {
+	qt := &queryTimer{}
+	qt.t = time.AfterFunc(time.Hour, func() {
+		qt.fired.Store(true)
+		conn.Close()
+	})
+	qt.t.Stop()
+	return qt
+}
+
+func (qt *queryTimer) arm(d time.Duration) { qt.t.Reset(d) }
+
+// disarm stops the timer and reports whether it fired.
+func (qt *queryTimer) disarm() bool {
+	if qt.t.Stop() {
+		return false
+	}
+	return qt.fired.Load()
+}
+
+func (qt *queryTimer) stop() { qt.t.Stop() }
+
 // onEvent runs on the connection's reader goroutine: it takes the lock,
-// folds, and at most nudges run. It never calls Execute.
+// folds, and at most starts the session's worker for the queries the
+// event asks for. It never calls Execute.
 func (w *watcher) onEvent(ev qmp.Event) {
 	w.lock()
 	if w.collectEarly && len(w.early) < maxEarlyEvents {
@@ -436,6 +627,9 @@ func (w *watcher) onEvent(ev qmp.Event) {
 		n = 0
 	}
 	w.pending |= n
+	if n != 0 && w.sess != nil {
+		w.startWorker(w.sess)
+	}
 	logData := w.st.dataErrors != before && !w.dataLogged
 	if logData {
 		w.dataLogged = true
@@ -443,12 +637,6 @@ func (w *watcher) onEvent(ev qmp.Event) {
 	w.mu.Unlock()
 	if logData {
 		level.Warn(w.logger).Log("msg", "qmp event with malformed data; it is counted, and further ones for this vm are only counted in qmp_event_data_errors_total", "event", ev.Name, "data", excerpt(ev.Data))
-	}
-	if n != 0 {
-		select {
-		case w.nudge <- struct{}{}:
-		default:
-		}
 	}
 }
 

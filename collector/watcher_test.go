@@ -5,12 +5,14 @@ import (
 	"fmt"
 	"hash/crc32"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
 
+	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
@@ -375,6 +377,204 @@ func TestReplacedVMKeepsItsFirstEvents(t *testing.T) {
 		got := scrape(t, m, "qmp_events_total", "qmp_up")
 		if !strings.Contains(got, `qmp_events_total{event="STOP",vm="a"} 1`) || strings.Contains(got, `event="RESET"`) {
 			t.Errorf("want the new VM's STOP kept and the old VM's RESET gone:\n%s", got)
+		}
+	})
+}
+
+// logBuffer is a log destination safe for concurrent writers.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestQueryTimeoutLogsOneLine: a query QEMU does not answer ends the
+// session with an error that names it, on one log line.
+func TestQueryTimeoutLogsOneLine(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var logs logBuffer
+		fake := &fakeQEMU{t: t, status: "running", name: "hung"}
+		m := NewManager(Options{CommandTimeout: time.Second, Logger: log.NewLogfmtLogger(&logs)})
+		m.dial = fake.dial
+		m.Sync([]Target{{Network: "unix", Address: "/x/hung.sock"}})
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { m.Run(ctx); close(done) }()
+		defer func() { cancel(); <-done }()
+		synctest.Wait()
+		fake.set(func(f *fakeQEMU) { f.hang = true })
+		if err := fake.server().Emit("STOP", nil); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(1500 * time.Millisecond)
+		synctest.Wait()
+		var line string
+		for l := range strings.Lines(logs.String()) {
+			if strings.Contains(l, "dropping qmp session") {
+				line = l
+			}
+		}
+		if want := `err="qemu did not answer query-status within 1s"`; !strings.Contains(line, want) {
+			t.Errorf("log line %q lacks %s", line, want)
+		}
+		got := scrape(t, m, "qmp_up", "qmp_command_timeouts_total")
+		if !strings.Contains(got, `qmp_up{vm="hung"} 0`) || !strings.Contains(got, `qmp_command_timeouts_total{vm="hung"} 1`) {
+			t.Errorf("hung query not counted as a timeout:\n%s", got)
+		}
+	})
+}
+
+// TestStopEndsHungQuery: stopping a watcher whose query QEMU does not
+// answer returns at once, without waiting for the query's timeout.
+func TestStopEndsHungQuery(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := &fakeQEMU{t: t, status: "running", name: "hung"}
+		_, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/hung.sock"})
+		synctest.Wait()
+		fake.set(func(f *fakeQEMU) { f.hang = true })
+		if err := fake.server().Emit("STOP", nil); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		before := time.Now()
+		stop()
+		if waited := time.Since(before); waited != 0 {
+			t.Errorf("stopping took %v of virtual time; want no wait for the query's timeout", waited)
+		}
+	})
+}
+
+// TestMigrationInProgressAtConnectIsPolled: a migration that is already
+// running when the session starts is polled from then on.
+func TestMigrationInProgressAtConnectIsPolled(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		polls := 0
+		fake := &fakeQEMU{t: t, status: "running", name: "mig"}
+		fake.extra = func(cmd qmptest.Command) (qmptest.Reply, bool) {
+			if cmd.Execute != "query-migrate" {
+				return qmptest.Reply{}, false
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			polls++
+			return qmptest.ReturnRaw(`{"status": "active"}`), true
+		}
+		_, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/mig.sock"})
+		defer stop()
+		synctest.Wait()
+		time.Sleep(5500 * time.Millisecond)
+		synctest.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		if polls < 5 {
+			t.Errorf("query-migrate read %d times in the first 5.5 s of a migration in progress, want the sync's and one a second", polls)
+		}
+	})
+}
+
+// opaqueContext hides its parent's cancelCtx, so that the context package
+// watches it with a goroutine per child: a child context that is never
+// cancelled shows up as a goroutine left behind.
+type opaqueContext struct{ context.Context }
+
+func (opaqueContext) Value(any) any { return nil }
+
+// TestSessionsLeaveNoContexts: each session cancels every context it
+// derives from the watcher's, so reconnecting does not pile them up.
+func TestSessionsLeaveNoContexts(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := &fakeQEMU{t: t, status: "running", name: "flappy"}
+		opts := Options{CommandTimeout: time.Second, MaxBackoff: time.Second}
+		opts.setDefaults()
+		w := newWatcher(Target{Network: "unix", Address: "/x/flappy.sock"}, opts, fake.dial)
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { w.run(opaqueContext{ctx}); close(done) }()
+		defer func() { cancel(); <-done }()
+		synctest.Wait()
+		// Only goroutines that watch a context count: other tests'
+		// goroutines ending meanwhile must not hide a leak.
+		watching := func() int {
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			k := 0
+			for g := range strings.SplitSeq(string(buf), "\n\n") {
+				if strings.Contains(g, "context.") {
+					k++
+				}
+			}
+			return k
+		}
+		base := watching()
+		for range 5 {
+			fake.server().Close()
+			time.Sleep(time.Second)
+			synctest.Wait()
+		}
+		if n := watching() - base; n != 0 {
+			t.Errorf("%d goroutines more watch a context after 5 reconnects: contexts left registered", n)
+		}
+	})
+}
+
+// TestIdleVMHasOneGoroutine: a connected VM with nothing to do costs one
+// goroutine, its connection's reader; a worker exists only while there are
+// queries to run.
+func TestIdleVMHasOneGoroutine(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		fake := &fakeQEMU{t: t, status: "running", name: "idle"}
+		const n = 3
+		var targets []Target
+		for i := range n {
+			targets = append(targets, Target{Network: "unix", Address: fmt.Sprintf("/x/idle%d.sock", i)})
+		}
+		m, stop := newTestManager(t, fake, targets...)
+		defer stop()
+		synctest.Wait()
+		count := func() int {
+			buf := make([]byte, 1<<20)
+			buf = buf[:runtime.Stack(buf, true)]
+			k := 0
+			for g := range strings.SplitSeq(string(buf), "\n\n") {
+				if strings.Contains(g, "collector.(*watcher)") || strings.Contains(g, "qmp.(*Conn)") {
+					k++
+				}
+			}
+			return k
+		}
+		if got := count(); got != n {
+			t.Errorf("%d goroutines for %d idle VMs, want one each", got, n)
+		}
+		// Events that ask for queries are served, and the worker goes.
+		fake.set(func(f *fakeQEMU) { f.status = "paused" })
+		if err := fake.server().Emit("STOP", nil); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		paused := 0
+		got := scrape(t, m, "qmp_vm_status")
+		for l := range strings.Lines(got) {
+			if strings.HasPrefix(l, `qmp_vm_status{status="paused",`) && strings.HasSuffix(l, "} 1\n") {
+				paused++
+			}
+		}
+		if paused != 1 {
+			t.Errorf("query-status after STOP not applied:\n%s", got)
+		}
+		if got := count(); got != n {
+			t.Errorf("%d goroutines for %d VMs after a round of queries, want one each", got, n)
 		}
 	})
 }
