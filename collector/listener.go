@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -31,35 +32,87 @@ type ListenOptions struct {
 	AllowedUIDs []uint32
 	// Labels are added to every series of the VMs that dial in here.
 	Labels map[string]string
+	// MaxVMs bounds the VMs the Manager keeps from dialling in (on all
+	// its listeners) when one more dials in here; zero means
+	// DefaultMaxDialledIn. See attach for what happens at the bound.
+	MaxVMs int
 }
+
+// DefaultMaxDialledIn is ListenOptions.MaxVMs when it is zero: far more
+// QEMUs than one host runs, few enough that a client inventing a new
+// UUID on every connection cannot grow the exporter without bound.
+const DefaultMaxDialledIn = 1024
 
 // maxHandshakes bounds the connections of one listener that may be in
 // their handshake at once; more are refused, so a flood of connections
 // cannot pile up goroutines.
 const maxHandshakes = 64
 
+// maxHandshakesPerPeer bounds the handshakes in progress from one peer
+// process (by the pid SO_PEERCRED reports). A QEMU opens one connection
+// per chardev and waits for it, so it never needs more; without this bound
+// a single process that opens connections and stays silent would fill
+// every slot of maxHandshakes, and every real QEMU dialling in would be
+// refused for as long as it kept at it. Peers whose credentials cannot be
+// read (TCP) share only the listener-wide bound.
+const maxHandshakesPerPeer = 4
+
 // maxQueuedEvents bounds the events kept from a dialled-in connection
 // between its handshake and the moment it is attached to its VM.
 const maxQueuedEvents = 256
+
+// listenerLogInterval is how often a listener logs each kind of trouble
+// at most (a refused or failed connection, a VM dialling in): a client
+// that connects in a loop costs counters, not a log line per connection.
+// The line after a quiet spell says how many were left out.
+const listenerLogInterval = 10 * time.Second
+
+// listener is the state of one Serve call.
+type listener struct {
+	lo ListenOptions
+	// cred reads a connection's peer credentials (peerCred; tests fake it).
+	cred func(net.Conn) (peerCredentials, error)
+	// slots holds a token per handshake in progress.
+	slots chan struct{}
+
+	mu      sync.Mutex
+	perPeer map[int32]int // handshakes in progress by peer pid
+	logs    logLimiter
+}
+
+func newListener(lo ListenOptions, cred func(net.Conn) (peerCredentials, error)) *listener {
+	if lo.MaxVMs <= 0 {
+		lo.MaxVMs = DefaultMaxDialledIn
+	}
+	return &listener{lo: lo, cred: cred, slots: make(chan struct{}, maxHandshakes), perPeer: make(map[int32]int)}
+}
 
 // Serve accepts connections on ln until ctx ends, identifies the VM on
 // each (query-name, query-uuid) and hands the session to that VM's
 // watcher: the same VM dialling again, after a QEMU or exporter restart,
 // continues the same series. It closes ln when ctx ends and returns after
 // every handshake it started has finished.
+//
+// What a client of the listener can cost is bounded: each handshake by
+// DialTimeout plus two CommandTimeouts, the handshakes in progress by
+// maxHandshakes (maxHandshakesPerPeer from one process), the VMs kept by
+// ListenOptions.MaxVMs, and the log lines by listenerLogInterval.
 func (m *Manager) Serve(ctx context.Context, ln net.Listener, lo ListenOptions) error {
+	return m.serve(ctx, ln, newListener(lo, peerCred))
+}
+
+func (m *Manager) serve(ctx context.Context, ln net.Listener, l *listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	sem := make(chan struct{}, maxHandshakes)
 	for {
 		nc, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			level.Warn(m.opts.Logger).Log("msg", "accept failed", "listener", lo.Name, "err", err)
+			m.listenerWarn(l, "accept", 0, "accept failed", "err", err)
 			select {
 			case <-ctx.Done():
 				return nil
@@ -67,39 +120,77 @@ func (m *Manager) Serve(ctx context.Context, ln net.Listener, lo ListenOptions) 
 			}
 			continue
 		}
-		select {
-		case sem <- struct{}{}:
-		default:
-			m.countListener(lo.Name, "refused")
-			level.Warn(m.opts.Logger).Log("msg", "too many connections in their handshake; refusing one", "listener", lo.Name)
-			nc.Close()
+		cred, release, ok := m.admit(l, nc)
+		if !ok {
 			continue
 		}
 		wg.Go(func() {
-			defer func() { <-sem }()
-			m.dialIn(ctx, nc, lo)
+			defer release()
+			m.dialIn(ctx, nc, l, cred)
 		})
 	}
 }
 
-// dialIn checks the peer, runs the handshake and the identity queries, and
-// attaches the session to its VM.
-func (m *Manager) dialIn(ctx context.Context, nc net.Conn, lo ListenOptions) {
-	logger := level.Info(m.opts.Logger)
-	cred, credErr := peerCred(nc)
-	if len(lo.AllowedUIDs) > 0 && (credErr != nil || !slices.Contains(lo.AllowedUIDs, cred.uid)) {
-		m.countListener(lo.Name, "refused")
-		level.Warn(m.opts.Logger).Log("msg", "refused a peer whose uid is not allowed", "listener", lo.Name, "uid", cred.uid, "pid", cred.pid, "err", credErr)
+// admit decides, at once, whether nc may start its handshake: its uid
+// must be allowed, and a slot free both on the listener and for its peer
+// process. A refused connection is closed and counted. release gives the
+// slots back once the handshake is over.
+func (m *Manager) admit(l *listener, nc net.Conn) (cred peerCredentials, release func(), ok bool) {
+	cred, credErr := l.cred(nc)
+	if len(l.lo.AllowedUIDs) > 0 && (credErr != nil || !slices.Contains(l.lo.AllowedUIDs, cred.uid)) {
+		m.countListener(l.lo.Name, "refused")
+		m.listenerWarn(l, "uid", cred.pid, "refused a peer whose uid is not allowed", "uid", cred.uid, "pid", cred.pid, "err", credErr)
 		nc.Close()
-		return
+		return cred, nil, false
 	}
+	select {
+	case l.slots <- struct{}{}:
+	default:
+		m.countListener(l.lo.Name, "refused")
+		m.listenerWarn(l, "busy", cred.pid, "too many connections in their handshake; refusing one", "pid", cred.pid)
+		nc.Close()
+		return cred, nil, false
+	}
+	pid := int32(0)
+	if credErr == nil && cred.pid > 0 {
+		pid = cred.pid
+	}
+	if pid != 0 {
+		l.mu.Lock()
+		n := l.perPeer[pid]
+		if n >= maxHandshakesPerPeer {
+			l.mu.Unlock()
+			<-l.slots
+			m.countListener(l.lo.Name, "refused")
+			m.listenerWarn(l, "peer-busy", pid, "too many connections in their handshake from one process; refusing one", "pid", pid, "uid", cred.uid)
+			nc.Close()
+			return cred, nil, false
+		}
+		l.perPeer[pid] = n + 1
+		l.mu.Unlock()
+	}
+	return cred, func() {
+		if pid != 0 {
+			l.mu.Lock()
+			if l.perPeer[pid]--; l.perPeer[pid] <= 0 {
+				delete(l.perPeer, pid)
+			}
+			l.mu.Unlock()
+		}
+		<-l.slots
+	}, true
+}
+
+// dialIn runs the handshake and the identity queries on an admitted
+// connection and attaches the session to its VM.
+func (m *Manager) dialIn(ctx context.Context, nc net.Conn, l *listener, cred peerCredentials) {
 	r := &relay{}
 	hctx, cancel := context.WithTimeout(ctx, m.opts.DialTimeout)
 	defer cancel()
 	conn, err := qmp.NewConn(hctx, nc, qmp.Options{OnEvent: r.event, OnProtocolError: r.protocolError, MaxMessageBytes: m.opts.MaxMessageBytes})
 	if err != nil {
-		m.countListener(lo.Name, "failed")
-		level.Warn(m.opts.Logger).Log("msg", "handshake with a dialled-in peer failed", "listener", lo.Name, "pid", cred.pid, "err", err)
+		m.countListener(l.lo.Name, "failed")
+		m.listenerWarn(l, "handshake", cred.pid, "handshake with a dialled-in peer failed", "pid", cred.pid, "err", err)
 		return
 	}
 	var name struct {
@@ -116,17 +207,121 @@ func (m *Manager) dialIn(ctx context.Context, nc net.Conn, lo ListenOptions) {
 		err := conn.Execute(qctx, q.cmd, nil, q.out)
 		qcancel()
 		if err != nil {
-			m.countListener(lo.Name, "failed")
-			level.Warn(m.opts.Logger).Log("msg", "identifying a dialled-in peer failed", "listener", lo.Name, "pid", cred.pid, "err", err)
+			m.countListener(l.lo.Name, "failed")
+			m.listenerWarn(l, "identify", cred.pid, "identifying a dialled-in peer failed", "pid", cred.pid, "err", err)
 			conn.Close()
 			<-conn.Done()
 			return
 		}
 	}
 	id := dialInIdentity(uuid.UUID, name.Name, cred, nc)
-	m.countListener(lo.Name, "accepted")
-	logger.Log("msg", "vm dialled in", "listener", lo.Name, "qemu_name", name.Name, "uuid", uuid.UUID, "pid", cred.pid, "identity", id)
-	m.attach(id, lo, conn, r)
+	if !m.attach(id, l, cred, conn, r) {
+		m.countListener(l.lo.Name, "refused")
+		m.listenerWarn(l, "full", cred.pid, "too many VMs have dialled in, none of them gone; refusing a new one", "max_vms", l.lo.MaxVMs, "identity", id, "pid", cred.pid)
+		conn.Close()
+		<-conn.Done()
+		return
+	}
+	m.countListener(l.lo.Name, "accepted")
+	// A VM that reconnects in a loop, or a process that dials in as a
+	// new VM each time, is logged once per interval.
+	key := "in\x00" + id
+	if cred.pid > 0 {
+		key = "in\x00" + strconv.Itoa(int(cred.pid))
+	}
+	if ok, left := l.logs.allow(key, time.Now()); ok {
+		kv := []any{"msg", "vm dialled in", "listener", l.lo.Name, "qemu_name", name.Name, "uuid", uuid.UUID, "pid", cred.pid, "identity", id}
+		if left > 0 {
+			kv = append(kv, "not_logged_since", left)
+		}
+		level.Info(m.opts.Logger).Log(kv...)
+	}
+}
+
+// listenerWarn logs a warning about the listener, at most one per kind and
+// peer process per listenerLogInterval (so each broken client gets its
+// line, and none gets more); the next one says how many were left out.
+func (m *Manager) listenerWarn(l *listener, kind string, pid int32, msg string, kv ...any) {
+	ok, left := l.logs.allow(kind+"\x00"+strconv.Itoa(int(pid)), time.Now())
+	if !ok {
+		return
+	}
+	kv = append([]any{"msg", msg, "listener", l.lo.Name}, kv...)
+	if left > 0 {
+		kv = append(kv, "not_logged_since", left)
+	}
+	level.Warn(m.opts.Logger).Log(kv...)
+}
+
+// limitLogger returns a logger for the watcher of a VM that dialled in:
+// its lines pass through the listener's limiter, keyed by peer (the
+// process that first dialled in as the VM) and message. A QEMU is one
+// process per VM, so each VM still gets its lines, at most one of a kind
+// per listenerLogInterval; a process that dials in as a new VM on every
+// connection gets no more than that in all, rather than a warning for
+// every VM it makes up.
+func (l *listener) limitLogger(next log.Logger, peer string) log.Logger {
+	return log.LoggerFunc(func(kv ...any) error {
+		var msg string
+		for i := 0; i+1 < len(kv); i += 2 {
+			if kv[i] == "msg" {
+				msg, _ = kv[i+1].(string)
+			}
+		}
+		ok, left := l.logs.allow("vm\x00"+peer+"\x00"+msg, time.Now())
+		if !ok {
+			return nil
+		}
+		if left > 0 {
+			kv = append(kv[:len(kv):len(kv)], "not_logged_since", left)
+		}
+		return next.Log(kv...)
+	})
+}
+
+// logLimiter lets one log line per key through per listenerLogInterval
+// and counts the others.
+type logLimiter struct {
+	mu   sync.Mutex
+	last map[string]logSlot
+}
+
+type logSlot struct {
+	at      time.Time
+	dropped int
+}
+
+// maxLogKeys bounds the keys a logLimiter remembers (a few per peer
+// process): past it, the keys older than the interval are forgotten, and
+// while all are recent, lines with new keys are dropped.
+const maxLogKeys = 16384
+
+// allow reports whether a line with key may be logged now, and how many
+// were held back since the last one that was.
+func (ll *logLimiter) allow(key string, now time.Time) (bool, int) {
+	ll.mu.Lock()
+	defer ll.mu.Unlock()
+	if ll.last == nil {
+		ll.last = make(map[string]logSlot)
+	}
+	s, seen := ll.last[key]
+	if seen && now.Sub(s.at) < listenerLogInterval {
+		s.dropped++
+		ll.last[key] = s
+		return false, 0
+	}
+	if !seen && len(ll.last) >= maxLogKeys {
+		for k, v := range ll.last {
+			if now.Sub(v.at) >= listenerLogInterval {
+				delete(ll.last, k)
+			}
+		}
+		if len(ll.last) >= maxLogKeys {
+			return false, 0
+		}
+	}
+	ll.last[key] = logSlot{at: now}
+	return true, s.dropped
 }
 
 // dialInIdentity names the VM behind a dialled-in connection: its UUID if
@@ -151,21 +346,53 @@ type dialledIn struct {
 }
 
 // attach gives a dialled-in session to the watcher of its VM, creating
-// the watcher the first time the VM dials in. A newer connection from the
-// same VM replaces a live one.
-func (m *Manager) attach(id string, lo ListenOptions, conn *qmp.Conn, r *relay) {
+// the watcher the first time the VM dials in, and reports whether it did.
+// A newer connection from the same VM replaces a live one.
+//
+// A new VM is refused (false) when l.lo.MaxVMs VMs that dialled in are
+// known and every one of them is connected or about to be; if some are
+// gone, the one gone longest is forgotten first, as StaleAfter would have
+// forgotten it later. So a client that makes up a new identity on every
+// connection cannot grow the exporter's memory and series without bound,
+// and cannot push out a VM that is connected.
+func (m *Manager) attach(id string, l *listener, cred peerCredentials, conn *qmp.Conn, r *relay) bool {
 	m.mu.Lock()
 	key := "dialin\x00" + id
 	mw := m.watchers[key]
 	if mw == nil {
-		w := newWatcher(Target{Network: "dialin", Address: id, Labels: lo.Labels}, m.opts, nil)
+		ok, forgot := m.makeRoomLocked(l.lo.MaxVMs)
+		if !ok {
+			m.mu.Unlock()
+			return false
+		}
+		if forgot != "" {
+			defer func() {
+				if ok, left := l.logs.allow("forgot", time.Now()); ok {
+					kv := []any{"msg", "forgot the vm that dialled in and has been gone longest, to make room for a new one", "listener", l.lo.Name, "identity", forgot, "max_vms", l.lo.MaxVMs}
+					if left > 0 {
+						kv = append(kv, "not_logged_since", left)
+					}
+					level.Info(m.opts.Logger).Log(kv...)
+				}
+			}()
+		}
+		w := newWatcher(Target{Network: "dialin", Address: id, Labels: l.lo.Labels}, m.opts, nil)
+		peer := "id:" + id
+		if cred.pid > 0 {
+			peer = "pid:" + strconv.Itoa(int(cred.pid))
+		}
+		w.logger = l.limitLogger(w.logger, peer)
 		w.dynamic = true
 		w.dialTimeout = 0
 		w.incoming = make(chan dialledIn, 1)
 		w.dial = w.awaitDialIn
-		// Waiting for QEMU to dial again costs nothing, and QEMU's own
-		// reconnect interval paces it: no backoff.
-		w.backoff = func(int) time.Duration { return 0 }
+		// The watcher keeps its backoff: a real QEMU dials again every
+		// few seconds (reconnect=), far slower than the first steps of
+		// the backoff, so it waits for nothing. But a peer whose sessions
+		// keep failing and that dials again at once is paced like a VM the
+		// exporter dials, so that each of its failed sessions (and its log
+		// lines) cannot come faster than the backoff; meanwhile its latest
+		// connection waits in incoming, its events kept by its relay.
 		w.noFollowUps = m.noFollowUps
 		mw = &managed{w: w}
 		m.watchers[key] = mw
@@ -177,7 +404,7 @@ func (m *Manager) attach(id string, lo ListenOptions, conn *qmp.Conn, r *relay) 
 	m.mu.Unlock()
 	if !running {
 		conn.Close()
-		return
+		return true
 	}
 	w := mw.w
 	// The live session, if any, is replaced: note it before handing the
@@ -191,7 +418,7 @@ func (m *Manager) attach(id string, lo ListenOptions, conn *qmp.Conn, r *relay) 
 			if old != nil {
 				old.Close()
 			}
-			return
+			return true
 		default:
 		}
 		// An older connection is still queued: drop it for this one.
@@ -201,6 +428,43 @@ func (m *Manager) attach(id string, lo ListenOptions, conn *qmp.Conn, r *relay) 
 		default:
 		}
 	}
+}
+
+// makeRoomLocked makes sure fewer than max VMs that dialled in are known,
+// forgetting the one that has been gone longest if need be (its identity
+// is returned); it reports false when all of them are connected, or have
+// a session on its way to them. Called with m.mu held.
+func (m *Manager) makeRoomLocked(max int) (ok bool, forgot string) {
+	n := 0
+	var oldestKey string
+	var oldest time.Time
+	for k, mw := range m.watchers {
+		if !mw.w.dynamic {
+			continue
+		}
+		n++
+		w := mw.w
+		w.mu.Lock()
+		gone := !w.st.up && !w.downSince.IsZero() && w.live == nil && len(w.incoming) == 0
+		since := w.downSince
+		w.mu.Unlock()
+		if gone && (oldestKey == "" || since.Before(oldest)) {
+			oldestKey, oldest = k, since
+		}
+	}
+	if n < max {
+		return true, ""
+	}
+	if oldestKey == "" {
+		return false, ""
+	}
+	mw := m.watchers[oldestKey]
+	if mw.cancel != nil {
+		mw.cancel()
+	}
+	delete(m.watchers, oldestKey)
+	delete(m.warned, mw.w)
+	return true, mw.w.target.Address
 }
 
 // awaitDialIn is the dial function of a dialled-in VM's watcher: it waits

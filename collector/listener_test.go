@@ -1,14 +1,20 @@
 package collector
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/go-kit/log"
 
 	"github.com/qmp-exporter/qmp_exporter/qmp/qmptest"
 )
@@ -45,7 +51,7 @@ func TestDialInIdentity(t *testing.T) {
 		const u1 = "11111111-2f0e-4d59-9d4b-7c1c7d0e2a11"
 
 		c1, s1 := dialInFake(t, "web", u1)
-		go m.dialIn(ctx, c1, lo)
+		go serveConn(ctx, m, lo, c1)
 		synctest.Wait()
 		if err := s1.Emit("STOP", nil); err != nil {
 			t.Fatal(err)
@@ -66,7 +72,10 @@ func TestDialInIdentity(t *testing.T) {
 			t.Errorf("after hang-up:\n%s", got)
 		}
 		c2, s2 := dialInFake(t, "web", u1)
-		go m.dialIn(ctx, c2, lo)
+		go serveConn(ctx, m, lo, c2)
+		// The first session was short: the watcher takes the new one
+		// after its backoff (at most 100 ms here).
+		time.Sleep(time.Second)
 		synctest.Wait()
 		if err := s2.Emit("STOP", nil); err != nil {
 			t.Fatal(err)
@@ -79,7 +88,7 @@ func TestDialInIdentity(t *testing.T) {
 
 		// Another VM.
 		c3, s3 := dialInFake(t, "db", "22222222-2f0e-4d59-9d4b-7c1c7d0e2a11")
-		go m.dialIn(ctx, c3, lo)
+		go serveConn(ctx, m, lo, c3)
 		synctest.Wait()
 		if got := scrape(t, m, "qmp_up"); !strings.Contains(got, `qmp_up{host="hv1",vm="db"} 1`) {
 			t.Errorf("second VM missing:\n%s", got)
@@ -96,9 +105,64 @@ func TestDialInIdentity(t *testing.T) {
 		// A listener restricted to some uids refuses a peer whose
 		// credentials cannot be read (a pipe has none).
 		c4, _ := dialInFake(t, "x", "33333333-2f0e-4d59-9d4b-7c1c7d0e2a11")
-		m.dialIn(ctx, c4, ListenOptions{Name: "restricted", AllowedUIDs: []uint32{0}})
+		serveConn(ctx, m, ListenOptions{Name: "restricted", AllowedUIDs: []uint32{0}}, c4)
 		if got := scrape(t, m, "qmp_listener_connections_total"); !strings.Contains(got, `qmp_listener_connections_total{listener="restricted",result="refused"} 1`) {
 			t.Errorf("refusal not counted:\n%s", got)
+		}
+	})
+}
+
+// serveConn handles one connection as a listener with lo would (with
+// the real peerCred), without an accept loop.
+func serveConn(ctx context.Context, m *Manager, lo ListenOptions, nc net.Conn) {
+	l := newListener(lo, peerCred)
+	cred, release, ok := m.admit(l, nc)
+	if !ok {
+		return
+	}
+	defer release()
+	m.dialIn(ctx, nc, l, cred)
+}
+
+// TestDialInFailingVMPaced: a VM that dials in, fails every session (a
+// garbage reply, then no answer) and dials again at once is paced by the
+// watcher's backoff: its failed sessions come no faster than a dialled
+// VM's would, however fast it reconnects, and its warnings are limited to
+// one per listenerLogInterval.
+func TestDialInFailingVMPaced(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var buf syncBuffer
+		m := NewManager(Options{CommandTimeout: time.Second, Logger: log.NewLogfmtLogger(&buf)})
+		ln := startListener(t, m, ListenOptions{Name: "l"})
+		const conns = 60
+		for range conns {
+			c, _ := qmptest.New(t, qmptest.Options{Handle: func(cmd qmptest.Command) (qmptest.Reply, bool) {
+				switch cmd.Execute {
+				case "query-name":
+					return qmptest.Return(map[string]string{"name": "broken"}), true
+				case "query-uuid":
+					return qmptest.Return(map[string]string{"UUID": "44444444-2f0e-4d59-9d4b-7c1c7d0e2a11"}), true
+				}
+				return qmptest.Raw("garbage instead of a reply"), true
+			}})
+			ln.connect(c, 9)
+			time.Sleep(500 * time.Millisecond)
+			synctest.Wait()
+		}
+		got := scrape(t, m, "qmp_listener_connections_total", "qmp_connection_attempts_total", "qmp_protocol_errors_total")
+		if !strings.Contains(got, `result="accepted"} 60`) {
+			t.Errorf("want all %d connections accepted:\n%s", conns, got)
+		}
+		var sessions int
+		if _, v, ok := strings.Cut(got, `qmp_connection_attempts_total{vm="uuid:44444444-2f0e-4d59-9d4b-7c1c7d0e2a11"} `); ok {
+			sessions, _ = strconv.Atoi(strings.Fields(v)[0])
+		}
+		if sessions == 0 || sessions > 15 {
+			t.Errorf("%d connections in %v made %d sessions, want 1 to 15 (paced by the backoff):\n%s",
+				conns, conns*500*time.Millisecond, sessions, got)
+		}
+		if n := strings.Count(buf.String(), "qmp protocol error"); n == 0 || n > 4 {
+			t.Errorf("%d sessions with a protocol error logged %d warnings about it, want 1 to 4 (at most one per 10 s):\n%s", sessions, n, buf.String())
 		}
 	})
 }
@@ -137,4 +201,228 @@ func TestPeerCred(t *testing.T) {
 	if cred.uid != uint32(os.Getuid()) || cred.pid != int32(os.Getpid()) {
 		t.Errorf("peer credentials %+v, want uid %d pid %d", cred, os.Getuid(), os.Getpid())
 	}
+}
+
+// pipeListener is a net.Listener whose connections a test hands over,
+// each with the peer credentials SO_PEERCRED would report.
+type pipeListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+	once  sync.Once
+
+	mu    sync.Mutex
+	creds map[net.Conn]peerCredentials
+}
+
+func newPipeListener() *pipeListener {
+	return &pipeListener{conns: make(chan net.Conn), done: make(chan struct{}), creds: make(map[net.Conn]peerCredentials)}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *pipeListener) Close() error {
+	l.once.Do(func() { close(l.done) })
+	return nil
+}
+
+func (l *pipeListener) Addr() net.Addr { return pipeAddr{} }
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "pipe" }
+
+// connect hands c to the accept loop as a connection from process pid.
+func (l *pipeListener) connect(c net.Conn, pid int32) {
+	l.mu.Lock()
+	l.creds[c] = peerCredentials{uid: 1000, pid: pid}
+	l.mu.Unlock()
+	l.conns <- c
+}
+
+func (l *pipeListener) cred(c net.Conn) (peerCredentials, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	cred, ok := l.creds[c]
+	if !ok {
+		return peerCredentials{}, errors.New("no credentials")
+	}
+	return cred, nil
+}
+
+// startListener runs m and a listener with lo on a pipeListener until
+// the test ends.
+func startListener(t *testing.T, m *Manager, lo ListenOptions) *pipeListener {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	ln := newPipeListener()
+	var wg sync.WaitGroup
+	wg.Go(func() { m.Run(ctx) })
+	wg.Go(func() { m.serve(ctx, ln, newListener(lo, ln.cred)) })
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return ln
+}
+
+// TestListenerSilentSwarm: one process opens many connections and never
+// greets on any. It gets maxHandshakesPerPeer handshakes at once, each
+// ended after DialTimeout, and the rest are refused; a QEMU dialling in
+// meanwhile is not crowded out.
+func TestListenerSilentSwarm(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := NewManager(Options{DialTimeout: 5 * time.Second})
+		ln := startListener(t, m, ListenOptions{Name: "l"})
+		const swarm = 2 * maxHandshakes
+		for range swarm {
+			c, _ := qmptest.New(t, qmptest.Options{NoGreeting: true})
+			ln.connect(c, 666)
+		}
+		synctest.Wait()
+		c, _ := dialInFake(t, "web", "11111111-2f0e-4d59-9d4b-7c1c7d0e2a11")
+		ln.connect(c, 100)
+		synctest.Wait()
+		got := scrape(t, m, "qmp_up", "qmp_listener_connections_total")
+		for _, w := range []string{
+			`qmp_up{vm="web"} 1`,
+			`qmp_listener_connections_total{listener="l",result="accepted"} 1`,
+			`qmp_listener_connections_total{listener="l",result="refused"} ` + strconv.Itoa(swarm-maxHandshakesPerPeer),
+		} {
+			if !strings.Contains(got, w) {
+				t.Errorf("with a silent swarm from one process: missing %s in\n%s", w, got)
+			}
+		}
+		// The swarm's handshakes end after DialTimeout.
+		time.Sleep(5*time.Second + time.Millisecond)
+		synctest.Wait()
+		want := `qmp_listener_connections_total{listener="l",result="failed"} ` + strconv.Itoa(maxHandshakesPerPeer)
+		if got := scrape(t, m, "qmp_listener_connections_total"); !strings.Contains(got, want) {
+			t.Errorf("after DialTimeout: missing %s in\n%s", want, got)
+		}
+	})
+}
+
+// TestListenerMaxVMs: a client that makes up a new identity on each
+// connection cannot add VMs without bound. At MaxVMs, a new VM takes the
+// place of the one gone longest and is refused while all are connected.
+func TestListenerMaxVMs(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := NewManager(Options{})
+		ln := startListener(t, m, ListenOptions{Name: "l", MaxVMs: 2})
+		vm := func(name string, pid int32) *qmptest.Server {
+			c, s := dialInFake(t, name, "")
+			ln.connect(c, pid)
+			synctest.Wait()
+			return s
+		}
+		sa := vm("a", 1)
+		vm("b", 2)
+		vm("c", 3) // refused: a and b are connected
+		got := scrape(t, m, "qmp_up", "qmp_listener_connections_total")
+		for _, w := range []string{`qmp_up{vm="a"} 1`, `qmp_up{vm="b"} 1`, `result="refused"} 1`} {
+			if !strings.Contains(got, w) {
+				t.Errorf("at MaxVMs with all connected: missing %s in\n%s", w, got)
+			}
+		}
+		if strings.Contains(got, `vm="c"`) {
+			t.Errorf("a third VM got in past MaxVMs 2:\n%s", got)
+		}
+		// a leaves; with a churning client, VMs come and go.
+		sa.Close()
+		synctest.Wait()
+		time.Sleep(time.Second)
+		vm("d", 4) // takes a's place
+		time.Sleep(time.Second)
+		vm("e", 5) // refused: b and d are connected
+		for i := range 20 {
+			s := vm("churn-"+strconv.Itoa(i), int32(10+i))
+			if i%2 == 0 {
+				s.Close()
+				synctest.Wait()
+			}
+		}
+		got = scrape(t, m, "qmp_up")
+		if n := strings.Count(got, "qmp_up{"); n != 2 || !strings.Contains(got, `qmp_up{vm="b"} 1`) || !strings.Contains(got, `qmp_up{vm="d"} 1`) {
+			t.Errorf("after churn, want b and d alone (connected, never pushed out), got %d VMs:\n%s", n, got)
+		}
+	})
+}
+
+// TestListenerLogsRateLimited: a client that connects and hangs up in a
+// loop is counted every time but logged once per listenerLogInterval,
+// and so are a VM that keeps dialling in again and a process that dials
+// in as a new VM every time.
+func TestListenerLogsRateLimited(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var buf syncBuffer
+		m := NewManager(Options{Logger: log.NewLogfmtLogger(&buf)})
+		ln := startListener(t, m, ListenOptions{Name: "l"})
+		const n = 50
+		hangUps := func() {
+			for range n {
+				c, s := net.Pipe()
+				s.Close()
+				ln.connect(c, 7)
+				synctest.Wait()
+			}
+		}
+		hangUps()
+		for range n {
+			c, s := dialInFake(t, "web", "11111111-2f0e-4d59-9d4b-7c1c7d0e2a11")
+			ln.connect(c, 8)
+			synctest.Wait()
+			s.Close()
+			synctest.Wait()
+		}
+		got := scrape(t, m, "qmp_listener_connections_total")
+		for _, w := range []string{`result="failed"} 50`, `result="accepted"} 50`} {
+			if !strings.Contains(got, w) {
+				t.Errorf("missing %s in\n%s", w, got)
+			}
+		}
+		// A process that makes up a new VM on every connection, each of
+		// which fails its first session.
+		for i := range n {
+			c, s := dialInFake(t, "made-up-"+strconv.Itoa(i), "")
+			ln.connect(c, 9)
+			synctest.Wait()
+			s.Close()
+			synctest.Wait()
+		}
+		count := func(s string) int { return strings.Count(buf.String(), s) }
+		if f, in := count("handshake with a dialled-in peer failed"), count(`msg="vm dialled in"`); f != 1 || in != 2 {
+			t.Errorf("%d connections that hung up logged %d lines, %d sessions of one VM and %d made-up VMs %d lines; want 1 and 2:\n%s", n, f, n, n, in, buf.String())
+		}
+		if lost := count(`msg="qmp session lost"`); lost != 2 {
+			t.Errorf("%d sessions of one VM and %d made-up VMs logged %d \"qmp session lost\" lines, want 2 (one per process):\n%s", n, n, lost, buf.String())
+		}
+		time.Sleep(listenerLogInterval)
+		hangUps()
+		if f := count("handshake with a dialled-in peer failed"); f != 2 || count("not_logged_since=49") != 1 {
+			t.Errorf("after %v, want one more line saying how many were left out:\n%s", listenerLogInterval, buf.String())
+		}
+	})
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

@@ -345,6 +345,10 @@ func TestChaosEndToEnd(t *testing.T) {
 
 	// Broken peers: never up, retried, and a warning names each one.
 	logs := e.exp.Logs()
+	// Scraped after the logs were read: a session is counted when it
+	// starts and logs when it ends, so every session that logged is
+	// counted here.
+	afterLogs := scrapeNow(t, ctx, e.exp)
 	for _, b := range broken {
 		n := b.name
 		if !final.Has(up(n), 0) || sc.result.everUp[n] {
@@ -360,6 +364,15 @@ func TestChaosEndToEnd(t *testing.T) {
 			continue
 		}
 		t.Logf("%-12s %s", n+":", ls[i])
+		// However much it misbehaves within a session (the garbage peer
+		// sends a dozen bad lines per session), a broken peer costs at
+		// most a warning per session, and sessions are paced by the
+		// backoff: no log flood.
+		if a := afterLogs[counter("qmp_connection_attempts_total", n)]; float64(len(ls)) > a+1 {
+			t.Errorf("%s: %d warnings over %v sessions, want at most one per session:\n%s", n, len(ls), a, strings.Join(ls, "\n"))
+		} else {
+			t.Logf("%-12s %d warnings over %v sessions", n+":", len(ls), a)
+		}
 	}
 	for _, n := range []string{"garbage", "unknown-id"} {
 		if v := final[counter("qmp_protocol_errors_total", n)]; v == 0 {

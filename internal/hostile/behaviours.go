@@ -2,6 +2,8 @@ package hostile
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"time"
@@ -14,6 +16,50 @@ type NeverGreet struct{}
 func (NeverGreet) eventsToSend() int { return 0 }
 
 func (NeverGreet) serve(_ context.Context, s *session) error { return s.drain() }
+
+// HangUp closes every connection at once without a byte: with Dial and
+// no retry interval, a client that connects and disconnects in a tight
+// loop.
+type HangUp struct{}
+
+func (HangUp) eventsToSend() int { return 0 }
+
+func (HangUp) serve(context.Context, *session) error { return nil }
+
+// NewIdentity answers like QEMU 7.2, but as a different VM on every
+// session: the name and UUID carry the session's number (Prefix-N). It
+// hangs up right after answering query-uuid unless Stay is set. Against a
+// listener, it is a client that makes up a new VM on each connection.
+type NewIdentity struct {
+	Prefix string
+	Stay   bool
+}
+
+func (NewIdentity) eventsToSend() int { return 0 }
+
+func (b NewIdentity) serve(_ context.Context, s *session) error {
+	s.p.mu.Lock()
+	n := s.p.conns
+	s.p.mu.Unlock()
+	id := Identity{Name: fmt.Sprintf("%s-%d", b.Prefix, n), UUID: fmt.Sprintf("0e0e0e0e-0000-4000-8000-%012d", n)}
+	if err := s.negotiate(); err != nil {
+		return err
+	}
+	errDone := errors.New("identified")
+	err := s.answerLoop(id, func(c command) (bool, error) {
+		if c.Execute != "query-uuid" || b.Stay {
+			return false, nil
+		}
+		if err := s.answer(c, id); err != nil {
+			return true, err
+		}
+		return true, errDone
+	})
+	if errors.Is(err, errDone) {
+		return nil
+	}
+	return err
+}
 
 // NoCapabilitiesReply greets and then answers nothing, not even
 // qmp_capabilities.

@@ -3,7 +3,11 @@
 // garbage, invalid UTF-8, replies with ids nobody sent, a line too long to
 // accept or half a line, flood events, and, to compare against, healthy
 // ones that answer like Debian's QEMU 7.2 and emit a known number of
-// events. It is test tooling, not part of the exporter.
+// events. Dial runs the same behaviours as a QEMU whose monitor dials the
+// exporter's listener (a client-mode chardev), reconnecting like QEMU's
+// reconnect=, with two more for that side: HangUp (connect and disconnect
+// in a loop) and NewIdentity (a new VM on every connection). It is test
+// tooling, not part of the exporter.
 //
 // # Sessions
 //
@@ -11,7 +15,8 @@
 // server=on: while a client is connected, further clients wait in the
 // listen backlog and get nothing until the first one leaves. A session ends
 // when the client hangs up or the Peer stops; the Peer then accepts the
-// next client.
+// next client. A Peer that dials has one connection at a time too, and
+// makes the next one when it ends.
 //
 // State that must survive a reconnect lives in the Peer, not the session:
 // the events still to send (a Healthy peer emits exactly Events events over
@@ -20,13 +25,14 @@
 //
 // # Concurrency and cleanup
 //
-// Serve starts one goroutine, the accept loop, which runs each session
-// itself; a session starts at most one more (an event writer, or a command
-// reader while it writes) and waits for it before it returns. Everything stops when the
-// ctx given to Serve ends or Close is called: the listener and the current
-// connection are closed, which unblocks every read and write. Close waits
-// for all of it and removes the socket file, so a test that calls Close
-// (t.Cleanup) leaves no goroutine behind and passes goleak.
+// Serve starts one goroutine, the accept loop (Dial: the dial loop),
+// which runs each session itself; a session starts at most one more (an
+// event writer, or a command reader while it writes) and waits for it
+// before it returns. Everything stops when the ctx given to Serve or Dial
+// ends or Close is called: the listener and the current connection are
+// closed, which unblocks every read and write. Close waits for all of it
+// and removes the socket file (of a Peer that listens), so a test that
+// calls Close (t.Cleanup) leaves no goroutine behind and passes goleak.
 //
 // Every command a peer receives is recorded (Commands), so that a test can
 // check that the exporter sent nothing outside its read-only allow-list.
@@ -55,7 +61,8 @@ const maxCommandBytes = 64 << 10
 
 // Behaviour is how a Peer treats its clients: one of the types of this
 // package (NeverGreet, NoCapabilitiesReply, Garbage, InvalidUTF8,
-// UnknownID, HugeLine, HalfLineThenHang, Flood, Healthy). A Behaviour is a
+// UnknownID, HugeLine, HalfLineThenHang, Flood, Healthy, HangUp,
+// NewIdentity). A Behaviour is a
 // plain value; what must last across sessions is kept by the Peer.
 type Behaviour interface {
 	// serve runs one session on s; it returns when the client hangs up,
@@ -76,11 +83,12 @@ type Identity struct {
 	UUID string
 }
 
-// Peer is a fake QMP monitor listening on a unix socket.
+// Peer is a fake QMP monitor listening on a unix socket (Serve), or
+// dialling one (Dial).
 type Peer struct {
 	path   string
 	b      Behaviour
-	ln     *net.UnixListener
+	ln     *net.UnixListener // nil for a Peer that dials
 	cancel context.CancelFunc
 	done   chan struct{} // closed when the accept loop has returned
 
@@ -125,10 +133,55 @@ func Serve(ctx context.Context, path string, b Behaviour) (*Peer, error) {
 	return p, nil
 }
 
+// Dial runs b as a QEMU whose monitor dials the exporter (a client-mode
+// chardev, -chardev socket,path=...,reconnect=N): it connects to the unix
+// socket path, serves the exporter on that connection as b says (the
+// exporter, which accepted, is the client), and when the connection ends
+// connects again after retry, like QEMU's reconnect, until ctx ends or
+// Close is called. A connection that fails (nothing listening yet) is
+// retried after retry too. The Peer's methods work as for Serve;
+// Connections counts the connections made.
+//
+// Behaviours that wait for the client to go away (NeverGreet and the
+// others) hold their connection until the exporter gives up on it. With
+// retry 0, HangUp connects and disconnects in a tight loop.
+func Dial(ctx context.Context, path string, retry time.Duration, b Behaviour) (*Peer, error) {
+	if b == nil {
+		return nil, errors.New("hostile: nil Behaviour")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	p := &Peer{path: path, b: b, cancel: cancel, done: make(chan struct{}), eventsDone: make(chan struct{})}
+	p.left = b.eventsToSend()
+	if p.left == 0 {
+		p.finishEvents()
+	}
+	go p.dialLoop(ctx, retry)
+	return p, nil
+}
+
+// dialLoop connects, serves and connects again until ctx ends.
+func (p *Peer) dialLoop(ctx context.Context, retry time.Duration) {
+	defer close(p.done)
+	var d net.Dialer
+	for ctx.Err() == nil {
+		nc, err := d.DialContext(ctx, "unix", p.path)
+		if err == nil {
+			p.mu.Lock()
+			p.conns++
+			p.mu.Unlock()
+			p.runSession(ctx, nc)
+		}
+		if !sleep(ctx, retry) {
+			return
+		}
+	}
+}
+
 // Path returns the socket's path.
 func (p *Peer) Path() string { return p.path }
 
-// Close stops the peer, waits for its goroutines and removes the socket.
+// Close stops the peer, waits for its goroutines and removes the socket
+// (if it listened).
 // It returns the first unexpected error a session met, if any. It is
 // idempotent.
 func (p *Peer) Close() error {

@@ -412,3 +412,152 @@ func TestStopMidSession(t *testing.T) {
 		}
 	}
 }
+
+// accept listens on a unix socket and returns each accepted connection
+// as a qmp.Conn (the handshake done by the accepting side, as the
+// exporter's listener does), until the test ends.
+func acceptQMP(t *testing.T, path string) <-chan *client {
+	t.Helper()
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan *client)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c := &client{}
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			conn, err := qmp.NewConn(ctx, nc, c.opts(0))
+			cancel()
+			if err != nil {
+				nc.Close()
+				continue
+			}
+			c.Conn = conn
+			select {
+			case out <- c:
+			case <-t.Context().Done():
+				conn.Close()
+				return
+			}
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-done })
+	return out
+}
+
+// next returns the next connection from acceptQMP, failing the test if
+// none comes within 10 s.
+func next(t *testing.T, conns <-chan *client) *client {
+	t.Helper()
+	select {
+	case c := <-conns:
+		return c
+	case <-time.After(10 * time.Second):
+		t.Fatal("no connection within 10 s")
+		return nil
+	}
+}
+
+// TestDialReconnects: a Healthy peer that dials in answers on the
+// connection it made, dials again after it ends, as QEMU's reconnect does,
+// and emits all its events.
+func TestDialReconnects(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "listen.sock")
+	conns := acceptQMP(t, path)
+	p, err := Dial(t.Context(), path, 10*time.Millisecond, Healthy{Identity: Identity{Name: "in"}, Events: 6})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("peer: %v", err)
+		}
+	})
+	var name struct {
+		Name string `json:"name"`
+	}
+	for i := range 2 {
+		c := next(t, conns)
+		if err := execute(t, c, "query-name", 5*time.Second, &name); err != nil || name.Name != "in" {
+			t.Fatalf("session %d: query-name: %q, %v", i, name.Name, err)
+		}
+		if i == 0 {
+			// Hang up: the peer dials again, and what it has not sent
+			// yet goes to the next session.
+			c.Close()
+			<-c.Done()
+		}
+	}
+	waitClosed(t, p.EventsDone(), "events")
+	if p.Sent() != 6 || p.Connections() != 2 {
+		t.Errorf("sent %d events over %d connections, want 6 over 2", p.Sent(), p.Connections())
+	}
+}
+
+// TestHangUpLoop: HangUp with no retry interval connects and hangs up
+// over and over; NewIdentity is a new VM on each connection.
+func TestHangUpLoop(t *testing.T) {
+	dir := t.TempDir()
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: filepath.Join(dir, "l.sock"), Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	if err := ln.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	p, err := Dial(t.Context(), filepath.Join(dir, "l.sock"), 0, HangUp{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 20 {
+		nc, err := ln.Accept()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n, err := nc.Read(make([]byte, 1)); n != 0 || err == nil {
+			t.Errorf("read %d bytes, %v; want the peer gone", n, err)
+		}
+		nc.Close()
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if p.Connections() < 20 {
+		t.Errorf("%d connections, want at least 20", p.Connections())
+	}
+
+	path := filepath.Join(dir, "id.sock")
+	conns := acceptQMP(t, path)
+	p, err = Dial(t.Context(), path, 0, NewIdentity{Prefix: "x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := p.Close(); err != nil {
+			t.Errorf("peer: %v", err)
+		}
+	})
+	var uuids []string
+	for range 2 {
+		c := next(t, conns)
+		var uuid struct {
+			UUID string `json:"UUID"`
+		}
+		if err := execute(t, c, "query-uuid", 5*time.Second, &uuid); err != nil {
+			t.Fatal(err)
+		}
+		waitClosed(t, c.Done(), "hang-up after query-uuid")
+		uuids = append(uuids, uuid.UUID)
+	}
+	if uuids[0] == uuids[1] {
+		t.Errorf("two sessions answered the same UUID %s", uuids[0])
+	}
+}
