@@ -217,7 +217,7 @@ var (
 
 // mListener is the listeners' metric; it has no vm label.
 var mListener = def("qmp_listener_connections_total", "counter", "listener sockets (QEMU dialling in)",
-	"Connections QEMUs opened to a listener socket, by result: accepted (identified and attached to its VM), refused (peer uid not allowed, or too many handshakes at once) or failed (handshake or identification failed).",
+	"Connections QEMUs opened to a listener socket, by result: accepted (identified and attached to its VM), refused (peer uid not allowed, too many handshakes at once in all or from one process, or the limit of dialled-in VMs reached while all are connected) or failed (handshake or identification failed).",
 	"listener", "result")
 
 // metricDefs lists every metric the collector exports, in README order.

@@ -281,6 +281,9 @@ func (l *Listen) validate() error {
 		return errors.New("set exactly one of path and address")
 	case l.Path != "":
 		return checkUnixPath(l.Path)
+	case len(l.AllowedUIDs) > 0:
+		// A TCP peer has no uid to check: every connection would be refused.
+		return errors.New("allowed_uids applies to unix sockets (path) only; a TCP listener cannot see the peer's uid")
 	}
 	host, port, err := net.SplitHostPort(l.Address)
 	if err != nil {

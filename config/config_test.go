@@ -537,6 +537,7 @@ discovery:
 	for _, tc := range []struct{ in, want string }{
 		{"listen: [{}]", "listen[0]: set exactly one of path and address"},
 		{"listen: [{path: /a, address: ':1'}]", "listen[0]: set exactly one of path and address"},
+		{"listen: [{address: ':1', allowed_uids: [0]}]", "listen[0]: allowed_uids applies to unix sockets (path) only; a TCP listener cannot see the peer's uid"},
 		{"listen: [{path: /a, mode: '0999'}]", `line 1: invalid mode "0999", want an octal file mode such as 0660`},
 		{"listen: [{address: 'h:0'}]", `listen[0]: invalid address "h:0": port "0" is not a number from 1 to 65535`},
 		{"labels: {vm: x}", `labels: label name "vm" is reserved, the exporter sets it to the VM's name`},
