@@ -27,7 +27,10 @@
 //
 // # Concurrency and ordering
 //
-// A Conn has exactly one reader goroutine. It reads a message, and:
+// A Conn has exactly one reader goroutine: its own, or, with
+// Options.ServeReader, the caller's goroutine running Conn.Serve (one
+// goroutine per connection instead of two, for a caller that would wait
+// for the connection's end anyway). It reads a message, and:
 //
 //   - an event is passed to Options.OnEvent synchronously, on the reader
 //     goroutine, in the order QEMU sent it (wire order). Events are never

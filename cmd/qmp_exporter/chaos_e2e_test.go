@@ -431,19 +431,7 @@ func TestChaosEndToEnd(t *testing.T) {
 	// Scrapes: every one succeeded, none slow; the body was always valid
 	// UTF-8.
 	r := sc.result
-	if r.failed > 0 {
-		t.Errorf("%d of %d scrapes failed; first: %v", r.failed, len(r.latencies)+r.failed, r.firstErr)
-	}
-	if r.invalidUTF8 > 0 {
-		t.Errorf("%d scrapes returned invalid UTF-8", r.invalidUTF8)
-	}
-	lat := slices.Sorted(slices.Values(r.latencies))
-	if len(lat) < 20 {
-		t.Fatalf("only %d scrapes", len(lat))
-	}
-	if mx := lat[len(lat)-1]; mx > chaosMaxScrape {
-		t.Errorf("slowest scrape took %v, want under %v", mx, chaosMaxScrape)
-	}
+	lat := checkScrapes(t, r)
 	t.Logf("scrapes: %d, all 200; latency median %v, p99 %v, max %v; %d-%d series",
 		len(lat), lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)*99/100].Round(time.Microsecond),
 		lat[len(lat)-1].Round(time.Microsecond), r.minSeries, r.maxSeries)
@@ -663,6 +651,27 @@ func startScraper(ctx context.Context, addr string, watch []string) *scraper {
 		}
 	}()
 	return s
+}
+
+// checkScrapes fails t unless every scrape in r succeeded with valid UTF-8,
+// at least 20 were taken and none took chaosMaxScrape or more; it returns
+// the latencies sorted.
+func checkScrapes(t *testing.T, r scrapeResult) []time.Duration {
+	t.Helper()
+	if r.failed > 0 {
+		t.Errorf("%d of %d scrapes failed; first: %v", r.failed, len(r.latencies)+r.failed, r.firstErr)
+	}
+	if r.invalidUTF8 > 0 {
+		t.Errorf("%d scrapes returned invalid UTF-8", r.invalidUTF8)
+	}
+	lat := slices.Sorted(slices.Values(r.latencies))
+	if len(lat) < 20 {
+		t.Fatalf("only %d scrapes", len(lat))
+	}
+	if mx := lat[len(lat)-1]; mx > chaosMaxScrape {
+		t.Errorf("slowest scrape took %v, want under %v", mx, chaosMaxScrape)
+	}
+	return lat
 }
 
 // stop stops the scraper and waits for it; s.result is then final.

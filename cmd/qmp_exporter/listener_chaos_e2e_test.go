@@ -380,19 +380,7 @@ func TestListenerChaosEndToEnd(t *testing.T) {
 
 	// Scrapes, memory, goroutines, file descriptors.
 	r := sc.result
-	if r.failed > 0 {
-		t.Errorf("%d of %d scrapes failed; first: %v", r.failed, len(r.latencies)+r.failed, r.firstErr)
-	}
-	if r.invalidUTF8 > 0 {
-		t.Errorf("%d scrapes returned invalid UTF-8", r.invalidUTF8)
-	}
-	lat := slices.Sorted(slices.Values(r.latencies))
-	if len(lat) < 20 {
-		t.Fatalf("only %d scrapes", len(lat))
-	}
-	if mx := lat[len(lat)-1]; mx > chaosMaxScrape {
-		t.Errorf("slowest scrape took %v, want under %v", mx, chaosMaxScrape)
-	}
+	lat := checkScrapes(t, r)
 	t.Logf("scrapes: %d, all 200; latency median %v, max %v; %d-%d series", len(lat),
 		lat[len(lat)/2].Round(time.Microsecond), lat[len(lat)-1].Round(time.Microsecond), r.minSeries, r.maxSeries)
 	rss, hwm := procMemory(t, e.exp.Pid())
