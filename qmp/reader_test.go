@@ -95,7 +95,16 @@ func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
 // the borrowed buffer and written in pieces, a deadline-free wait, and
 // the peer hanging up.
 func TestConnOverUnixSocket(t *testing.T) {
-	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "qmp.sock"))
+	testConnOverSocket(t, "unix", filepath.Join(t.TempDir(), "qmp.sock"))
+}
+
+// TestConnOverTCP: TCP targets and listeners take the same raw read path.
+func TestConnOverTCP(t *testing.T) {
+	testConnOverSocket(t, "tcp", "127.0.0.1:0")
+}
+
+func testConnOverSocket(t *testing.T, network, address string) {
+	ln, err := net.Listen(network, address)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -153,13 +162,13 @@ func TestConnOverUnixSocket(t *testing.T) {
 	events := make(chan string, 4)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	c, err := Dial(ctx, "unix", ln.Addr().String(), Options{OnEvent: func(ev Event) { events <- ev.Name }})
+	c, err := Dial(ctx, network, ln.Addr().String(), Options{OnEvent: func(ev Event) { events <- ev.Name }})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	if _, ok := c.lr.idle.(*rawIdleReader); !ok {
-		t.Fatalf("a unix socket is read through %T, want its RawConn", c.lr.idle)
+		t.Fatalf("a %s socket is read through %T, want its RawConn", network, c.lr.idle)
 	}
 	var got struct {
 		Name string `json:"name"`
