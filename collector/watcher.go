@@ -679,7 +679,7 @@ func (w *watcher) setPhase(p watcherState) {
 }
 
 func (w *watcher) phaseName() string {
-	w.lock()
+	w.mu.Lock() // reads only: the rendered series stay valid
 	defer w.mu.Unlock()
 	return w.phase.String()
 }
