@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -53,6 +54,7 @@ type flags struct {
 	listens        []string
 	staleAfter     time.Duration
 	staleAfterSet  bool // --qmp.stale-after was given
+	listenMaxVMs   int
 	dialTimeout    time.Duration
 	commandTimeout time.Duration
 	maxBackoff     time.Duration
@@ -89,6 +91,8 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
 		PlaceHolder("GLOB").StringsVar(&f.globs)
 	app.Flag("qmp.listen", "Create this unix socket and accept QEMUs that dial in to it (-chardev socket,path=PATH,reconnect=5 -mon chardev=...,mode=control). Repeatable; added to listen of --config.file.").
 		PlaceHolder("PATH").StringsVar(&f.listens)
+	app.Flag("qmp.listen-max-vms", "Most VMs kept from dialling in, over all listeners. At the bound a new VM replaces the one unreachable longest, or is refused while all are connected, so a client inventing identities cannot grow the exporter without limit.").
+		Default(strconv.Itoa(collector.DefaultMaxDialledIn)).IntVar(&f.listenMaxVMs)
 	app.Flag("qmp.stale-after", "Remove the series of a discovered or dialled-in VM that has been unreachable this long. Overrides discovery.stale_after of --config.file.").
 		Default("5m").IsSetByUser(&f.staleAfterSet).DurationVar(&f.staleAfter)
 	app.Flag("qmp.dial-timeout", "Limit on connecting to a monitor and completing the QMP handshake.").
@@ -215,6 +219,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "%s: OK, %d VMs\n", f.configFile, len(initial))
 		return 0
 	}
+	if err == nil && f.listenMaxVMs < 1 {
+		err = fmt.Errorf("--qmp.listen-max-vms must be at least 1, got %d", f.listenMaxVMs)
+	}
 	if err != nil {
 		level.Error(logger).Log("msg", "cannot start", "err", err)
 		return 1
@@ -276,7 +283,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 			level.Error(logger).Log("msg", "cannot listen for QEMUs dialling in", "listener", name, "err", err)
 			return 1
 		}
-		lo := collector.ListenOptions{Name: name, AllowedUIDs: l.AllowedUIDs, Labels: mergeLabels(cfg.Labels, nil)}
+		lo := collector.ListenOptions{Name: name, AllowedUIDs: l.AllowedUIDs, Labels: mergeLabels(cfg.Labels, nil), MaxVMs: f.listenMaxVMs}
 		level.Info(logger).Log("msg", "listening for QEMUs dialling in", "listener", name)
 		wg.Go(func() { _ = m.Serve(mctx, ln, lo) })
 	}
