@@ -229,28 +229,30 @@ func (m *Manager) dialIn(ctx context.Context, nc net.Conn, l *listener, cred pee
 	if cred.pid > 0 {
 		key = "in\x00" + strconv.Itoa(int(cred.pid))
 	}
-	if ok, left := l.logs.allow(key, time.Now()); ok {
-		kv := []any{"msg", "vm dialled in", "listener", l.lo.Name, "qemu_name", name.Name, "uuid", uuid.UUID, "pid", cred.pid, "identity", id}
-		if left > 0 {
-			kv = append(kv, "not_logged_since", left)
-		}
-		level.Info(m.opts.Logger).Log(kv...)
-	}
+	l.logEvery(level.Info(m.opts.Logger), key,
+		"msg", "vm dialled in", "listener", l.lo.Name, "qemu_name", name.Name, "uuid", uuid.UUID, "pid", cred.pid, "identity", id)
 }
 
 // listenerWarn logs a warning about the listener, at most one per kind and
 // peer process per listenerLogInterval (so each broken client gets its
 // line, and none gets more); the next one says how many were left out.
 func (m *Manager) listenerWarn(l *listener, kind string, pid int32, msg string, kv ...any) {
-	ok, left := l.logs.allow(kind+"\x00"+strconv.Itoa(int(pid)), time.Now())
+	l.logEvery(level.Warn(m.opts.Logger), kind+"\x00"+strconv.Itoa(int(pid)),
+		append([]any{"msg", msg, "listener", l.lo.Name}, kv...)...)
+}
+
+// logEvery logs kv on lg unless a line with the same key was logged less
+// than listenerLogInterval ago; the line says how many were left out
+// since the last one.
+func (l *listener) logEvery(lg log.Logger, key string, kv ...any) {
+	ok, left := l.logs.allow(key, time.Now())
 	if !ok {
 		return
 	}
-	kv = append([]any{"msg", msg, "listener", l.lo.Name}, kv...)
 	if left > 0 {
-		kv = append(kv, "not_logged_since", left)
+		kv = append(kv[:len(kv):len(kv)], "not_logged_since", left)
 	}
-	level.Warn(m.opts.Logger).Log(kv...)
+	_ = lg.Log(kv...)
 }
 
 // limitLogger returns a logger for the watcher of a VM that dialled in:
@@ -268,14 +270,8 @@ func (l *listener) limitLogger(next log.Logger, peer string) log.Logger {
 				msg, _ = kv[i+1].(string)
 			}
 		}
-		ok, left := l.logs.allow("vm\x00"+peer+"\x00"+msg, time.Now())
-		if !ok {
-			return nil
-		}
-		if left > 0 {
-			kv = append(kv[:len(kv):len(kv)], "not_logged_since", left)
-		}
-		return next.Log(kv...)
+		l.logEvery(next, "vm\x00"+peer+"\x00"+msg, kv...)
+		return nil
 	})
 }
 
@@ -366,15 +362,8 @@ func (m *Manager) attach(id string, l *listener, cred peerCredentials, conn *qmp
 			return false
 		}
 		if forgot != "" {
-			defer func() {
-				if ok, left := l.logs.allow("forgot", time.Now()); ok {
-					kv := []any{"msg", "forgot the vm that dialled in and has been gone longest, to make room for a new one", "listener", l.lo.Name, "identity", forgot, "max_vms", l.lo.MaxVMs}
-					if left > 0 {
-						kv = append(kv, "not_logged_since", left)
-					}
-					level.Info(m.opts.Logger).Log(kv...)
-				}
-			}()
+			defer l.logEvery(level.Info(m.opts.Logger), "forgot",
+				"msg", "forgot the vm that dialled in and has been gone longest, to make room for a new one", "listener", l.lo.Name, "identity", forgot, "max_vms", l.lo.MaxVMs)
 		}
 		w := newWatcher(Target{Network: "dialin", Address: id, Labels: l.lo.Labels}, m.opts, nil)
 		peer := "id:" + id
@@ -458,13 +447,9 @@ func (m *Manager) makeRoomLocked(max int) (ok bool, forgot string) {
 	if oldestKey == "" {
 		return false, ""
 	}
-	mw := m.watchers[oldestKey]
-	if mw.cancel != nil {
-		mw.cancel()
-	}
-	delete(m.watchers, oldestKey)
-	delete(m.warned, mw.w)
-	return true, mw.w.target.Address
+	forgot = m.watchers[oldestKey].w.target.Address
+	m.forgetLocked(oldestKey)
+	return true, forgot
 }
 
 // awaitDialIn is the dial function of a dialled-in VM's watcher: it waits

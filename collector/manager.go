@@ -57,11 +57,7 @@ func (m *Manager) Sync(targets []Target) {
 			continue // VMs that dialled in are not configured targets
 		}
 		if _, ok := want[k]; !ok {
-			if mw.cancel != nil {
-				mw.cancel()
-			}
-			delete(m.watchers, k)
-			delete(m.warned, mw.w)
+			m.forgetLocked(k)
 			level.Info(m.opts.Logger).Log("msg", "stopped watching vm", "vm", mw.w.target.DefaultNameOrName(), "address", mw.w.target.Address)
 		}
 	}
@@ -76,6 +72,17 @@ func (m *Manager) Sync(targets []Target) {
 			m.start(mw)
 		}
 	}
+}
+
+// forgetLocked stops the watcher under key k and forgets it; its series go
+// at the next scrape. Called with mu held.
+func (m *Manager) forgetLocked(k string) {
+	mw := m.watchers[k]
+	if mw.cancel != nil {
+		mw.cancel()
+	}
+	delete(m.watchers, k)
+	delete(m.warned, mw.w)
 }
 
 // start runs a watcher under the Manager's context. Called with mu held.
@@ -121,9 +128,7 @@ func (m *Manager) reap(now time.Time) {
 		stale := mw.w.stale(now)
 		mw.w.mu.Unlock()
 		if stale {
-			mw.cancel()
-			delete(m.watchers, k)
-			delete(m.warned, mw.w)
+			m.forgetLocked(k)
 			level.Info(m.opts.Logger).Log("msg", "forgot a vm that dialled in and did not come back", "identity", mw.w.target.Address)
 		}
 	}

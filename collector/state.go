@@ -268,25 +268,18 @@ var (
 )
 
 // countPanic counts a panic by action and info type, within the bound.
-func (s *vmState) countPanic(k [2]string) {
-	if _, seen := s.panics[k]; !seen && len(s.panics) >= maxEnumValues {
-		return
-	}
-	if !s.ownPanics {
-		s.panics, s.ownPanics = maps.Clone(s.panics), true
-	}
-	s.panics[k]++
-}
+func (s *vmState) countPanic(k [2]string) { countShared(&s.panics, &s.ownPanics, k) }
 
 // countWatchdog counts a watchdog action, within the bound.
-func (s *vmState) countWatchdog(a string) {
-	if _, seen := s.watchdog[a]; !seen && len(s.watchdog) >= maxEnumValues {
-		return
+func (s *vmState) countWatchdog(a string) { countShared(&s.watchdog, &s.ownWatchdog, a) }
+
+// countShared is countKey for a map that starts shared among VMs: the
+// first write copies it, and *own records that it has been.
+func countShared[K comparable](m *map[K]uint64, own *bool, k K) {
+	if !*own {
+		*m, *own = maps.Clone(*m), true
 	}
-	if !s.ownWatchdog {
-		s.watchdog, s.ownWatchdog = maps.Clone(s.watchdog), true
-	}
-	s.watchdog[a]++
+	countKey(m, k)
 }
 
 // countKey adds one to (*m)[k], making the map on first use, unless k is

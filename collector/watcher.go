@@ -144,12 +144,14 @@ type watcher struct {
 	sess *session
 
 	// unsupported remembers the queries QEMU answered with
-	// CommandNotFound during this session. Only the watcher goroutine
-	// touches it.
+	// CommandNotFound during this session. Only the session's worker
+	// touches it (open resets it before the first worker starts, and
+	// workers run one at a time).
 	unsupported map[string]bool
 
-	// timeout bounds the current session's queries; only the watcher
-	// goroutine touches it.
+	// timeout bounds the current session's queries. open sets it before
+	// the first worker starts and close clears it after the last ended;
+	// in between only the worker uses it.
 	timeout *queryTimer
 
 	// noFollowUps: events trigger no queries (golden tests only).
