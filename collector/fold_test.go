@@ -368,6 +368,43 @@ func TestMigrationEndsCountedOnce(t *testing.T) {
 			want: [3]uint64{0, 1, 0},
 		},
 		{
+			// QEMU 7.2 says completed before it has measured the times:
+			// the reply that follows, with the final figures, is the
+			// same end. Events off, and on.
+			name: "events off: completed with total-time 0, then the final figures",
+			steps: []func(*vmState){
+				func(s *vmState) { s.setMigrate(queryMigrate{}) },
+				func(s *vmState) { s.setMigrate(queryMigrate{Status: "active"}) },
+				func(s *vmState) { s.setMigrate(queryMigrate{Status: "completed", TotalTime: ms(0), Downtime: ms(0)}) },
+				func(s *vmState) { s.setMigrate(completed(1500)) },
+				func(s *vmState) { s.setMigrate(completed(1500)) },
+			},
+			want: [3]uint64{1, 0, 0},
+		},
+		{
+			name: "events on: completed with total-time 0, then the final figures",
+			steps: []func(*vmState){
+				func(s *vmState) { s.setMigrate(queryMigrate{}) },
+				func(s *vmState) { s.migrationEvent("setup") },
+				func(s *vmState) { s.migrationEvent("active") },
+				func(s *vmState) { s.migrationEvent("completed") },
+				func(s *vmState) { s.setMigrate(queryMigrate{Status: "completed", TotalTime: ms(0), Downtime: ms(0)}) },
+				func(s *vmState) { s.setMigrate(completed(1500)) },
+			},
+			want: [3]uint64{1, 0, 0},
+		},
+		{
+			name: "events off: a second migration after an unfinal reply still counts",
+			steps: []func(*vmState){
+				func(s *vmState) { s.setMigrate(queryMigrate{}) },
+				func(s *vmState) { s.setMigrate(queryMigrate{Status: "active"}) },
+				func(s *vmState) { s.setMigrate(queryMigrate{Status: "completed", TotalTime: ms(0), Downtime: ms(0)}) },
+				func(s *vmState) { s.setMigrate(completed(1500)) },
+				func(s *vmState) { s.setMigrate(completed(1800)) },
+			},
+			want: [3]uint64{2, 0, 0},
+		},
+		{
 			name: "an end while the session was down is counted at the reconnect",
 			steps: []func(*vmState){
 				func(s *vmState) { s.setMigrate(queryMigrate{Status: "active"}) },

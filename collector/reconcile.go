@@ -1,6 +1,9 @@
 package collector
 
-import "strconv"
+import (
+	"strconv"
+	"strings"
+)
 
 // The reconcile methods set the state from query replies: the absolute
 // truth that events only change, read at every (re)connect, every refresh
@@ -134,12 +137,21 @@ func (s *vmState) setMigrate(q queryMigrate) {
 		// concurrently): it is older than what the event said.
 		return
 	}
+	// QEMU before 9.0 sets the status to completed a moment before it
+	// computes total-time and downtime (migration_calculate_complete runs
+	// after the state change, outside the lock query-migrate takes): a
+	// reply in that window says completed with total-time 0. Its figures
+	// are not final, so the next reply of the same end differs from it in
+	// those two only; unfinal marks that, and the watcher polls once more
+	// for the final figures.
+	unfinal := st == "completed" && (q.TotalTime == nil || *q.TotalTime == 0)
 	switch {
 	case migrationEnded(st):
-		key := st + "|" + msString(q.TotalTime) + "|" + msString(q.SetupTime) + "|" + msString(q.Downtime) + "|" + q.ErrorDesc
+		stable := st + "|" + msString(q.SetupTime) + "|" + q.ErrorDesc
 		if q.RAM != nil {
-			key += "|" + strconv.FormatUint(q.RAM.Transferred, 10)
+			stable += "|" + strconv.FormatUint(q.RAM.Transferred, 10)
 		}
+		key := stable + "|" + msString(q.TotalTime) + "|" + msString(q.Downtime)
 		switch {
 		case !s.mig.baseline:
 			// The first look since the exporter started: an end it saw
@@ -150,6 +162,8 @@ func (s *vmState) setMigrate(q queryMigrate) {
 			}
 		case key == s.mig.endKey, s.mig.eventEnd:
 			// The same end as before, or one its event counted.
+		case s.mig.unfinal && strings.HasPrefix(s.mig.endKey, stable+"|"):
+			// The final figures of the end seen a moment ago.
 		default:
 			s.countMigrationEnd(st)
 		}
@@ -168,6 +182,11 @@ func (s *vmState) setMigrate(q queryMigrate) {
 		if q.RAM.DirtySyncCount > s.mig.pass {
 			s.mig.pass = q.RAM.DirtySyncCount
 		}
+	}
+	s.mig.unfinal = unfinal
+	if unfinal {
+		// Not measured yet: unknown rather than 0.
+		q.TotalTime, q.Downtime = nil, nil
 	}
 	s.mig.totalTime = msToSeconds(q.TotalTime)
 	s.mig.expectedDowntime = msToSeconds(q.ExpectedDowntime)

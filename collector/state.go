@@ -144,15 +144,23 @@ type migration struct {
 	// one ended before the exporter was watching, or was counted already).
 	// endCounted says the current migration's end is counted; eventEnd
 	// that an event counted it and query-migrate has not reported it yet.
+	// unfinal: the last reply said completed before QEMU had measured its
+	// times (see setMigrate); the next poll brings the final figures.
 	endKey               string
 	baseline             bool
 	endCounted, eventEnd bool
+	unfinal              bool
 
 	// eventsSeen: a MIGRATION event arrived during this session, so the
 	// "events" migration capability is on and a migration announces
 	// itself; a STOP or RESUME then need not re-read query-migrate.
 	eventsSeen bool
 }
+
+// polled reports whether query-migrate is read every
+// migrationPollInterval: while a migration runs, and once more after a
+// completed reply without final figures.
+func (m *migration) polled() bool { return m.inProgress() || m.unfinal }
 
 func (m *migration) inProgress() bool {
 	switch m.status {

@@ -424,11 +424,12 @@ func (w *watcher) work(s *session) {
 			s.working = false
 			if !s.over {
 				// The periodic refresh and, while a migration is in
-				// progress, a poll migrationPollInterval after this
-				// round: without the events capability, polling is the
-				// only way to see it end.
+				// progress (or its final figures are not out yet), a
+				// poll migrationPollInterval after this round: without
+				// the events capability, polling is the only way to see
+				// it end.
 				d := time.Until(s.nextRefresh)
-				if w.st.mig.inProgress() {
+				if w.st.mig.polled() {
 					d = min(d, migrationPollInterval)
 				}
 				s.wake.Reset(d)

@@ -335,6 +335,54 @@ func TestMigrationPolledWithoutEvents(t *testing.T) {
 	})
 }
 
+// TestMigrationUnfinalCompletedPolledAgain: QEMU 7.2 can answer
+// completed before it has measured total-time and downtime (both 0). The
+// watcher polls once more for the final figures, and counts the end once.
+func TestMigrationUnfinalCompletedPolledAgain(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		replies := []string{`{}`, `{"status": "active", "total-time": 800, "setup-time": 4, "ram": {"transferred": 1000}}`}
+		fake := &fakeQEMU{t: t, status: "running", name: "mig"}
+		fake.extra = func(cmd qmptest.Command) (qmptest.Reply, bool) {
+			if cmd.Execute != "query-migrate" {
+				return qmptest.Reply{}, false
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			r := replies[0]
+			if len(replies) > 1 {
+				replies = replies[1:]
+			}
+			return qmptest.ReturnRaw(r), true
+		}
+		m, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/mig.sock"})
+		defer stop()
+		synctest.Wait()
+		time.Sleep(31 * time.Second) // the refresh sees it active
+		synctest.Wait()
+		mu.Lock()
+		replies = []string{
+			`{"status": "completed", "total-time": 0, "downtime": 0, "setup-time": 4, "ram": {"transferred": 2000}}`,
+			`{"status": "completed", "total-time": 1500, "downtime": 12, "setup-time": 4, "ram": {"transferred": 2000}}`,
+		}
+		mu.Unlock()
+		time.Sleep(1500 * time.Millisecond) // a poll: completed, times unknown
+		synctest.Wait()
+		got := scrape(t, m, "qmp_migrations_total", "qmp_migration_total_time_seconds")
+		if !strings.Contains(got, `qmp_migrations_total{result="completed",vm="mig"} 1`) || strings.Contains(got, "qmp_migration_total_time_seconds{") {
+			t.Errorf("after the unfinal reply, want the end counted and no total time:\n%s", got)
+		}
+		time.Sleep(time.Second) // the next poll: final figures, same end
+		synctest.Wait()
+		got = scrape(t, m, "qmp_migrations_total", "qmp_migration_total_time_seconds", "qmp_migration_downtime_seconds")
+		for _, w := range []string{`qmp_migrations_total{result="completed",vm="mig"} 1`, `qmp_migration_total_time_seconds{vm="mig"} 1.5`, `qmp_migration_downtime_seconds{vm="mig"} 0.012`} {
+			if !strings.Contains(got, w) {
+				t.Errorf("missing %s in\n%s", w, got)
+			}
+		}
+	})
+}
+
 // TestSameVMFromTwoSourcesReportedOnce: two sockets that reach one VM
 // (same UUID) are exported once.
 func TestSameVMFromTwoSourcesReportedOnce(t *testing.T) {

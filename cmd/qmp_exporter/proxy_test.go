@@ -90,3 +90,10 @@ func (r *commandRecorder) Commands() []string {
 	sort.Strings(out)
 	return out
 }
+
+// Count returns how many times the exporter sent command.
+func (r *commandRecorder) Count(command string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.commands[command]
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -188,5 +189,66 @@ func TestDeviceRecipesEndToEnd(t *testing.T) {
 			v, _ := m.Value(s)
 			t.Errorf("%s = %v, want 0", s, v)
 		}
+	}
+}
+
+// TestMigrationRunEndToEnd: QEMU 7.2 answers query-migrate "completed"
+// with total-time and downtime 0 for a moment after the MIGRATION event,
+// before it has measured them, and the exporter asks right on that event:
+// a probe of 100 migrations read those figures in about one in four. The
+// later replies carry the final figures; each migration of a run of them
+// must still count once, and the final times must be exported.
+func TestMigrationRunEndToEnd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	qemulab.RequireQEMU(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	bin := buildExporter(t, ctx)
+	vm, err := qemulab.Start(ctx, qemulab.Options{Dir: filepath.Join(t.TempDir(), "vm"), Name: "mig", UUID: e2eUUID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vm.Close() })
+	rec := newCommandRecorder(t, vm.ExporterSocket)
+	// A short refresh re-reads query-migrate often after the runs.
+	e := startExporter(t, ctx, bin, "--qmp.socket="+rec.Path, "--qmp.refresh-interval=1s")
+	const vmL = `vm="mig"`
+	e.wait("up", func(m exporterproc.Metrics) bool { return m.Has(`qmp_up{`+vmL+`}`, 1) })
+	if err := vm.SetMigrationEvents(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	const runs = 15
+	for i := 1; i <= runs; i++ {
+		if err := vm.Migrate(ctx, qemulab.MigrateToNull); err != nil {
+			t.Fatal(err)
+		}
+		e.wait(fmt.Sprintf("migration %d counted", i), func(m exporterproc.Metrics) bool {
+			v, _ := m.Value(`qmp_migrations_total{result="completed",` + vmL + `}`)
+			return v >= float64(i)
+		})
+		if _, err := vm.WaitMigration(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := vm.Ctl.Execute(ctx, "cont", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Let the exporter read query-migrate at least three more times.
+	n := rec.Count("query-migrate")
+	for rec.Count("query-migrate") < n+3 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("query-migrate not re-read after the runs (%d reads)", rec.Count("query-migrate"))
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	m := e.wait("after the refreshes", func(exporterproc.Metrics) bool { return true })
+	if !m.Has(`qmp_migrations_total{result="completed",`+vmL+`}`, runs) {
+		t.Errorf("want %d completed migrations:\n%s", runs, m.Filter("qmp_migrations_total"))
+	}
+	if v, ok := m.Value(`qmp_migration_total_time_seconds{` + vmL + `}`); !ok || v <= 0 {
+		t.Errorf("qmp_migration_total_time_seconds = %v (present %v), want the final time", v, ok)
 	}
 }
