@@ -183,6 +183,12 @@ func (s *vmState) setMigrate(q queryMigrate) {
 			s.mig.pass = q.RAM.DirtySyncCount
 		}
 	}
+	switch {
+	case !unfinal:
+		s.mig.unfinalPolls = 0
+	case s.mig.unfinal && s.mig.unfinalPolls < maxUnfinalPolls:
+		s.mig.unfinalPolls++
+	}
 	s.mig.unfinal = unfinal
 	if unfinal {
 		// Not measured yet: unknown rather than 0.

@@ -146,10 +146,13 @@ type migration struct {
 	// that an event counted it and query-migrate has not reported it yet.
 	// unfinal: the last reply said completed before QEMU had measured its
 	// times (see setMigrate); the next poll brings the final figures.
+	// unfinalPolls counts the unfinal replies in a row, so that a peer
+	// that never gives final figures is not polled for ever.
 	endKey               string
 	baseline             bool
 	endCounted, eventEnd bool
 	unfinal              bool
+	unfinalPolls         uint8
 
 	// eventsSeen: a MIGRATION event arrived during this session, so the
 	// "events" migration capability is on and a migration announces
@@ -157,10 +160,16 @@ type migration struct {
 	eventsSeen bool
 }
 
+// maxUnfinalPolls bounds the polls for the final figures of a completed
+// migration; QEMU has them a few milliseconds after it says completed.
+const maxUnfinalPolls = 5
+
 // polled reports whether query-migrate is read every
-// migrationPollInterval: while a migration runs, and once more after a
-// completed reply without final figures.
-func (m *migration) polled() bool { return m.inProgress() || m.unfinal }
+// migrationPollInterval: while a migration runs, and after a completed
+// reply without final figures, until they come (or maxUnfinalPolls).
+func (m *migration) polled() bool {
+	return m.inProgress() || m.unfinal && m.unfinalPolls < maxUnfinalPolls
+}
 
 func (m *migration) inProgress() bool {
 	switch m.status {

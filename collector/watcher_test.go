@@ -383,6 +383,44 @@ func TestMigrationUnfinalCompletedPolledAgain(t *testing.T) {
 	})
 }
 
+// TestMigrationUnfinalPollsBounded: a peer that never gives the final
+// figures of a completed migration is not polled for them for ever.
+func TestMigrationUnfinalPollsBounded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		polls := 0
+		reply := `{"status": "active", "total-time": 800}`
+		fake := &fakeQEMU{t: t, status: "running", name: "mig"}
+		fake.extra = func(cmd qmptest.Command) (qmptest.Reply, bool) {
+			if cmd.Execute != "query-migrate" {
+				return qmptest.Reply{}, false
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			polls++
+			return qmptest.ReturnRaw(reply), true
+		}
+		_, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/mig.sock"})
+		defer stop()
+		synctest.Wait()
+		mu.Lock()
+		reply = `{"status": "completed", "total-time": 0, "downtime": 0}`
+		mu.Unlock()
+		time.Sleep(1500 * time.Millisecond) // the poll of the active migration
+		synctest.Wait()
+		mu.Lock()
+		before := polls
+		mu.Unlock()
+		time.Sleep(25 * time.Second) // before the next refresh
+		synctest.Wait()
+		mu.Lock()
+		defer mu.Unlock()
+		if n := polls - before; n < 1 || n > maxUnfinalPolls {
+			t.Errorf("%d polls for the final figures, want 1 to %d", n, maxUnfinalPolls)
+		}
+	})
+}
+
 // TestSameVMFromTwoSourcesReportedOnce: two sockets that reach one VM
 // (same UUID) are exported once.
 func TestSameVMFromTwoSourcesReportedOnce(t *testing.T) {
