@@ -270,32 +270,58 @@ func TestDuplicateQEMUNamesStayUnique(t *testing.T) {
 // TestMigrationPolledWithoutEvents: with the events capability off (the
 // exporter must not turn it on), a migration that starts and ends is seen
 // by polling query-migrate every second while it is in progress.
+// migrateScript answers a fakeQEMU's query-migrate from a script: the
+// replies given to set in turn, the last one from then on. It counts the
+// polls.
+type migrateScript struct {
+	mu      sync.Mutex
+	replies []string
+	polls   int
+}
+
+func newMigrateScript(fake *fakeQEMU, replies ...string) *migrateScript {
+	m := &migrateScript{replies: replies}
+	fake.extra = func(cmd qmptest.Command) (qmptest.Reply, bool) {
+		if cmd.Execute != "query-migrate" {
+			return qmptest.Reply{}, false
+		}
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.polls++
+		r := m.replies[0]
+		if len(m.replies) > 1 {
+			m.replies = m.replies[1:]
+		}
+		return qmptest.ReturnRaw(r), true
+	}
+	return m
+}
+
+func (m *migrateScript) set(replies ...string) {
+	m.mu.Lock()
+	m.replies = replies
+	m.mu.Unlock()
+}
+
+func (m *migrateScript) count() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.polls
+}
+
 func TestMigrationPolledWithoutEvents(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var mu sync.Mutex
-		migStatus := "none"
-		polls := 0
 		fake := &fakeQEMU{t: t, status: "running", name: "mig"}
-		fake.extra = func(cmd qmptest.Command) (qmptest.Reply, bool) {
-			if cmd.Execute != "query-migrate" {
-				return qmptest.Reply{}, false
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			polls++
-			if migStatus == "none" {
-				return qmptest.ReturnRaw(`{}`), true
-			}
-			return qmptest.ReturnRaw(`{"status": "` + migStatus + `", "ram": {"transferred": 1000, "remaining": 500, "total": 2000, "dirty-pages-rate": 12, "dirty-sync-count": 3}, "total-time": 1500, "expected-downtime": 300}`), true
+		migrating := func(status string) string {
+			return `{"status": "` + status + `", "ram": {"transferred": 1000, "remaining": 500, "total": 2000, "dirty-pages-rate": 12, "dirty-sync-count": 3}, "total-time": 1500, "expected-downtime": 300}`
 		}
+		script := newMigrateScript(fake, `{}`)
 		m, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/mig.sock"})
 		defer stop()
 		synctest.Wait()
 		// A management tool starts a migration. No event reaches the
 		// exporter; the next periodic refresh (30 s) sees it...
-		mu.Lock()
-		migStatus = "active"
-		mu.Unlock()
+		script.set(migrating("active"))
 		time.Sleep(31 * time.Second)
 		synctest.Wait()
 		got := scrape(t, m, "qmp_migration_status", "qmp_migration_transferred_bytes", "qmp_migration_pass")
@@ -306,32 +332,24 @@ func TestMigrationPolledWithoutEvents(t *testing.T) {
 		}
 		// ...and from then on it is polled every second, so an end that
 		// lasts only until the next refresh is not missed.
-		mu.Lock()
-		before := polls
-		migStatus = "completed"
-		mu.Unlock()
+		before := script.count()
+		script.set(migrating("completed"))
 		time.Sleep(1500 * time.Millisecond)
 		synctest.Wait()
-		mu.Lock()
-		if polls-before < 1 {
+		if script.count()-before < 1 {
 			t.Errorf("query-migrate not polled while the migration ran")
 		}
-		mu.Unlock()
 		got = scrape(t, m, "qmp_migrations_total", "qmp_migration_status")
 		if !strings.Contains(got, `qmp_migrations_total{result="completed",vm="mig"} 1`) || !strings.Contains(got, `qmp_migration_status{status="completed",vm="mig"} 1`) {
 			t.Errorf("completed migration not seen by polling:\n%s", got)
 		}
 		// Once it has ended, polling stops.
-		mu.Lock()
-		before = polls
-		mu.Unlock()
+		before = script.count()
 		time.Sleep(20 * time.Second)
 		synctest.Wait()
-		mu.Lock()
-		if polls != before {
-			t.Errorf("%d polls after the migration ended", polls-before)
+		if n := script.count() - before; n != 0 {
+			t.Errorf("%d polls after the migration ended", n)
 		}
-		mu.Unlock()
 	})
 }
 
@@ -340,32 +358,17 @@ func TestMigrationPolledWithoutEvents(t *testing.T) {
 // watcher polls once more for the final figures, and counts the end once.
 func TestMigrationUnfinalCompletedPolledAgain(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var mu sync.Mutex
-		replies := []string{`{}`, `{"status": "active", "total-time": 800, "setup-time": 4, "ram": {"transferred": 1000}}`}
 		fake := &fakeQEMU{t: t, status: "running", name: "mig"}
-		fake.extra = func(cmd qmptest.Command) (qmptest.Reply, bool) {
-			if cmd.Execute != "query-migrate" {
-				return qmptest.Reply{}, false
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			r := replies[0]
-			if len(replies) > 1 {
-				replies = replies[1:]
-			}
-			return qmptest.ReturnRaw(r), true
-		}
+		script := newMigrateScript(fake, `{}`, `{"status": "active", "total-time": 800, "setup-time": 4, "ram": {"transferred": 1000}}`)
 		m, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/mig.sock"})
 		defer stop()
 		synctest.Wait()
 		time.Sleep(31 * time.Second) // the refresh sees it active
 		synctest.Wait()
-		mu.Lock()
-		replies = []string{
+		script.set(
 			`{"status": "completed", "total-time": 0, "downtime": 0, "setup-time": 4, "ram": {"transferred": 2000}}`,
 			`{"status": "completed", "total-time": 1500, "downtime": 12, "setup-time": 4, "ram": {"transferred": 2000}}`,
-		}
-		mu.Unlock()
+		)
 		time.Sleep(1500 * time.Millisecond) // a poll: completed, times unknown
 		synctest.Wait()
 		got := scrape(t, m, "qmp_migrations_total", "qmp_migration_total_time_seconds")
@@ -387,35 +390,18 @@ func TestMigrationUnfinalCompletedPolledAgain(t *testing.T) {
 // figures of a completed migration is not polled for them for ever.
 func TestMigrationUnfinalPollsBounded(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var mu sync.Mutex
-		polls := 0
-		reply := `{"status": "active", "total-time": 800}`
 		fake := &fakeQEMU{t: t, status: "running", name: "mig"}
-		fake.extra = func(cmd qmptest.Command) (qmptest.Reply, bool) {
-			if cmd.Execute != "query-migrate" {
-				return qmptest.Reply{}, false
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			polls++
-			return qmptest.ReturnRaw(reply), true
-		}
+		script := newMigrateScript(fake, `{"status": "active", "total-time": 800}`)
 		_, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/mig.sock"})
 		defer stop()
 		synctest.Wait()
-		mu.Lock()
-		reply = `{"status": "completed", "total-time": 0, "downtime": 0}`
-		mu.Unlock()
+		script.set(`{"status": "completed", "total-time": 0, "downtime": 0}`)
 		time.Sleep(1500 * time.Millisecond) // the poll of the active migration
 		synctest.Wait()
-		mu.Lock()
-		before := polls
-		mu.Unlock()
+		before := script.count()
 		time.Sleep(25 * time.Second) // before the next refresh
 		synctest.Wait()
-		mu.Lock()
-		defer mu.Unlock()
-		if n := polls - before; n < 1 || n > maxUnfinalPolls {
+		if n := script.count() - before; n < 1 || n > maxUnfinalPolls {
 			t.Errorf("%d polls for the final figures, want 1 to %d", n, maxUnfinalPolls)
 		}
 	})
@@ -545,26 +531,14 @@ func TestStopEndsHungQuery(t *testing.T) {
 // running when the session starts is polled from then on.
 func TestMigrationInProgressAtConnectIsPolled(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var mu sync.Mutex
-		polls := 0
 		fake := &fakeQEMU{t: t, status: "running", name: "mig"}
-		fake.extra = func(cmd qmptest.Command) (qmptest.Reply, bool) {
-			if cmd.Execute != "query-migrate" {
-				return qmptest.Reply{}, false
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			polls++
-			return qmptest.ReturnRaw(`{"status": "active"}`), true
-		}
+		script := newMigrateScript(fake, `{"status": "active"}`)
 		_, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/mig.sock"})
 		defer stop()
 		synctest.Wait()
 		time.Sleep(5500 * time.Millisecond)
 		synctest.Wait()
-		mu.Lock()
-		defer mu.Unlock()
-		if polls < 5 {
+		if polls := script.count(); polls < 5 {
 			t.Errorf("query-migrate read %d times in the first 5.5 s of a migration in progress, want the sync's and one a second", polls)
 		}
 	})

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"net"
 	"path/filepath"
 	"testing"
@@ -15,13 +14,8 @@ import (
 // real QEMU and checks the dedicated metric each one feeds, not only
 // qmp_events_total.
 func TestEventRecipesEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test")
-	}
-	qemulab.RequireQEMU(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	ctx, cancel, bin := qemuE2E(t, 3*time.Minute)
 	defer cancel()
-	bin := buildExporter(t, ctx)
 
 	dir := t.TempDir()
 	vm, err := qemulab.Start(ctx, qemulab.Options{Dir: filepath.Join(dir, "vm"), Name: "lab", UUID: e2eUUID, Devices: true, VNC: true})

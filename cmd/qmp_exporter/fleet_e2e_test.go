@@ -40,13 +40,8 @@ const fleetStaleAfter = 10 * time.Second
 // stale_after is set in the file only, not with --qmp.stale-after, so the
 // test also proves that the file's value is used.
 func TestFleetEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test")
-	}
-	qemulab.RequireQEMU(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 90*time.Second)
+	ctx, cancel, bin := qemuE2E(t, 90*time.Second)
 	defer cancel()
-	bin := buildExporter(t, ctx)
 
 	dir := t.TempDir()
 	discDir := filepath.Join(dir, "disc")

@@ -28,6 +28,19 @@ func buildExporter(t *testing.T, ctx context.Context) string {
 	return exporterproc.BuildForTest(ctx, t)
 }
 
+// qemuE2E starts an end-to-end test on a real QEMU: it skips in -short
+// mode, requires qemu-system-x86_64 (a failure under CI=true) and builds
+// the exporter. The context ends after d; the caller defers cancel.
+func qemuE2E(t *testing.T, d time.Duration) (context.Context, context.CancelFunc, string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	qemulab.RequireQEMU(t)
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	return ctx, cancel, buildExporter(t, ctx)
+}
+
 const e2eUUID = "5c0ffee0-0d15-4a7b-9e3c-00000000e2e0"
 
 // e2e is a running exporter under test.
@@ -71,14 +84,9 @@ func (e *e2e) wait(what string, cond func(exporterproc.Metrics) bool) exporterpr
 // a second (control) monitor drives QEMU, and the exporter's own monitor
 // must reflect every step in /metrics.
 func TestEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test")
-	}
-	qemulab.RequireQEMU(t)
-	promtool := requireTool(t, "promtool")
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	ctx, cancel, bin := qemuE2E(t, 3*time.Minute)
 	defer cancel()
-	bin := buildExporter(t, ctx)
+	promtool := requireTool(t, "promtool")
 
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "exporter.qmp")

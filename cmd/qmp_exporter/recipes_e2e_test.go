@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -19,16 +18,11 @@ import (
 // capability, dumps, the RTC, S3 suspend, the balloon and SPICE. Each step
 // checks the dedicated metric on the real exporter's /metrics.
 func TestDeviceRecipesEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test")
-	}
-	qemulab.RequireQEMU(t)
+	ctx, cancel, bin := qemuE2E(t, 4*time.Minute)
+	defer cancel()
 	if _, err := qemulab.FindQEMUImg(); err != nil {
 		requireTool(t, "qemu-img")
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
-	defer cancel()
-	bin := buildExporter(t, ctx)
 	vm, err := qemulab.Start(ctx, qemulab.Options{
 		Dir: filepath.Join(t.TempDir(), "vm"), Name: "dev", UUID: e2eUUID,
 		Balloon: true, SPICE: true, FaultyDisk: &qemulab.FaultyDisk{Once: true},
@@ -199,13 +193,8 @@ func TestDeviceRecipesEndToEnd(t *testing.T) {
 // later replies carry the final figures; each migration of a run of them
 // must still count once, and the final times must be exported.
 func TestMigrationRunEndToEnd(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test")
-	}
-	qemulab.RequireQEMU(t)
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	ctx, cancel, bin := qemuE2E(t, 3*time.Minute)
 	defer cancel()
-	bin := buildExporter(t, ctx)
 	vm, err := qemulab.Start(ctx, qemulab.Options{Dir: filepath.Join(t.TempDir(), "vm"), Name: "mig", UUID: e2eUUID})
 	if err != nil {
 		t.Fatal(err)
