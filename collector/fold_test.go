@@ -425,6 +425,23 @@ func TestMigrationEndsCountedOnce(t *testing.T) {
 	}
 }
 
+// TestMigrationFinalFiguresAwaited: only a completed reply with
+// total-time 0 (QEMU had not measured it yet) is polled again; one with no
+// figures at all has none to wait for.
+func TestMigrationFinalFiguresAwaited(t *testing.T) {
+	s := newVMState()
+	s.setMigrate(queryMigrate{Status: "active"})
+	s.setMigrate(queryMigrate{Status: "completed"})
+	want(t, "polled after a completed reply without figures", false, s.mig.polled())
+	s.setMigrate(queryMigrate{Status: "active"})
+	s.setMigrate(queryMigrate{Status: "completed", TotalTime: ms(0), Downtime: ms(0)})
+	want(t, "polled after a completed reply with total-time 0", true, s.mig.polled())
+	want(t, "total time unknown", -1.0, s.mig.totalTime)
+	s.setMigrate(queryMigrate{Status: "completed", TotalTime: ms(900), Downtime: ms(9)})
+	want(t, "polled after the final figures", false, s.mig.polled())
+	want(t, "total time", 0.9, s.mig.totalTime)
+}
+
 func TestConsoleHandshakeFailure(t *testing.T) {
 	s := newVMState()
 	c := `"client": {"family": "ipv4", "service": "1", "host": "10.0.0.9"}`

@@ -143,8 +143,9 @@ func (s *vmState) setMigrate(q queryMigrate) {
 	// reply in that window says completed with total-time 0. Its figures
 	// are not final, so the next reply of the same end differs from it in
 	// those two only; unfinal marks that, and the watcher polls once more
-	// for the final figures.
-	unfinal := st == "completed" && (q.TotalTime == nil || *q.TotalTime == 0)
+	// for the final figures. (A reply with no total-time at all has no
+	// figures to wait for.)
+	unfinal := st == "completed" && q.TotalTime != nil && *q.TotalTime == 0
 	switch {
 	case migrationEnded(st):
 		stable := st + "|" + msString(q.SetupTime) + "|" + q.ErrorDesc

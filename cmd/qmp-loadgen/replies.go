@@ -94,7 +94,10 @@ func migrateReply(status *string) string {
 		return `{"status": "setup", "setup-time": 0, "total-time": 3}`
 	case "active", "cancelling":
 		return fmt.Sprintf(`{"expected-downtime": 300, "status": %q, "setup-time": 2, "total-time": 1204, "ram": {"total": 4312137728, "postcopy-requests": 0, "dirty-sync-count": 2, "multifd-bytes": 0, "pages-per-second": 32960, "downtime-bytes": 0, "page-size": 4096, "remaining": 3145728000, "postcopy-bytes": 0, "mbps": 1073.74, "transferred": 1166409728, "dirty-sync-missed-zero-copy": 0, "precopy-bytes": 1166409728, "duplicate": 4096, "dirty-pages-rate": 1200, "skipped": 0, "normal-bytes": 1166016512, "normal": 284672}}`, *status)
+	case "completed":
+		return `{"status": "completed", "setup-time": 2, "downtime": 48, "total-time": 4012, "ram": {"total": 4312137728, "postcopy-requests": 0, "dirty-sync-count": 4, "multifd-bytes": 0, "pages-per-second": 0, "downtime-bytes": 2113536, "page-size": 4096, "remaining": 0, "postcopy-bytes": 0, "mbps": 1073.74, "transferred": 4299161600, "dirty-sync-missed-zero-copy": 0, "precopy-bytes": 4297048064, "duplicate": 4096, "dirty-pages-rate": 0, "skipped": 0, "normal-bytes": 4296540160, "normal": 1048960}}`
 	}
+	// failed and cancelled carry no figures (failed may add error-desc).
 	return fmt.Sprintf(`{"status": %q}`, *status)
 }
 
