@@ -132,9 +132,10 @@ func (s *vmState) setMigrate(q queryMigrate) {
 		return
 	}
 	if s.mig.eventEnd && !migrationEnded(st) {
-		// A reply QEMU wrote before the MIGRATION event that ended the
-		// migration, applied after it (the watcher and the reader run
-		// concurrently): it is older than what the event said.
+		// An in-progress status after the event that ended the
+		// migration and before any event of a new one: older than what
+		// the event said. The watcher applies replies in wire order, so
+		// QEMU does not send this; a peer that did is not believed.
 		return
 	}
 	// QEMU before 9.0 sets the status to completed a moment before it

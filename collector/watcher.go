@@ -3,7 +3,9 @@ package collector
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -492,7 +494,7 @@ func (w *watcher) sync(ctx context.Context, conn *qmp.Conn) error {
 		cmd string
 		out any
 	}{{"query-name", &name}, {"query-uuid", &uuid}, {"query-version", &ver}} {
-		if err := w.execute(ctx, conn, q.cmd, q.out); err != nil {
+		if err := w.execute(ctx, conn, q.cmd, q.out, nil); err != nil {
 			return err
 		}
 	}
@@ -527,8 +529,21 @@ func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n need) error {
 		if w.unsupported[q.command] {
 			continue
 		}
+		// The reply is applied on the reader goroutine, in wire order
+		// among the events: an event QEMU sent after the reply (a
+		// RESUME after a query-status that said paused, the MIGRATION
+		// that ends a migration query-migrate saw active) always lands
+		// after it, never under it.
 		out := q.reply()
-		err := w.execute(ctx, conn, q.command, out)
+		err := w.execute(ctx, conn, q.command, nil, func(ret []byte) error {
+			if err := json.Unmarshal(ret, out); err != nil {
+				return fmt.Errorf("qmp: %s: decoding reply: %w", q.command, err)
+			}
+			w.lock()
+			q.apply(&w.st, out)
+			w.mu.Unlock()
+			return nil
+		})
 		var qe *qmp.Error
 		switch {
 		case errors.As(err, &qe):
@@ -543,10 +558,6 @@ func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n need) error {
 			w.mu.Unlock()
 		case err != nil:
 			return err
-		default:
-			w.lock()
-			q.apply(&w.st, out)
-			w.mu.Unlock()
 		}
 	}
 	return nil
@@ -559,9 +570,17 @@ func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n need) error {
 // answer in time, the timer closes the connection, which ends the call
 // and the session, as a timeout would. The end of ctx closes the
 // connection too (see session).
-func (w *watcher) execute(ctx context.Context, conn *qmp.Conn, cmd string, out any) error {
+//
+// The reply is decoded into out, or, if apply is not nil, handed to apply
+// on the reader goroutine (see qmp.Conn.ExecuteFunc).
+func (w *watcher) execute(ctx context.Context, conn *qmp.Conn, cmd string, out any, apply func([]byte) error) error {
 	w.timeout.arm(w.opts.CommandTimeout)
-	err := conn.Execute(context.Background(), cmd, nil, out)
+	var err error
+	if apply != nil {
+		err = conn.ExecuteFunc(context.Background(), cmd, nil, apply)
+	} else {
+		err = conn.Execute(context.Background(), cmd, nil, out)
+	}
 	if w.timeout.disarm() && ctx.Err() == nil {
 		w.lock()
 		w.st.commandTimeouts++

@@ -407,6 +407,40 @@ func TestMigrationUnfinalPollsBounded(t *testing.T) {
 	})
 }
 
+// TestReplyThenEventInOneWrite: QEMU answers query-status "paused" and
+// then, in the same write, RESUME. The reply must not be applied after the
+// event: the VM is running.
+func TestReplyThenEventInOneWrite(t *testing.T) {
+	// One P: the reader goes on to the RESUME before the goroutine that
+	// sent the query runs again, as on a busy host.
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	synctest.Test(t, func(t *testing.T) {
+		fake := &fakeQEMU{t: t, status: "running", name: "order"}
+		m, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/order.sock"})
+		defer stop()
+		synctest.Wait()
+		fake.set(func(f *fakeQEMU) {
+			f.extra = func(cmd qmptest.Command) (qmptest.Reply, bool) {
+				if cmd.Execute != "query-status" {
+					return qmptest.Reply{}, false
+				}
+				// Both lines in one write, so one read gets both.
+				return qmptest.Raw(`{"return": {"status": "paused", "running": false}, "id": ` + string(cmd.ID) + "}\r\n" +
+					`{"event": "RESUME", "timestamp": {"seconds": 9, "microseconds": 0}}`), true
+			}
+		})
+		// The STOP makes the watcher ask query-status.
+		if err := fake.server().Emit("STOP", nil); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		got := scrape(t, m, "qmp_vm_status")
+		if !strings.Contains(got, `qmp_vm_status{status="running",vm="order"} 1`) {
+			t.Errorf("a reply applied after the event QEMU sent after it:\n%s", got)
+		}
+	})
+}
+
 // TestSameVMFromTwoSourcesReportedOnce: two sockets that reach one VM
 // (same UUID) are exported once.
 func TestSameVMFromTwoSourcesReportedOnce(t *testing.T) {

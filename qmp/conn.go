@@ -73,6 +73,7 @@ type pendingCall struct {
 	id      uint64
 	ch      chan reply // nil once the caller has given up
 	command string
+	apply   func(ret []byte) error // ExecuteFunc's; nil for Execute
 }
 
 // findPending returns the index of id in pending, or -1. Called with mu
@@ -260,14 +261,40 @@ func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 // anything is written. An error reply is returned as *Error. If ctx ends
 // first, Execute returns its error and the connection stays usable.
 func (c *Conn) Execute(ctx context.Context, command string, args, result any) error {
+	r, err := c.call(ctx, command, args, nil)
+	if err != nil {
+		return err
+	}
+	return r.decode(command, result)
+}
+
+// ExecuteFunc is Execute with the reply handed to apply on the reader
+// goroutine, in wire order: every event QEMU sent before the reply has
+// reached OnEvent before apply runs, and none sent after it has. A caller
+// that folds events and query replies into one state this way never
+// applies a reply that is older than an event it has already applied.
+// apply receives the reply's "return" value, valid only until it returns,
+// and runs under the same rules as OnEvent (quick, never blocking, never
+// calling Execute); its error is ExecuteFunc's. apply is not called for an
+// error reply (ExecuteFunc returns the *Error), nor if the connection dies
+// first. It may still be called after ctx has ended, if the reply was
+// already being delivered.
+func (c *Conn) ExecuteFunc(ctx context.Context, command string, args any, apply func(ret []byte) error) error {
+	_, err := c.call(ctx, command, args, apply)
+	return err
+}
+
+// call sends a command and waits for its reply; apply, if not nil, is
+// run on the reader goroutine when the reply is read.
+func (c *Conn) call(ctx context.Context, command string, args any, apply func([]byte) error) (reply, error) {
 	if !Allowed(command) {
-		return fmt.Errorf("%w: %q is not on the read-only allow-list", ErrNotAllowed, command)
+		return reply{}, fmt.Errorf("%w: %q is not on the read-only allow-list", ErrNotAllowed, command)
 	}
 	var rawArgs []byte
 	if args != nil {
 		var err error
 		if rawArgs, err = json.Marshal(args); err != nil {
-			return fmt.Errorf("qmp: %s: encoding arguments: %w", command, err)
+			return reply{}, fmt.Errorf("qmp: %s: encoding arguments: %w", command, err)
 		}
 	}
 	ch := make(chan reply, 1)
@@ -275,21 +302,21 @@ func (c *Conn) Execute(ctx context.Context, command string, args, result any) er
 	if c.err != nil {
 		err := c.err
 		c.mu.Unlock()
-		return err
+		return reply{}, err
 	}
 	c.nextID++
 	id := c.nextID
-	c.pending = append(c.pending, pendingCall{id: id, ch: ch, command: command})
+	c.pending = append(c.pending, pendingCall{id: id, ch: ch, command: command, apply: apply})
 	c.mu.Unlock()
 
 	if err := c.write(ctx, id, command, rawArgs); err != nil {
 		// Part of the command may be on the wire: the session is poisoned.
 		c.shutdown(fmt.Errorf("writing %s: %w", command, err))
-		return c.Err()
+		return reply{}, c.Err()
 	}
 	select {
 	case r := <-ch:
-		return r.decode(command, result)
+		return r, r.err
 	case <-ctx.Done():
 		c.mu.Lock()
 		if i := c.findPending(id); i >= 0 && c.pending[i].ch != nil {
@@ -302,9 +329,9 @@ func (c *Conn) Execute(ctx context.Context, command string, args, result any) er
 		c.mu.Unlock()
 		select {
 		case r := <-ch: // the reply won the race
-			return r.decode(command, result)
+			return r, r.err
 		default:
-			return fmt.Errorf("qmp: %s: %w", command, ctx.Err())
+			return reply{}, fmt.Errorf("qmp: %s: %w", command, ctx.Err())
 		}
 	}
 }
@@ -437,9 +464,12 @@ func (c *Conn) deliverReply(m *message, line []byte) {
 		return // the caller gave up; a late reply is expected
 	}
 	var r reply
-	if m.hasErr {
+	switch {
+	case m.hasErr:
 		r.err = decodeError(p.command, m.err)
-	} else {
+	case p.apply != nil:
+		r.err = p.apply(m.ret)
+	default:
 		r.ret = append([]byte(nil), m.ret...)
 	}
 	p.ch <- r

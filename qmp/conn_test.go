@@ -236,6 +236,63 @@ func TestExecuteEventBeforeReply(t *testing.T) {
 	}
 }
 
+// TestExecuteFuncWireOrder: apply sees the reply exactly between the
+// events QEMU sent before it and those it sent after, even when the reply
+// and the next event arrive in one read.
+func TestExecuteFuncWireOrder(t *testing.T) {
+	rec := &recorder{}
+	c, _ := connect(t, qmptest.Options{Handle: func(cmd qmptest.Command) (qmptest.Reply, bool) {
+		return qmptest.Raw(`{"event": "STOP", "timestamp": {"seconds": 5, "microseconds": 0}}`).
+			Then(qmptest.Return(map[string]any{"status": "paused"})).
+			Then(qmptest.Raw(`{"event": "RESUME", "timestamp": {"seconds": 6, "microseconds": 0}}`)), true
+	}}, rec)
+	var seen []string
+	var status string
+	err := c.ExecuteFunc(t.Context(), "query-status", nil, func(ret []byte) error {
+		seen = rec.Events()
+		var st struct{ Status string }
+		if err := json.Unmarshal(ret, &st); err != nil {
+			return err
+		}
+		status = st.Status
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if status != "paused" {
+		t.Errorf("status %q, want paused", status)
+	}
+	if diff := cmp.Diff([]string{"STOP"}, seen); diff != "" {
+		t.Errorf("events before apply (-want +got):\n%s", diff)
+	}
+	waitFor(t, func() bool { return len(rec.Events()) == 2 })
+}
+
+// TestExecuteFuncErrors: an error reply is returned and apply is not
+// called; apply's own error is ExecuteFunc's; the allow-list holds.
+func TestExecuteFuncErrors(t *testing.T) {
+	c, srv := connect(t, qmptest.Options{}, &recorder{})
+	called := false
+	err := c.ExecuteFunc(t.Context(), "query-balloon", nil, func([]byte) error { called = true; return nil })
+	if !qmp.IsClass(err, "CommandNotFound") || called {
+		t.Errorf("error reply: err %v, apply called %v", err, called)
+	}
+	bad := errors.New("cannot apply")
+	c2, _ := connect(t, qmptest.Options{Handle: func(qmptest.Command) (qmptest.Reply, bool) {
+		return qmptest.Return(struct{}{}), true
+	}}, &recorder{})
+	if err := c2.ExecuteFunc(t.Context(), "query-status", nil, func([]byte) error { return bad }); !errors.Is(err, bad) {
+		t.Errorf("apply's error: got %v", err)
+	}
+	if err := c.ExecuteFunc(t.Context(), "quit", nil, func([]byte) error { return nil }); !errors.Is(err, qmp.ErrNotAllowed) {
+		t.Errorf("ExecuteFunc(quit) = %v, want ErrNotAllowed", err)
+	}
+	if diff := cmp.Diff([]string{"qmp_capabilities", "query-balloon"}, commandNames(srv.Received())); diff != "" {
+		t.Errorf("commands on the wire (-want +got):\n%s", diff)
+	}
+}
+
 func TestExecuteConcurrentOutOfOrder(t *testing.T) {
 	const n = 8
 	var mu sync.Mutex
