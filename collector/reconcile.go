@@ -138,10 +138,11 @@ func (s *vmState) setMigrate(q queryMigrate) {
 		// QEMU does not send this; a peer that did is not believed.
 		return
 	}
-	// QEMU before 9.0 sets the status to completed a moment before it
-	// computes total-time and downtime (migration_calculate_complete runs
-	// after the state change, outside the lock query-migrate takes): a
-	// reply in that window says completed with total-time 0. Its figures
+	// QEMU 7.2 sets the status to completed a moment before it computes
+	// total-time and downtime (migration_calculate_complete runs after
+	// the state change; later releases moved both under the lock that
+	// query-migrate takes): a reply in that window says completed with
+	// total-time 0. Its figures
 	// are not final, so the next reply of the same end differs from it in
 	// those two only; unfinal marks that, and the watcher polls once more
 	// for the final figures. (A reply with no total-time at all has no
