@@ -529,11 +529,14 @@ func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n need) error {
 		if w.unsupported[q.command] {
 			continue
 		}
-		// The reply is applied on the reader goroutine, in wire order
+		// The reply is applied while the reader waits, in wire order
 		// among the events: an event QEMU sent after the reply (a
 		// RESUME after a query-status that said paused, the MIGRATION
 		// that ends a migration query-migrate saw active) always lands
-		// after it, never under it.
+		// after it, never under it. The decoding runs on this
+		// goroutine, which ends when the queries do, so it does not
+		// grow the stack of the reader, which stays parked for as long
+		// as the VM is idle.
 		out := q.reply()
 		err := w.execute(ctx, conn, q.command, nil, func(ret []byte) error {
 			if err := json.Unmarshal(ret, out); err != nil {
@@ -572,7 +575,7 @@ func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n need) error {
 // connection too (see session).
 //
 // The reply is decoded into out, or, if apply is not nil, handed to apply
-// on the reader goroutine (see qmp.Conn.ExecuteFunc).
+// while the reader waits (see qmp.Conn.ExecuteFunc).
 func (w *watcher) execute(ctx context.Context, conn *qmp.Conn, cmd string, out any, apply func([]byte) error) error {
 	w.timeout.arm(w.opts.CommandTimeout)
 	var err error

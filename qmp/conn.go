@@ -73,7 +73,9 @@ type pendingCall struct {
 	id      uint64
 	ch      chan reply // nil once the caller has given up
 	command string
-	apply   func(ret []byte) error // ExecuteFunc's; nil for Execute
+	// inOrder: ExecuteFunc's call, whose reply the reader hands over
+	// without a copy and then waits until the caller has applied it.
+	inOrder bool
 }
 
 // findPending returns the index of id in pending, or -1. Called with mu
@@ -99,6 +101,9 @@ func (c *Conn) removePending(i int) {
 type reply struct {
 	ret []byte
 	err error
+	// resume, when not nil, is closed by the caller once it is done with
+	// ret, which aliases the reader's buffer; the reader waits for it.
+	resume chan struct{}
 }
 
 // maxAbandoned bounds the ids remembered for calls whose context ended
@@ -261,32 +266,43 @@ func (c *Conn) RemoteAddr() net.Addr { return c.nc.RemoteAddr() }
 // anything is written. An error reply is returned as *Error. If ctx ends
 // first, Execute returns its error and the connection stays usable.
 func (c *Conn) Execute(ctx context.Context, command string, args, result any) error {
-	r, err := c.call(ctx, command, args, nil)
+	r, err := c.call(ctx, command, args, false)
 	if err != nil {
 		return err
 	}
 	return r.decode(command, result)
 }
 
-// ExecuteFunc is Execute with the reply handed to apply on the reader
-// goroutine, in wire order: every event QEMU sent before the reply has
-// reached OnEvent before apply runs, and none sent after it has. A caller
-// that folds events and query replies into one state this way never
-// applies a reply that is older than an event it has already applied.
-// apply receives the reply's "return" value, valid only until it returns,
-// and runs under the same rules as OnEvent (quick, never blocking, never
-// calling Execute); its error is ExecuteFunc's. apply is not called for an
-// error reply (ExecuteFunc returns the *Error), nor if the connection dies
-// first. It may still be called after ctx has ended, if the reply was
-// already being delivered.
+// ExecuteFunc is Execute with the reply kept in its place among the
+// events: apply receives the reply's "return" value on the calling
+// goroutine while the reader waits, so every event QEMU sent before the
+// reply has reached OnEvent before apply runs, and none sent after it does
+// until apply has returned. A caller that folds events and query replies
+// into one state this way never applies a reply that is older than an
+// event it has already applied. The work of apply (decoding, say) runs on
+// the caller's stack, not the reader's.
+//
+// The value passed to apply is valid only until apply returns. apply must
+// be quick and must not call Execute or ExecuteFunc on this Conn: until it
+// returns, no other reply or event is read. Its error is ExecuteFunc's.
+// apply is not called for an error reply (ExecuteFunc returns the *Error)
+// nor if the connection dies first; it is called for a reply that was
+// already being delivered when ctx ended.
 func (c *Conn) ExecuteFunc(ctx context.Context, command string, args any, apply func(ret []byte) error) error {
-	_, err := c.call(ctx, command, args, apply)
-	return err
+	r, err := c.call(ctx, command, args, true)
+	if r.resume != nil {
+		defer close(r.resume)
+	}
+	if err != nil {
+		return err
+	}
+	return apply(r.ret)
 }
 
-// call sends a command and waits for its reply; apply, if not nil, is
-// run on the reader goroutine when the reply is read.
-func (c *Conn) call(ctx context.Context, command string, args any, apply func([]byte) error) (reply, error) {
+// call sends a command and waits for its reply. With inOrder, a success
+// reply's ret aliases the reader's buffer and the reader waits until the
+// caller closes resume.
+func (c *Conn) call(ctx context.Context, command string, args any, inOrder bool) (reply, error) {
 	if !Allowed(command) {
 		return reply{}, fmt.Errorf("%w: %q is not on the read-only allow-list", ErrNotAllowed, command)
 	}
@@ -306,7 +322,7 @@ func (c *Conn) call(ctx context.Context, command string, args any, apply func([]
 	}
 	c.nextID++
 	id := c.nextID
-	c.pending = append(c.pending, pendingCall{id: id, ch: ch, command: command, apply: apply})
+	c.pending = append(c.pending, pendingCall{id: id, ch: ch, command: command, inOrder: inOrder})
 	c.mu.Unlock()
 
 	if err := c.write(ctx, id, command, rawArgs); err != nil {
@@ -319,7 +335,8 @@ func (c *Conn) call(ctx context.Context, command string, args any, apply func([]
 		return r, r.err
 	case <-ctx.Done():
 		c.mu.Lock()
-		if i := c.findPending(id); i >= 0 && c.pending[i].ch != nil {
+		i := c.findPending(id)
+		if i >= 0 {
 			c.pending[i].ch = nil
 			c.abandoned++
 			if c.abandoned > maxAbandoned {
@@ -327,12 +344,14 @@ func (c *Conn) call(ctx context.Context, command string, args any, apply func([]
 			}
 		}
 		c.mu.Unlock()
-		select {
-		case r := <-ch: // the reply won the race
+		if i < 0 {
+			// The reader (or shutdown) has taken the call: its reply
+			// is on the way, and an in-order one holds the reader
+			// until it is received.
+			r := <-ch
 			return r, r.err
-		default:
-			return reply{}, fmt.Errorf("qmp: %s: %w", command, ctx.Err())
 		}
+		return reply{}, fmt.Errorf("qmp: %s: %w", command, ctx.Err())
 	}
 }
 
@@ -377,8 +396,27 @@ func (c *Conn) write(ctx context.Context, id uint64, command string, args []byte
 		defer func() { _ = c.nc.SetWriteDeadline(time.Time{}) }()
 	}
 	if ctx.Done() != nil {
-		stop := context.AfterFunc(ctx, func() { _ = c.nc.SetWriteDeadline(time.Unix(1, 0)) })
-		defer stop()
+		// The end of ctx interrupts the write by moving the deadline to
+		// the past. If it ends just after the write, that deadline must
+		// not stay for the next one: written keeps a late call from
+		// setting it, and a call that did is undone.
+		var mu sync.Mutex
+		written := false
+		stop := context.AfterFunc(ctx, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if !written {
+				_ = c.nc.SetWriteDeadline(time.Unix(1, 0))
+			}
+		})
+		defer func() {
+			mu.Lock()
+			written = true
+			mu.Unlock()
+			if !stop() {
+				_ = c.nc.SetWriteDeadline(time.Time{})
+			}
+		}()
 	}
 	_, err := c.nc.Write(b)
 	return err
@@ -467,12 +505,15 @@ func (c *Conn) deliverReply(m *message, line []byte) {
 	switch {
 	case m.hasErr:
 		r.err = decodeError(p.command, m.err)
-	case p.apply != nil:
-		r.err = p.apply(m.ret)
+	case p.inOrder:
+		r.ret, r.resume = m.ret, make(chan struct{})
 	default:
 		r.ret = append([]byte(nil), m.ret...)
 	}
 	p.ch <- r
+	if r.resume != nil {
+		<-r.resume // the caller is done with ret: read on
+	}
 }
 
 // decodeError turns an "error" member into *Error.

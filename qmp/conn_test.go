@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -249,6 +251,9 @@ func TestExecuteFuncWireOrder(t *testing.T) {
 	var seen []string
 	var status string
 	err := c.ExecuteFunc(t.Context(), "query-status", nil, func(ret []byte) error {
+		// The RESUME is already on its way; the reader holds it until
+		// apply returns.
+		time.Sleep(20 * time.Millisecond)
 		seen = rec.Events()
 		var st struct{ Status string }
 		if err := json.Unmarshal(ret, &st); err != nil {
@@ -267,6 +272,80 @@ func TestExecuteFuncWireOrder(t *testing.T) {
 		t.Errorf("events before apply (-want +got):\n%s", diff)
 	}
 	waitFor(t, func() bool { return len(rec.Events()) == 2 })
+}
+
+// TestExecuteFuncCancelledLeavesReaderFree: a call whose context ends
+// while its reply is being delivered still releases the reader, so the
+// connection keeps working.
+func TestExecuteFuncCancelledLeavesReaderFree(t *testing.T) {
+	// The fake cancels the call's context when the command arrives, just
+	// before it replies: the call sees the end of its context and the
+	// reply in either order.
+	// Over a unix socket: the command's write is done before the fake
+	// reads it, so the end of the context cannot fail the write.
+	var cancelCall atomic.Pointer[context.CancelFunc]
+	client, _ := qmptest.NewUnix(t, qmptest.Options{Handle: func(qmptest.Command) (qmptest.Reply, bool) {
+		if f := cancelCall.Load(); f != nil {
+			(*f)()
+		}
+		return qmptest.Return(map[string]any{"status": "running"}), true
+	}})
+	c, err := qmp.NewConn(t.Context(), client, qmp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); <-c.Done() })
+	applied := 0
+	for range 300 {
+		ctx, cancel := context.WithCancel(t.Context())
+		cancelCall.Store(&cancel)
+		if c.ExecuteFunc(ctx, "query-status", nil, func([]byte) error { applied++; return nil }) == nil {
+			cancel()
+		}
+		cancelCall.Store(nil)
+	}
+	t.Logf("%d of 300 replies applied after their context ended", applied)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	if err := c.ExecuteFunc(ctx, "query-status", nil, func([]byte) error { return nil }); err != nil {
+		t.Fatalf("after cancelled calls: %v", err)
+	}
+}
+
+// cancelAfterWrite is a connection whose next write, once armed, ends a
+// context just after the bytes went out, as a caller's deadline might.
+type cancelAfterWrite struct {
+	net.Conn
+	cancel atomic.Pointer[context.CancelFunc]
+}
+
+func (c *cancelAfterWrite) Write(b []byte) (int, error) {
+	n, err := c.Conn.Write(b)
+	if f := c.cancel.Swap(nil); f != nil {
+		(*f)()
+		time.Sleep(10 * time.Millisecond) // let the context's AfterFunc run
+	}
+	return n, err
+}
+
+// TestContextEndingJustAfterWrite: a context that ends once its command
+// is written leaves no deadline behind for the next command.
+func TestContextEndingJustAfterWrite(t *testing.T) {
+	client, _ := qmptest.NewUnix(t, qmptest.Options{Handle: func(qmptest.Command) (qmptest.Reply, bool) {
+		return qmptest.Return(map[string]any{"status": "running"}), true
+	}})
+	cw := &cancelAfterWrite{Conn: client}
+	c, err := qmp.NewConn(t.Context(), cw, qmp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); <-c.Done() })
+	ctx, cancel := context.WithCancel(t.Context())
+	cw.cancel.Store(&cancel)
+	_ = c.Execute(ctx, "query-status", nil, nil) // its reply may or may not win
+	if err := c.Execute(t.Context(), "query-status", nil, nil); err != nil {
+		t.Fatalf("the next command: %v", err)
+	}
 }
 
 // TestExecuteFuncErrors: an error reply is returned and apply is not

@@ -42,11 +42,11 @@
 //     (a non-blocking send on a channel of size one is enough).
 //   - a reply is matched to its command by id and handed to the Execute
 //     call waiting for it through a buffered channel, so delivering a reply
-//     never blocks the reader either. With ExecuteFunc, the reply is
-//     first passed to the caller's function on the reader goroutine, so it
-//     takes its place in wire order among the events: a caller that keeps
-//     state from both never applies a reply after an event that QEMU sent
-//     later.
+//     never blocks the reader either. ExecuteFunc is the exception: the
+//     reader waits while the caller's function takes the reply, so the
+//     reply keeps its place in wire order among the events, and a caller
+//     that keeps state from both never applies a reply after an event
+//     that QEMU sent later.
 //
 // Event.Data aliases the connection's read buffer: it is valid only until
 // OnEvent returns. Copy it to keep it. This keeps the common event path free

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -125,6 +126,33 @@ type Server struct {
 func New(t testing.TB, opts Options) (net.Conn, *Server) {
 	t.Helper()
 	client, server := net.Pipe()
+	return start(t, opts, client, server)
+}
+
+// NewUnix is New over a unix socket instead of a pipe: a write completes
+// into the kernel's buffer without waiting for the reader, as on a real
+// monitor socket. (A pipe's write waits for the read, so a deadline that
+// fires meanwhile fails it.)
+func NewUnix(t testing.TB, opts Options) (net.Conn, *Server) {
+	t.Helper()
+	ln, err := net.Listen("unix", filepath.Join(t.TempDir(), "qmp.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("unix", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := ln.Accept()
+	if err != nil {
+		client.Close()
+		t.Fatal(err)
+	}
+	return start(t, opts, client, server)
+}
+
+func start(t testing.TB, opts Options, client, server net.Conn) (net.Conn, *Server) {
 	s := &Server{t: t, opts: opts, conn: server, negotiated: make(chan struct{}), done: make(chan struct{})}
 	go s.serve()
 	t.Cleanup(func() {
