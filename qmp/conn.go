@@ -328,6 +328,13 @@ func (c *Conn) call(ctx context.Context, command string, args any, inOrder bool)
 	if err := c.write(ctx, id, command, rawArgs); err != nil {
 		// Part of the command may be on the wire: the session is poisoned.
 		c.shutdown(fmt.Errorf("writing %s: %w", command, err))
+		// Exactly one answer comes for the call: shutdown's, or a reply
+		// the peer sent for this id before the command was even out,
+		// which the reader took first. An in-order one holds the
+		// reader until released.
+		if r := <-ch; r.resume != nil {
+			close(r.resume)
+		}
 		return reply{}, c.Err()
 	}
 	select {

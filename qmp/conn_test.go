@@ -348,6 +348,51 @@ func TestContextEndingJustAfterWrite(t *testing.T) {
 	}
 }
 
+// failingWrite is a connection whose writes, once armed, fail after a
+// pause (long enough for the reader to take a reply that came first).
+type failingWrite struct {
+	net.Conn
+	fail atomic.Bool
+}
+
+func (c *failingWrite) Write(b []byte) (int, error) {
+	if c.fail.Load() {
+		time.Sleep(20 * time.Millisecond)
+		return 0, errors.New("injected write failure")
+	}
+	return c.Conn.Write(b)
+}
+
+// TestForgedReplyThenWriteFailure: a peer that replies to the next id
+// before the command is written, and a write that then fails, must not
+// leave the reader waiting for a caller that has gone: the connection
+// closes and its reader ends.
+func TestForgedReplyThenWriteFailure(t *testing.T) {
+	client, _ := qmptest.NewUnix(t, qmptest.Options{HandleCapabilities: true, Handle: func(cmd qmptest.Command) (qmptest.Reply, bool) {
+		if cmd.Execute != "qmp_capabilities" {
+			return qmptest.NoReply, true
+		}
+		// qmp_capabilities is id 1: the forged reply is for id 2.
+		return qmptest.Return(struct{}{}).Then(qmptest.Raw(`{"return": {"status": "forged"}, "id": 2}`)), true
+	}})
+	fw := &failingWrite{Conn: client}
+	c, err := qmp.NewConn(t.Context(), fw, qmp.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fw.fail.Store(true)
+	err = c.ExecuteFunc(t.Context(), "query-status", nil, func([]byte) error { return nil })
+	if err == nil {
+		t.Fatal("ExecuteFunc succeeded over a failing write")
+	}
+	c.Close()
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reader still waits for a caller that has gone")
+	}
+}
+
 // TestExecuteFuncErrors: an error reply is returned and apply is not
 // called; apply's own error is ExecuteFunc's; the allow-list holds.
 func TestExecuteFuncErrors(t *testing.T) {
