@@ -487,29 +487,11 @@ func TestReplacedVMKeepsItsFirstEvents(t *testing.T) {
 	})
 }
 
-// logBuffer is a log destination safe for concurrent writers.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // TestQueryTimeoutLogsOneLine: a query QEMU does not answer ends the
 // session with an error that names it, on one log line.
 func TestQueryTimeoutLogsOneLine(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		var logs logBuffer
+		var logs syncBuffer
 		fake := &fakeQEMU{t: t, status: "running", name: "hung"}
 		m := NewManager(Options{CommandTimeout: time.Second, Logger: log.NewLogfmtLogger(&logs)})
 		m.dial = fake.dial
@@ -600,17 +582,7 @@ func TestSessionsLeaveNoContexts(t *testing.T) {
 		synctest.Wait()
 		// Only goroutines that watch a context count: other tests'
 		// goroutines ending meanwhile must not hide a leak.
-		watching := func() int {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			k := 0
-			for g := range strings.SplitSeq(string(buf), "\n\n") {
-				if strings.Contains(g, "context.") {
-					k++
-				}
-			}
-			return k
-		}
+		watching := func() int { return goroutinesIn("context.") }
 		base := watching()
 		for range 5 {
 			fake.server().Close()
@@ -621,6 +593,22 @@ func TestSessionsLeaveNoContexts(t *testing.T) {
 			t.Errorf("%d goroutines more watch a context after 5 reconnects: contexts left registered", n)
 		}
 	})
+}
+
+// goroutinesIn counts the goroutines whose stack mentions any of funcs.
+func goroutinesIn(funcs ...string) int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	k := 0
+	for g := range strings.SplitSeq(string(buf), "\n\n") {
+		for _, f := range funcs {
+			if strings.Contains(g, f) {
+				k++
+				break
+			}
+		}
+	}
+	return k
 }
 
 // TestIdleVMHasOneGoroutine: a connected VM with nothing to do costs one
@@ -637,17 +625,7 @@ func TestIdleVMHasOneGoroutine(t *testing.T) {
 		m, stop := newTestManager(t, fake, targets...)
 		defer stop()
 		synctest.Wait()
-		count := func() int {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
-			k := 0
-			for g := range strings.SplitSeq(string(buf), "\n\n") {
-				if strings.Contains(g, "collector.(*watcher)") || strings.Contains(g, "qmp.(*Conn)") {
-					k++
-				}
-			}
-			return k
-		}
+		count := func() int { return goroutinesIn("collector.(*watcher)", "qmp.(*Conn)") }
 		if got := count(); got != n {
 			t.Errorf("%d goroutines for %d idle VMs, want one each", got, n)
 		}
