@@ -174,7 +174,7 @@ gobench:
 	$(GO) test -run=XXX -bench=. -benchmem ./qmp/ ./collector/
 
 # bench: whole-process benchmarks of the exporter binary against
-# cmd/qmp-loadgen (docs/performance.md): CPU per event, memory per VM, loss,
+# internal/cmd/qmp-loadgen (docs/performance.md): CPU per event, memory per VM, loss,
 # /metrics latency, reconnection. About 7 minutes on an idle 2-core machine;
 # results in .build/bench/. Flags in BENCHFLAGS, e.g. BENCHFLAGS='-only flood-1 -perf'.
 .PHONY: bench

@@ -126,7 +126,7 @@ func run(ctx context.Context, o options, cmdline string) error {
 		b.machine.Revision = strings.TrimSpace(string(out))
 	}
 	b.logf("building qmp_exporter and qmp-loadgen")
-	for _, t := range []struct{ pkg, bin string }{{"./cmd/qmp_exporter", "qmp_exporter"}, {"./cmd/qmp-loadgen", "qmp-loadgen"}} {
+	for _, t := range []struct{ pkg, bin string }{{"./cmd/qmp_exporter", "qmp_exporter"}, {"./internal/cmd/qmp-loadgen", "qmp-loadgen"}} {
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", filepath.Join(tmp, t.bin), t.pkg)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {

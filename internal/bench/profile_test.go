@@ -72,7 +72,7 @@ func TestInProcessProfile(t *testing.T) {
 		t.Fatal(err)
 	}
 	lgBin := filepath.Join(tmp, "qmp-loadgen")
-	build := exec.Command("go", "build", "-o", lgBin, "./cmd/qmp-loadgen")
+	build := exec.Command("go", "build", "-o", lgBin, "./internal/cmd/qmp-loadgen")
 	build.Dir = root
 	if out, berr := build.CombinedOutput(); berr != nil {
 		t.Fatalf("go build: %v\n%s", berr, out)
