@@ -51,7 +51,8 @@ GOVULNCHECK   := golang.org/x/vuln/cmd/govulncheck@v1.9.0
 FUZZ_TARGETS := \
 	./qmp/:FuzzDecode \
 	./config/:FuzzParse \
-	./collector/:FuzzFold
+	./internal/vmstate/:FuzzFold \
+	./collector/:FuzzExposition
 FUZZTIME ?= 10s
 
 # Extra flags for the race test run, e.g. GOTESTFLAGS='-run TestEndToEnd'.
@@ -169,9 +170,10 @@ test-dashboards:
 test-short:
 	$(GO) test -short ./...
 
-# gobench: the Go micro-benchmarks of the protocol client and the collector.
+# gobench: the Go micro-benchmarks of the protocol client, the fold and the
+# exposition.
 gobench:
-	$(GO) test -run=XXX -bench=. -benchmem ./qmp/ ./collector/
+	$(GO) test -run=XXX -bench=. -benchmem ./qmp/ ./internal/vmstate/ ./collector/
 
 # bench: whole-process benchmarks of the exporter binary against
 # internal/cmd/qmp-loadgen (docs/performance.md): CPU per event, memory per VM, loss,

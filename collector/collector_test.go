@@ -12,12 +12,16 @@ import (
 	"strings"
 	"testing"
 	"testing/synctest"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 
+	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
+	"github.com/qmp-exporter/qmp_exporter/internal/source/qmpsock"
+	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
 	"github.com/qmp-exporter/qmp_exporter/qmp"
 	"github.com/qmp-exporter/qmp_exporter/qmp/qmptest"
 )
@@ -42,7 +46,7 @@ func TestGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := replay(t, tr, Target{Network: "unix", Address: "/run/qemu/" + name + ".qmp"})
+			got := replay(t, tr, qmpsock.Target{Network: "unix", Address: "/run/qemu/" + name + ".qmp"})
 			golden := filepath.Join("testdata", name+".prom")
 			if *update {
 				if err := os.WriteFile(golden, got, 0o644); err != nil {
@@ -60,11 +64,11 @@ func TestGolden(t *testing.T) {
 	}
 }
 
-func replay(t *testing.T, tr *qmptest.Transcript, target Target) []byte {
+func replay(t *testing.T, tr *qmptest.Transcript, target qmpsock.Target) []byte {
 	var out []byte
-	replayThen(t, tr, target, func(m *Manager) {
+	replayThen(t, tr, target, func(f *fleet.Fleet) {
 		reg := prometheus.NewPedanticRegistry()
-		reg.MustRegister(NewCollector(m))
+		reg.MustRegister(NewCollector(f))
 		if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) != 0 {
 			t.Errorf("lint: %v %v", problems, err)
 		}
@@ -77,26 +81,30 @@ func replay(t *testing.T, tr *qmptest.Transcript, target Target) []byte {
 	return out
 }
 
-// replayThen replays tr through a real watcher of target (see TestGolden)
-// and calls check with its Manager once every event has been folded.
-func replayThen(t *testing.T, tr *qmptest.Transcript, target Target, check func(*Manager)) {
+// replayThen replays tr through a real QMP-socket source watching target
+// (see TestGolden) and calls check with its fleet once every event has
+// been folded.
+func replayThen(t *testing.T, tr *qmptest.Transcript, target qmpsock.Target, check func(*fleet.Fleet)) {
 	synctest.Test(t, func(t *testing.T) {
 		var srv *qmptest.Server
-		m := NewManager(Options{})
-		// The golden shows the initial sync plus the pure fold of every
-		// recorded event. Follow-up queries are left out: a replay cannot
-		// answer them with what QEMU would have said at that moment (the
-		// watcher tests and the end-to-end tests cover them).
-		m.noFollowUps = true
-		m.dial = func(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, error) {
-			client, s := qmptest.New(t, qmptest.Options{Transcript: tr})
-			srv = s
-			return qmp.NewConn(ctx, client, opts)
-		}
-		m.Sync([]Target{target})
+		f := fleet.New(fleet.Options{})
+		src := qmpsock.New(f, qmpsock.Options{
+			// The golden shows the initial sync plus the pure fold of
+			// every recorded event. Follow-up queries are left out: a
+			// replay cannot answer them with what QEMU would have said at
+			// that moment (the source's tests and the end-to-end tests
+			// cover them).
+			NoFollowUps: true,
+			Dial: func(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, error) {
+				client, s := qmptest.New(t, qmptest.Options{Transcript: tr})
+				srv = s
+				return qmp.NewConn(ctx, client, opts)
+			},
+		})
+		src.Sync([]qmpsock.Target{target})
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan struct{})
-		go func() { m.Run(ctx); close(done) }()
+		go func() { src.Run(ctx); close(done) }()
 		synctest.Wait()
 		for i := range tr.Events {
 			if err := srv.EmitEvent(tr, i); err != nil {
@@ -104,7 +112,7 @@ func replayThen(t *testing.T, tr *qmptest.Transcript, target Target, check func(
 			}
 			synctest.Wait()
 		}
-		check(m)
+		check(f)
 		cancel()
 		<-done
 	})
@@ -133,50 +141,40 @@ func formatAll(g prometheus.Gatherer) ([]byte, error) {
 func TestDescribeCoversCollect(t *testing.T) {
 	// A pedantic registry fails Gather if Collect sends a metric whose
 	// Desc was not described.
-	synctest.Test(t, func(t *testing.T) {
-		fake := &fakeQEMU{t: t, status: "running", name: "d"}
-		m, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/d.sock"})
-		defer stop()
-		synctest.Wait()
-		if err := fake.server().Emit("STOP", nil); err != nil {
-			t.Fatal(err)
-		}
-		synctest.Wait()
-		reg := prometheus.NewPedanticRegistry()
-		reg.MustRegister(NewCollector(m))
-		if _, err := reg.Gather(); err != nil {
-			t.Fatal(err)
-		}
-	})
+	f := benchFleet(3)
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(f))
+	if _, err := reg.Gather(); err != nil {
+		t.Fatal(err)
+	}
 }
 
-// benchManager builds a Manager with n VMs that are up and have seen a few
-// kinds of event, without starting any watcher.
-func benchManager(n int) *Manager {
-	m := NewManager(Options{})
-	targets := make([]Target, n)
-	for i := range targets {
-		targets[i] = Target{Network: "unix", Address: "/run/qemu/vm" + strconv.Itoa(i) + ".qmp"}
-	}
-	m.Sync(targets)
-	i := 0
-	for _, mw := range m.watchers {
-		w := mw.w
-		w.st.setInfo(vmInfo{name: w.target.DefaultName(), uuid: fmt.Sprintf("5c0ffee0-0d15-4a7b-9e3c-%012d", len(m.watchers)+i), version: "7.2.22"})
-		i++
-		w.st.up = true
-		w.st.setStatus("running")
-		for _, e := range []string{"STOP", "RESUME", "RESET", "RTC_CHANGE", "VNC_CONNECTED", "VNC_DISCONNECTED"} {
-			w.st.apply(ev(e, ""))
+// benchFleet builds a fleet of n VMs that are up and have seen a few
+// kinds of event, as a source would have left them.
+func benchFleet(n int) *fleet.Fleet {
+	f := fleet.New(fleet.Options{})
+	for i := range n {
+		name := "vm" + strconv.Itoa(i)
+		v, err := f.Add(name, fleet.Meta{DefaultName: name, Address: "/run/qemu/" + name + ".qmp"}, time.Now())
+		if err != nil {
+			panic(err)
 		}
+		st := v.Lock()
+		st.SetInfo(vmstate.Info{Name: name, UUID: fmt.Sprintf("5c0ffee0-0d15-4a7b-9e3c-%012d", n+i), Version: "7.2.22"})
+		st.MarkUp()
+		st.SetStatus("running")
+		for _, e := range []string{"STOP", "RESUME", "RESET", "RTC_CHANGE", "VNC_CONNECTED", "VNC_DISCONNECTED"} {
+			st.Apply(qmp.Event{Name: e, Time: time.Unix(1700000000, 5000)})
+		}
+		v.Unlock()
 	}
-	return m
+	return f
 }
 
 func BenchmarkCollect(b *testing.B) {
 	for _, n := range []int{1, 100, 1000} {
 		b.Run(strconv.Itoa(n)+"VMs", func(b *testing.B) {
-			c := NewCollector(benchManager(n))
+			c := NewCollector(benchFleet(n))
 			ch := make(chan prometheus.Metric, 1024)
 			done := make(chan int)
 			go func() {

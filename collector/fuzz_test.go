@@ -3,14 +3,19 @@ package collector
 import (
 	"encoding/json"
 	"testing"
+	"time"
 
+	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
+	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
 	"github.com/qmp-exporter/qmp_exporter/qmp"
 )
 
-// FuzzFold folds arbitrary data under every event name into a state that
-// knows some devices, and checks that nothing panics, that the event is
-// counted, and that every label value the state would export is valid.
-func FuzzFold(f *testing.F) {
+// FuzzExposition folds arbitrary data under every event name into the
+// state of a VM with configured labels, and checks that Collector can
+// export every series (MustNewConstMetric panics on an invalid label
+// value) and that the text the scrape handler writes holds the same
+// series. The fold itself is fuzzed by vmstate's FuzzFold.
+func FuzzExposition(f *testing.F) {
 	for _, line := range []string{
 		`{"device": "ide0-hd1", "node-name": "#block212", "operation": "write", "action": "stop", "nospace": true}`,
 		`{"action": "pause", "info": {"type": "hyper-v", "arg1": 1}}`,
@@ -29,23 +34,17 @@ func FuzzFold(f *testing.F) {
 		if !json.Valid(data) {
 			return // the qmp reader only delivers valid JSON
 		}
-		s := newVMState()
-		s.setBlock(knownDevices)
-		s.apply(qmp.Event{Name: name, Data: data})
-		s.apply(qmp.Event{Name: name, Data: data})
-		if validEventName(name) && (s.events[name] == nil || s.events[name].count != 2) {
-			t.Fatalf("%s not counted twice", name)
+		vms := fleet.New(fleet.Options{})
+		v, err := vms.Add("fuzz", fleet.Meta{DefaultName: "fuzz", Labels: map[string]string{"device": "d", "site": "s"}}, time.Now())
+		if err != nil {
+			t.Fatal(err)
 		}
-		c := NewCollector(NewManager(Options{}))
-		e := emitter{vm: "vm", c: c}
-		e.vmMetrics(&s) // MustNewConstMetric panics on an invalid label value
-
-		// The text the scrape handler writes holds the same series.
-		m := NewManager(Options{})
-		m.Sync([]Target{{Network: "unix", Address: "/run/qemu/fuzz.qmp", Labels: map[string]string{"device": "d", "site": "s"}}})
-		w := m.sortedWatchers()[0]
-		s.up = true
-		w.st = s
-		checkTextMatchesCollector(t, m)
+		st := v.Lock()
+		st.SetBlock([]vmstate.BlockEntry{{Device: "ide0-hd1", Qdev: "disk1"}, {Qdev: "/machine/peripheral/disk0"}})
+		st.MarkUp()
+		st.Apply(qmp.Event{Name: name, Data: data})
+		st.Apply(qmp.Event{Name: name, Data: data})
+		v.Unlock()
+		checkTextMatchesCollector(t, vms)
 	})
 }

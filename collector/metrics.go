@@ -1,239 +1,514 @@
 package collector
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"cmp"
+	"maps"
+	"slices"
+	"strconv"
 
-// metricDef documents one metric: everything the README's metrics table
-// shows comes from here, and the Desc used by Describe and Collect is
-// built from the same values, so the table cannot drift from the code.
-type metricDef struct {
-	name   string
-	typ    string // "gauge" or "counter"
-	labels []string
-	source string // the QMP events and commands it is built from
-	help   string
-	desc   *prometheus.Desc
-	// textIndex is the metric's place in textFamilies.
-	textIndex int
+	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
+)
+
+// Metric is the one definition of a metric: its name, type, labels,
+// documentation and how its samples are read from a VM's state. The
+// README's metrics table, Describe and Collect, the text writer and the
+// dashboards' and alerts' checks of metric names all read these values;
+// a metric exists exactly when it is in vmMetrics (or is
+// listenerConnections), so none can be half registered.
+type Metric struct {
+	Name string
+	Type string // "gauge" or "counter"
+	// Labels are the metric's labels after vm, which every per-VM series
+	// carries first.
+	Labels []string
+	// Source names the QMP events and commands the values come from.
+	Source string
+	Help   string
+	// values sends the metric's samples for one VM: one s.add per
+	// series, with one label value per entry of Labels. It only reads st.
+	values func(st *vmstate.State, s *sink)
 }
 
-func def(name, typ, source, help string, labels ...string) *metricDef {
-	return &metricDef{name: name, typ: typ, labels: labels, source: source, help: help,
-		desc: prometheus.NewDesc(name, help, labels, nil)}
-}
+const (
+	gauge   = "gauge"
+	counter = "counter"
+)
 
 // rateLimitNote is appended to the HELP of counters fed by events QEMU
 // rate-limits.
 const rateLimitNote = " QEMU rate-limits some events (BALLOON_CHANGE, WATCHDOG, RTC_CHANGE, QUORUM_*, VSERPORT_CHANGE, and on newer versions BLOCK_IO_ERROR and MEMORY_DEVICE_SIZE_CHANGE) to one per second, keeping the last, so for those this counts reports, not occurrences."
 
-var (
-	mUp = def("qmp_up", "gauge", "session state; query-status, query-name, query-uuid, query-version",
-		"Whether the QMP session to the VM is established and its initial sync (query-status, query-name, query-uuid, query-version) succeeded (1) or not (0).",
-		"vm")
-	mVMStatus = def("qmp_vm_status", "gauge", "query-status; STOP, RESUME, SHUTDOWN, SUSPEND, WAKEUP",
-		"The VM's run state as reported by query-status and followed through STOP, RESUME, SHUTDOWN, SUSPEND and WAKEUP events: 1 for the current state, 0 for every other QEMU RunState; all 0 while the session is down.",
-		"vm", "status")
-	mVMInfo = def("qmp_vm_info", "gauge", "query-uuid, query-version",
-		"Identity of the VM from query-uuid and query-version; always 1.",
-		"vm", "uuid", "qemu_version", "package")
-	mEvents = def("qmp_events_total", "counter", "every event",
-		"QMP events observed by this exporter, by QEMU's event name. Counts survive reconnects; events QEMU emitted while no session was up are not seen."+rateLimitNote,
-		"vm", "event")
-	mEventsUnlabelled = def("qmp_events_unlabelled_total", "counter", "every event",
-		"QMP events not counted in qmp_events_total because their name was not a valid QMP event name or the VM had already reported 128 distinct names.",
-		"vm")
-	mLastEvent = def("qmp_last_event_timestamp_seconds", "gauge", "every event (its timestamp)",
-		"QEMU's own timestamp of the latest QMP event of each name observed by this exporter.",
-		"vm", "event")
-	mAttempts = def("qmp_connection_attempts_total", "counter", "session state",
-		"Attempts to open a QMP session (connect, handshake, initial sync) to the VM's monitor.",
-		"vm")
-	mFailures = def("qmp_connection_failures_total", "counter", "session state",
-		"QMP session attempts that failed before the session was established (refused or missing socket, no greeting, failed handshake or sync).",
-		"vm")
-	mProtocolErrors = def("qmp_protocol_errors_total", "counter", "session state",
-		"Messages from the VM's monitor that were dropped because they were malformed JSON, replies with an unknown id, or neither reply nor event.",
-		"vm")
-	mEventDataErrors = def("qmp_event_data_errors_total", "counter", "every event",
-		"QMP events whose data lacked a member the event must carry or was not a JSON object; the event is still counted in qmp_events_total.",
-		"vm")
-	mCommandTimeouts = def("qmp_command_timeouts_total", "counter", "session state",
-		"Queries the VM did not answer within --qmp.command-timeout; each one drops the session as hung.",
-		"vm")
-	mDropped = def("qmp_dropped_label_sets_total", "counter", "all per-object metrics",
-		"Objects (block devices, jobs, serial ports) not given their own series because the VM already had 64 of that kind.",
-		"vm", "kind")
+// vmMetrics are the per-VM metrics, in README order.
+var vmMetrics = []*Metric{
+	{Name: "qmp_up", Type: gauge, Source: "session state; query-status, query-name, query-uuid, query-version",
+		Help:   "Whether the QMP session to the VM is established and its initial sync (query-status, query-name, query-uuid, query-version) succeeded (1) or not (0).",
+		values: func(st *vmstate.State, s *sink) { s.add(boolValue(st.Up)) }},
+	{Name: "qmp_vm_status", Type: gauge, Labels: []string{"status"}, Source: "query-status; STOP, RESUME, SHUTDOWN, SUSPEND, WAKEUP",
+		Help:   "The VM's run state as reported by query-status and followed through STOP, RESUME, SHUTDOWN, SUSPEND and WAKEUP events: 1 for the current state, 0 for every other QEMU RunState; all 0 while the session is down.",
+		values: runStatus},
+	{Name: "qmp_vm_info", Type: gauge, Labels: []string{"uuid", "qemu_version", "package"}, Source: "query-uuid, query-version",
+		Help: "Identity of the VM from query-uuid and query-version; always 1.",
+		values: func(st *vmstate.State, s *sink) {
+			if st.Synced {
+				s.add(1, st.Info.UUID, st.Info.Version, st.Info.Package)
+			}
+		}},
+	{Name: "qmp_events_total", Type: counter, Labels: []string{"event"}, Source: "every event",
+		Help: "QMP events observed by this exporter, by QEMU's event name. Counts survive reconnects; events QEMU emitted while no session was up are not seen." + rateLimitNote,
+		values: func(st *vmstate.State, s *sink) {
+			for _, n := range sortedKeys(st.Events) {
+				s.add(float64(st.Events[n].Count), n)
+			}
+		}},
+	{Name: "qmp_events_unlabelled_total", Type: counter, Source: "every event",
+		Help:   "QMP events not counted in qmp_events_total because their name was not a valid QMP event name or the VM had already reported 128 distinct names.",
+		values: func(st *vmstate.State, s *sink) { s.add(float64(st.Unlabelled)) }},
+	{Name: "qmp_last_event_timestamp_seconds", Type: gauge, Labels: []string{"event"}, Source: "every event (its timestamp)",
+		Help: "QEMU's own timestamp of the latest QMP event of each name observed by this exporter.",
+		values: func(st *vmstate.State, s *sink) {
+			for _, n := range sortedKeys(st.Events) {
+				if ev := st.Events[n]; !ev.Last.IsZero() {
+					s.add(float64(ev.Last.UnixMicro())/1e6, n)
+				}
+			}
+		}},
+	{Name: "qmp_connection_attempts_total", Type: counter, Source: "session state",
+		Help:   "Attempts to open a QMP session (connect, handshake, initial sync) to the VM's monitor.",
+		values: func(st *vmstate.State, s *sink) { s.add(float64(st.Attempts)) }},
+	{Name: "qmp_connection_failures_total", Type: counter, Source: "session state",
+		Help:   "QMP session attempts that failed before the session was established (refused or missing socket, no greeting, failed handshake or sync).",
+		values: func(st *vmstate.State, s *sink) { s.add(float64(st.Failures)) }},
+	{Name: "qmp_protocol_errors_total", Type: counter, Source: "session state",
+		Help:   "Messages from the VM's monitor that were dropped because they were malformed JSON, replies with an unknown id, or neither reply nor event.",
+		values: func(st *vmstate.State, s *sink) { s.add(float64(st.ProtocolErrors)) }},
+	{Name: "qmp_event_data_errors_total", Type: counter, Source: "every event",
+		Help:   "QMP events whose data lacked a member the event must carry or was not a JSON object; the event is still counted in qmp_events_total.",
+		values: func(st *vmstate.State, s *sink) { s.add(float64(st.DataErrors)) }},
+	{Name: "qmp_command_timeouts_total", Type: counter, Source: "session state",
+		Help:   "Queries the VM did not answer within --qmp.command-timeout; each one drops the session as hung.",
+		values: func(st *vmstate.State, s *sink) { s.add(float64(st.CommandTimeouts)) }},
+	{Name: "qmp_dropped_label_sets_total", Type: counter, Labels: []string{"kind"}, Source: "all per-object metrics",
+		Help: "Objects (block devices, jobs, serial ports) not given their own series because the VM already had 64 of that kind.",
+		values: func(st *vmstate.State, s *sink) {
+			for _, k := range sortedKeys(st.Dropped) {
+				s.add(float64(st.Dropped[k]), k)
+			}
+		}},
 
 	// Guest.
-	mShutdowns = def("qmp_shutdowns_total", "counter", "SHUTDOWN",
-		"SHUTDOWN events by whether the guest caused them and QEMU's ShutdownCause (reason unknown for QEMU before 4.0).",
-		"vm", "guest", "reason")
-	mResets = def("qmp_resets_total", "counter", "RESET",
-		"RESET events by whether the guest caused them and QEMU's ShutdownCause. A watchdog reset is reported by QEMU as guest=true, reason=guest-reset.",
-		"vm", "guest", "reason")
-	mPanics = def("qmp_guest_panics_total", "counter", "GUEST_PANICKED",
-		"Guest panics reported by a pvpanic, Hyper-V or s390 panic device (GUEST_PANICKED), by the action QEMU took and the type of panic information the guest gave (none when it gave none).",
-		"vm", "action", "info")
-	mCrashloads = def("qmp_guest_crashloads_total", "counter", "GUEST_CRASHLOADED",
-		"Guest panics after which the guest loaded a crash kernel (GUEST_CRASHLOADED), by action.",
-		"vm", "action")
-	mWatchdog = def("qmp_watchdog_actions_total", "counter", "WATCHDOG",
-		"Watchdog expirations (WATCHDOG), by the action QEMU took."+rateLimitNote,
-		"vm", "action")
-	mMemoryFailures = def("qmp_memory_failures_total", "counter", "MEMORY_FAILURE",
-		"Hardware memory errors (MEMORY_FAILURE), by who received them and the action taken.",
-		"vm", "recipient", "action")
-	mRTCOffset = def("qmp_rtc_offset_seconds", "gauge", "RTC_CHANGE",
-		"Offset of the guest's real-time clock from the host's, as of the last RTC_CHANGE; absent until the guest sets its clock.",
-		"vm")
-	mVserport = def("qmp_vserport_open", "gauge", "VSERPORT_CHANGE",
-		"Whether the guest has the virtio-serial port open (1) or closed (0), as of its last VSERPORT_CHANGE.",
-		"vm", "port")
-	mDumps = def("qmp_dumps_total", "counter", "DUMP_COMPLETED",
-		"Guest memory dumps finished (DUMP_COMPLETED), by result.",
-		"vm", "result")
-	mDeviceDeletions = def("qmp_device_deletions_total", "counter", "DEVICE_DELETED",
-		"Devices whose removal completed (DEVICE_DELETED).",
-		"vm")
+	{Name: "qmp_shutdowns_total", Type: counter, Labels: []string{"guest", "reason"}, Source: "SHUTDOWN",
+		Help:   "SHUTDOWN events by whether the guest caused them and QEMU's ShutdownCause (reason unknown for QEMU before 4.0).",
+		values: func(st *vmstate.State, s *sink) { guestReasons(st.Shutdowns, s) }},
+	{Name: "qmp_resets_total", Type: counter, Labels: []string{"guest", "reason"}, Source: "RESET",
+		Help:   "RESET events by whether the guest caused them and QEMU's ShutdownCause. A watchdog reset is reported by QEMU as guest=true, reason=guest-reset.",
+		values: func(st *vmstate.State, s *sink) { guestReasons(st.Resets, s) }},
+	{Name: "qmp_guest_panics_total", Type: counter, Labels: []string{"action", "info"}, Source: "GUEST_PANICKED",
+		Help:   "Guest panics reported by a pvpanic, Hyper-V or s390 panic device (GUEST_PANICKED), by the action QEMU took and the type of panic information the guest gave (none when it gave none).",
+		values: func(st *vmstate.State, s *sink) { pairs(st.Panics, s) }},
+	{Name: "qmp_guest_crashloads_total", Type: counter, Labels: []string{"action"}, Source: "GUEST_CRASHLOADED",
+		Help:   "Guest panics after which the guest loaded a crash kernel (GUEST_CRASHLOADED), by action.",
+		values: func(st *vmstate.State, s *sink) { counts(st.Crashloads, s) }},
+	{Name: "qmp_watchdog_actions_total", Type: counter, Labels: []string{"action"}, Source: "WATCHDOG",
+		Help:   "Watchdog expirations (WATCHDOG), by the action QEMU took." + rateLimitNote,
+		values: func(st *vmstate.State, s *sink) { counts(st.Watchdog, s) }},
+	{Name: "qmp_memory_failures_total", Type: counter, Labels: []string{"recipient", "action"}, Source: "MEMORY_FAILURE",
+		Help:   "Hardware memory errors (MEMORY_FAILURE), by who received them and the action taken.",
+		values: func(st *vmstate.State, s *sink) { pairs(st.MemoryFailures, s) }},
+	{Name: "qmp_rtc_offset_seconds", Type: gauge, Source: "RTC_CHANGE",
+		Help: "Offset of the guest's real-time clock from the host's, as of the last RTC_CHANGE; absent until the guest sets its clock.",
+		values: func(st *vmstate.State, s *sink) {
+			if st.RTCKnown {
+				s.add(float64(st.RTCOffset))
+			}
+		}},
+	{Name: "qmp_vserport_open", Type: gauge, Labels: []string{"port"}, Source: "VSERPORT_CHANGE",
+		Help: "Whether the guest has the virtio-serial port open (1) or closed (0), as of its last VSERPORT_CHANGE.",
+		values: func(st *vmstate.State, s *sink) {
+			for _, k := range sortedKeys(st.Vserports) {
+				s.add(boolValue(st.Vserports[k]), k)
+			}
+		}},
+	{Name: "qmp_dumps_total", Type: counter, Labels: []string{"result"}, Source: "DUMP_COMPLETED",
+		Help: "Guest memory dumps finished (DUMP_COMPLETED), by result.",
+		values: func(st *vmstate.State, s *sink) {
+			for i, r := range vmstate.DumpResults {
+				s.add(float64(st.Dumps[i]), r)
+			}
+		}},
+	{Name: "qmp_device_deletions_total", Type: counter, Source: "DEVICE_DELETED",
+		Help:   "Devices whose removal completed (DEVICE_DELETED).",
+		values: func(st *vmstate.State, s *sink) { s.add(float64(st.DeviceDeletions)) }},
 
 	// Block devices; the device label is the guest device's qdev id, or
 	// its QOM path when it has none.
-	mIOErrors = def("qmp_block_io_errors_total", "counter", "BLOCK_IO_ERROR",
-		"Block I/O errors (BLOCK_IO_ERROR) by guest device, operation and the action QEMU took (stop pauses the VM in io-error)."+rateLimitNote,
-		"vm", "device", "operation", "action")
-	mNospace = def("qmp_block_io_nospace_errors_total", "counter", "BLOCK_IO_ERROR",
-		"Block I/O errors caused by the host running out of space (BLOCK_IO_ERROR with nospace), by guest device.",
-		"vm", "device")
-	mIOStatus = def("qmp_block_io_status", "gauge", "query-block",
-		"The device's I/O status from query-block (ok, failed, nospace); present for devices with werror/rerror set to stop or enospc.",
-		"vm", "device", "status")
-	mTray = def("qmp_tray_open", "gauge", "DEVICE_TRAY_MOVED, query-block",
-		"Whether a removable device's tray is open (1) or closed (0).",
-		"vm", "device")
-	mCorruptions = def("qmp_block_image_corruptions_total", "counter", "BLOCK_IMAGE_CORRUPTED",
-		"Times an image was marked corrupt (BLOCK_IMAGE_CORRUPTED), by guest device.",
-		"vm", "device")
-	mCorruptFatal = def("qmp_block_image_corrupt_fatal", "gauge", "BLOCK_IMAGE_CORRUPTED",
-		"Whether a corruption report for the device was fatal (1: the image is unusable until repaired) or every report so far was not (0); absent before the first report.",
-		"vm", "device")
-	mThreshold = def("qmp_block_write_threshold_hits_total", "counter", "BLOCK_WRITE_THRESHOLD",
-		"Write thresholds exceeded (BLOCK_WRITE_THRESHOLD), by device.",
-		"vm", "device")
-	mQuorumFailures = def("qmp_block_quorum_failures_total", "counter", "QUORUM_FAILURE",
-		"Quorum failures (QUORUM_FAILURE), by device."+rateLimitNote,
-		"vm", "device")
-	mQuorumBad = def("qmp_block_quorum_bad_reports_total", "counter", "QUORUM_REPORT_BAD",
-		"Quorum children that returned bad data or failed (QUORUM_REPORT_BAD), by device and operation."+rateLimitNote,
-		"vm", "device", "operation")
+	{Name: "qmp_block_io_errors_total", Type: counter, Labels: []string{"device", "operation", "action"}, Source: "BLOCK_IO_ERROR",
+		Help: "Block I/O errors (BLOCK_IO_ERROR) by guest device, operation and the action QEMU took (stop pauses the VM in io-error)." + rateLimitNote,
+		values: func(st *vmstate.State, s *sink) {
+			eachDevice(st, func(name string, d *vmstate.BlockDev) {
+				for oi, op := range vmstate.IOOperations {
+					for ai, act := range vmstate.IOActions {
+						s.add(float64(d.IOErrors[oi][ai]), name, op, act)
+					}
+				}
+			})
+		}},
+	{Name: "qmp_block_io_nospace_errors_total", Type: counter, Labels: []string{"device"}, Source: "BLOCK_IO_ERROR",
+		Help: "Block I/O errors caused by the host running out of space (BLOCK_IO_ERROR with nospace), by guest device.",
+		values: func(st *vmstate.State, s *sink) {
+			eachDevice(st, func(name string, d *vmstate.BlockDev) { s.add(float64(d.Nospace), name) })
+		}},
+	{Name: "qmp_block_io_status", Type: gauge, Labels: []string{"device", "status"}, Source: "query-block",
+		Help: "The device's I/O status from query-block (ok, failed, nospace); present for devices with werror/rerror set to stop or enospc.",
+		values: func(st *vmstate.State, s *sink) {
+			eachDevice(st, func(name string, d *vmstate.BlockDev) {
+				if d.IOStatus != "" {
+					for _, status := range vmstate.IOStatuses {
+						s.add(boolValue(status == d.IOStatus), name, status)
+					}
+				}
+			})
+		}},
+	{Name: "qmp_tray_open", Type: gauge, Labels: []string{"device"}, Source: "DEVICE_TRAY_MOVED, query-block",
+		Help: "Whether a removable device's tray is open (1) or closed (0).",
+		values: func(st *vmstate.State, s *sink) {
+			eachDevice(st, func(name string, d *vmstate.BlockDev) {
+				if d.Tray >= 0 {
+					s.add(float64(d.Tray), name)
+				}
+			})
+		}},
+	{Name: "qmp_block_image_corruptions_total", Type: counter, Labels: []string{"device"}, Source: "BLOCK_IMAGE_CORRUPTED",
+		Help: "Times an image was marked corrupt (BLOCK_IMAGE_CORRUPTED), by guest device.",
+		values: func(st *vmstate.State, s *sink) {
+			eachDevice(st, func(name string, d *vmstate.BlockDev) { s.add(float64(d.Corruptions), name) })
+		}},
+	{Name: "qmp_block_image_corrupt_fatal", Type: gauge, Labels: []string{"device"}, Source: "BLOCK_IMAGE_CORRUPTED",
+		Help: "Whether a corruption report for the device was fatal (1: the image is unusable until repaired) or every report so far was not (0); absent before the first report.",
+		values: func(st *vmstate.State, s *sink) {
+			eachDevice(st, func(name string, d *vmstate.BlockDev) {
+				if d.CorruptFatal >= 0 {
+					s.add(float64(d.CorruptFatal), name)
+				}
+			})
+		}},
+	{Name: "qmp_block_write_threshold_hits_total", Type: counter, Labels: []string{"device"}, Source: "BLOCK_WRITE_THRESHOLD",
+		Help: "Write thresholds exceeded (BLOCK_WRITE_THRESHOLD), by device.",
+		values: func(st *vmstate.State, s *sink) {
+			eachDevice(st, func(name string, d *vmstate.BlockDev) {
+				if d.ThresholdHits > 0 {
+					s.add(float64(d.ThresholdHits), name)
+				}
+			})
+		}},
+	{Name: "qmp_block_quorum_failures_total", Type: counter, Labels: []string{"device"}, Source: "QUORUM_FAILURE",
+		Help: "Quorum failures (QUORUM_FAILURE), by device." + rateLimitNote,
+		values: func(st *vmstate.State, s *sink) {
+			eachDevice(st, func(name string, d *vmstate.BlockDev) {
+				if d.QuorumFailures > 0 {
+					s.add(float64(d.QuorumFailures), name)
+				}
+			})
+		}},
+	{Name: "qmp_block_quorum_bad_reports_total", Type: counter, Labels: []string{"device", "operation"}, Source: "QUORUM_REPORT_BAD",
+		Help: "Quorum children that returned bad data or failed (QUORUM_REPORT_BAD), by device and operation." + rateLimitNote,
+		values: func(st *vmstate.State, s *sink) {
+			eachDevice(st, func(name string, d *vmstate.BlockDev) {
+				for i, op := range vmstate.QuorumOps {
+					if d.QuorumBad[i] > 0 {
+						s.add(float64(d.QuorumBad[i]), name, op)
+					}
+				}
+			})
+		}},
 
 	// Jobs.
-	mJobs = def("qmp_block_jobs", "gauge", "query-jobs, JOB_STATUS_CHANGE, BLOCK_JOB_*",
-		"Jobs (mirror, commit, stream, backup, ...) that exist now, by type and status.",
-		"vm", "type", "status")
-	mJobProgress = def("qmp_block_job_progress_bytes", "gauge", "query-jobs, BLOCK_JOB_READY",
-		"Work a job has done (current-progress; bytes for block jobs).",
-		"vm", "job", "type")
-	mJobLength = def("qmp_block_job_length_bytes", "gauge", "query-jobs, BLOCK_JOB_READY",
-		"Work a job has to do in total (total-progress; bytes for block jobs).",
-		"vm", "job", "type")
-	mJobsDone = def("qmp_block_jobs_finished_total", "counter", "BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED",
-		"Jobs that finished, by type and result: completed, failed (BLOCK_JOB_COMPLETED with an error) or cancelled.",
-		"vm", "type", "result")
-	mJobErrors = def("qmp_block_job_errors_total", "counter", "BLOCK_JOB_ERROR",
-		"I/O errors met by jobs (BLOCK_JOB_ERROR), by operation and the action taken.",
-		"vm", "operation", "action")
+	{Name: "qmp_block_jobs", Type: gauge, Labels: []string{"type", "status"}, Source: "query-jobs, JOB_STATUS_CHANGE, BLOCK_JOB_*",
+		Help:   "Jobs (mirror, commit, stream, backup, ...) that exist now, by type and status.",
+		values: jobCounts},
+	{Name: "qmp_block_job_progress_bytes", Type: gauge, Labels: []string{"job", "type"}, Source: "query-jobs, BLOCK_JOB_READY",
+		Help: "Work a job has done (current-progress; bytes for block jobs).",
+		values: func(st *vmstate.State, s *sink) {
+			eachJob(st, func(id, typ string, j *vmstate.Job) { s.add(float64(j.Progress), id, typ) })
+		}},
+	{Name: "qmp_block_job_length_bytes", Type: gauge, Labels: []string{"job", "type"}, Source: "query-jobs, BLOCK_JOB_READY",
+		Help: "Work a job has to do in total (total-progress; bytes for block jobs).",
+		values: func(st *vmstate.State, s *sink) {
+			eachJob(st, func(id, typ string, j *vmstate.Job) { s.add(float64(j.Length), id, typ) })
+		}},
+	{Name: "qmp_block_jobs_finished_total", Type: counter, Labels: []string{"type", "result"}, Source: "BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED",
+		Help:   "Jobs that finished, by type and result: completed, failed (BLOCK_JOB_COMPLETED with an error) or cancelled.",
+		values: func(st *vmstate.State, s *sink) { pairs(st.JobsDone, s) }},
+	{Name: "qmp_block_job_errors_total", Type: counter, Labels: []string{"operation", "action"}, Source: "BLOCK_JOB_ERROR",
+		Help: "I/O errors met by jobs (BLOCK_JOB_ERROR), by operation and the action taken.",
+		values: func(st *vmstate.State, s *sink) {
+			for oi, op := range vmstate.IOOperations {
+				for ai, act := range vmstate.IOActions {
+					s.add(float64(st.JobErrors[oi][ai]), op, act)
+				}
+			}
+		}},
 
 	// Memory.
-	mBalloon = def("qmp_balloon_actual_bytes", "gauge", "BALLOON_CHANGE, query-balloon",
-		"Memory the guest has after ballooning; absent without a balloon device.",
-		"vm")
-	mHVCommitted = def("qmp_hv_balloon_committed_bytes", "gauge", "HV_BALLOON_STATUS_REPORT",
-		"Guest memory committed, from the Hyper-V dynamic memory balloon's last status report.",
-		"vm")
-	mHVAvailable = def("qmp_hv_balloon_available_bytes", "gauge", "HV_BALLOON_STATUS_REPORT",
-		"Guest memory available, from the Hyper-V dynamic memory balloon's last status report.",
-		"vm")
+	{Name: "qmp_balloon_actual_bytes", Type: gauge, Source: "BALLOON_CHANGE, query-balloon",
+		Help: "Memory the guest has after ballooning; absent without a balloon device.",
+		values: func(st *vmstate.State, s *sink) {
+			if st.BalloonOK {
+				s.add(float64(st.Balloon))
+			}
+		}},
+	{Name: "qmp_hv_balloon_committed_bytes", Type: gauge, Source: "HV_BALLOON_STATUS_REPORT",
+		Help: "Guest memory committed, from the Hyper-V dynamic memory balloon's last status report.",
+		values: func(st *vmstate.State, s *sink) {
+			if st.HVBalloonOK {
+				s.add(float64(st.HVBalloon[0]))
+			}
+		}},
+	{Name: "qmp_hv_balloon_available_bytes", Type: gauge, Source: "HV_BALLOON_STATUS_REPORT",
+		Help: "Guest memory available, from the Hyper-V dynamic memory balloon's last status report.",
+		values: func(st *vmstate.State, s *sink) {
+			if st.HVBalloonOK {
+				s.add(float64(st.HVBalloon[1]))
+			}
+		}},
 
 	// Migration (outgoing).
-	mMigStatus = def("qmp_migration_status", "gauge", "query-migrate, MIGRATION",
-		"The outgoing migration's status: 1 for the current MigrationStatus, 0 for the others. While a migration runs, query-migrate is polled every second, so the end is seen even without the events capability.",
-		"vm", "status")
-	mMigPass = def("qmp_migration_pass", "gauge", "MIGRATION_PASS, query-migrate",
-		"Number of the current or last RAM pass (dirty bitmap sync) of the migration.",
-		"vm")
-	mMigTransferred = def("qmp_migration_transferred_bytes", "gauge", "query-migrate",
-		"RAM transferred by the current or last migration.",
-		"vm")
-	mMigRemaining = def("qmp_migration_remaining_bytes", "gauge", "query-migrate",
-		"RAM remaining to transfer in the current or last migration.",
-		"vm")
-	mMigTotal = def("qmp_migration_total_bytes", "gauge", "query-migrate",
-		"Total RAM to migrate in the current or last migration.",
-		"vm")
-	mMigDirtyRate = def("qmp_migration_dirty_pages_per_second", "gauge", "query-migrate",
-		"Rate at which the guest dirties pages during the migration.",
-		"vm")
-	mMigExpectedDowntime = def("qmp_migration_expected_downtime_seconds", "gauge", "query-migrate",
-		"QEMU's estimate of the downtime of the running migration.",
-		"vm")
-	mMigDowntime = def("qmp_migration_downtime_seconds", "gauge", "query-migrate",
-		"Downtime of the last completed migration.",
-		"vm")
-	mMigTotalTime = def("qmp_migration_total_time_seconds", "gauge", "query-migrate",
-		"Time the current or last migration has taken.",
-		"vm")
-	mMigSetupTime = def("qmp_migration_setup_time_seconds", "gauge", "query-migrate",
-		"Time the current or last migration spent in setup.",
-		"vm")
-	mMigEnded = def("qmp_migrations_total", "counter", "MIGRATION, query-migrate",
-		"Outgoing migrations this exporter saw end, by result (completed, failed, cancelled).",
-		"vm", "result")
+	{Name: "qmp_migration_status", Type: gauge, Labels: []string{"status"}, Source: "query-migrate, MIGRATION",
+		Help:   "The outgoing migration's status: 1 for the current MigrationStatus, 0 for the others. While a migration runs, query-migrate is polled every second, so the end is seen even without the events capability.",
+		values: migrationStatus},
+	{Name: "qmp_migration_pass", Type: gauge, Source: "MIGRATION_PASS, query-migrate",
+		Help:   "Number of the current or last RAM pass (dirty bitmap sync) of the migration.",
+		values: migrationFigure(func(m *vmstate.Migration) (float64, bool) { return float64(m.Pass), true })},
+	{Name: "qmp_migration_transferred_bytes", Type: gauge, Source: "query-migrate",
+		Help:   "RAM transferred by the current or last migration.",
+		values: migrationFigure(func(m *vmstate.Migration) (float64, bool) { return float64(m.Transferred), m.HaveRAM })},
+	{Name: "qmp_migration_remaining_bytes", Type: gauge, Source: "query-migrate",
+		Help:   "RAM remaining to transfer in the current or last migration.",
+		values: migrationFigure(func(m *vmstate.Migration) (float64, bool) { return float64(m.Remaining), m.HaveRAM })},
+	{Name: "qmp_migration_total_bytes", Type: gauge, Source: "query-migrate",
+		Help:   "Total RAM to migrate in the current or last migration.",
+		values: migrationFigure(func(m *vmstate.Migration) (float64, bool) { return float64(m.Total), m.HaveRAM })},
+	{Name: "qmp_migration_dirty_pages_per_second", Type: gauge, Source: "query-migrate",
+		Help:   "Rate at which the guest dirties pages during the migration.",
+		values: migrationFigure(func(m *vmstate.Migration) (float64, bool) { return m.DirtyRate, m.HaveRAM })},
+	{Name: "qmp_migration_expected_downtime_seconds", Type: gauge, Source: "query-migrate",
+		Help:   "QEMU's estimate of the downtime of the running migration.",
+		values: migrationFigure(func(m *vmstate.Migration) (float64, bool) { return m.ExpectedDowntime, m.ExpectedDowntime >= 0 })},
+	{Name: "qmp_migration_downtime_seconds", Type: gauge, Source: "query-migrate",
+		Help:   "Downtime of the last completed migration.",
+		values: migrationFigure(func(m *vmstate.Migration) (float64, bool) { return m.Downtime, m.Downtime >= 0 })},
+	{Name: "qmp_migration_total_time_seconds", Type: gauge, Source: "query-migrate",
+		Help:   "Time the current or last migration has taken.",
+		values: migrationFigure(func(m *vmstate.Migration) (float64, bool) { return m.TotalTime, m.TotalTime >= 0 })},
+	{Name: "qmp_migration_setup_time_seconds", Type: gauge, Source: "query-migrate",
+		Help:   "Time the current or last migration spent in setup.",
+		values: migrationFigure(func(m *vmstate.Migration) (float64, bool) { return m.SetupTime, m.SetupTime >= 0 })},
+	{Name: "qmp_migrations_total", Type: counter, Labels: []string{"result"}, Source: "MIGRATION, query-migrate",
+		Help: "Outgoing migrations this exporter saw end, by result (completed, failed, cancelled).",
+		values: func(st *vmstate.State, s *sink) {
+			for i, r := range vmstate.MigrationResults {
+				s.add(float64(st.MigrationEnds[i]), r)
+			}
+		}},
 
 	// Consoles.
-	mVNCClients = def("qmp_vnc_clients", "gauge", "VNC_CONNECTED, VNC_DISCONNECTED, query-vnc",
-		"VNC clients connected now; absent when VNC is not available.",
-		"vm")
-	mVNCConnections = def("qmp_vnc_connections_total", "counter", "VNC_CONNECTED",
-		"VNC connections opened.",
-		"vm")
-	mVNCSessions = def("qmp_vnc_sessions_total", "counter", "VNC_INITIALIZED",
-		"VNC sessions that completed the handshake and authentication.",
-		"vm")
-	mVNCFailed = def("qmp_vnc_handshake_failures_total", "counter", "VNC_CONNECTED, VNC_DISCONNECTED",
-		"VNC connections closed before VNC_INITIALIZED: failed or abandoned handshakes or authentication.",
-		"vm")
-	mSpiceClients = def("qmp_spice_clients", "gauge", "SPICE_CONNECTED, SPICE_DISCONNECTED, query-spice",
-		"SPICE channels connected now (a SPICE client opens several); absent when SPICE is not available.",
-		"vm")
-	mSpiceConnections = def("qmp_spice_connections_total", "counter", "SPICE_CONNECTED",
-		"SPICE channel connections opened.",
-		"vm")
-	mSpiceSessions = def("qmp_spice_sessions_total", "counter", "SPICE_INITIALIZED",
-		"SPICE sessions whose main channel completed the handshake and authentication.",
-		"vm")
-	mSpiceFailed = def("qmp_spice_handshake_failures_total", "counter", "SPICE_CONNECTED, SPICE_DISCONNECTED",
-		"SPICE channel connections closed before SPICE_INITIALIZED.",
-		"vm")
-)
+	{Name: "qmp_vnc_clients", Type: gauge, Source: "VNC_CONNECTED, VNC_DISCONNECTED, query-vnc",
+		Help:   "VNC clients connected now; absent when VNC is not available.",
+		values: displayClients(vnc)},
+	{Name: "qmp_vnc_connections_total", Type: counter, Source: "VNC_CONNECTED",
+		Help:   "VNC connections opened.",
+		values: displayCounter(vnc, func(d *vmstate.Display) uint64 { return d.Connections })},
+	{Name: "qmp_vnc_sessions_total", Type: counter, Source: "VNC_INITIALIZED",
+		Help:   "VNC sessions that completed the handshake and authentication.",
+		values: displayCounter(vnc, func(d *vmstate.Display) uint64 { return d.Sessions })},
+	{Name: "qmp_vnc_handshake_failures_total", Type: counter, Source: "VNC_CONNECTED, VNC_DISCONNECTED",
+		Help:   "VNC connections closed before VNC_INITIALIZED: failed or abandoned handshakes or authentication.",
+		values: displayCounter(vnc, func(d *vmstate.Display) uint64 { return d.Failed })},
+	{Name: "qmp_spice_clients", Type: gauge, Source: "SPICE_CONNECTED, SPICE_DISCONNECTED, query-spice",
+		Help:   "SPICE channels connected now (a SPICE client opens several); absent when SPICE is not available.",
+		values: displayClients(spice)},
+	{Name: "qmp_spice_connections_total", Type: counter, Source: "SPICE_CONNECTED",
+		Help:   "SPICE channel connections opened.",
+		values: displayCounter(spice, func(d *vmstate.Display) uint64 { return d.Connections })},
+	{Name: "qmp_spice_sessions_total", Type: counter, Source: "SPICE_INITIALIZED",
+		Help:   "SPICE sessions whose main channel completed the handshake and authentication.",
+		values: displayCounter(spice, func(d *vmstate.Display) uint64 { return d.Sessions })},
+	{Name: "qmp_spice_handshake_failures_total", Type: counter, Source: "SPICE_CONNECTED, SPICE_DISCONNECTED",
+		Help:   "SPICE channel connections closed before SPICE_INITIALIZED.",
+		values: displayCounter(spice, func(d *vmstate.Display) uint64 { return d.Failed })},
+}
 
-// mListener is the listeners' metric; it has no vm label.
-var mListener = def("qmp_listener_connections_total", "counter", "listener sockets (QEMU dialling in)",
-	"Connections QEMUs opened to a listener socket, by result: accepted (identified and attached to its VM), refused (peer uid not allowed, too many handshakes at once in all or from one process, or the limit of dialled-in VMs reached while all are connected) or failed (handshake or identification failed).",
-	"listener", "result")
+// listenerConnections is the listeners' metric, the one that is not per
+// VM: it has no vm label, and its values come from ListenerCollector.
+var listenerConnections = &Metric{Name: "qmp_listener_connections_total", Type: counter, Labels: []string{"listener", "result"}, Source: "listener sockets (QEMU dialling in)",
+	Help: "Connections QEMUs opened to a listener socket, by result: accepted (identified and attached to its VM), refused (peer uid not allowed, too many handshakes at once in all or from one process, or the limit of dialled-in VMs reached while all are connected) or failed (handshake or identification failed)."}
 
-// metricDefs lists every metric the collector exports, in README order.
-var metricDefs = []*metricDef{
-	mUp, mVMStatus, mVMInfo, mEvents, mEventsUnlabelled, mLastEvent,
-	mAttempts, mFailures, mProtocolErrors, mEventDataErrors, mCommandTimeouts, mDropped,
-	mShutdowns, mResets, mPanics, mCrashloads, mWatchdog, mMemoryFailures,
-	mRTCOffset, mVserport, mDumps, mDeviceDeletions,
-	mIOErrors, mNospace, mIOStatus, mTray, mCorruptions, mCorruptFatal,
-	mThreshold, mQuorumFailures, mQuorumBad,
-	mJobs, mJobProgress, mJobLength, mJobsDone, mJobErrors,
-	mBalloon, mHVCommitted, mHVAvailable,
-	mMigStatus, mMigPass, mMigTransferred, mMigRemaining, mMigTotal,
-	mMigDirtyRate, mMigExpectedDowntime, mMigDowntime, mMigTotalTime,
-	mMigSetupTime, mMigEnded,
-	mVNCClients, mVNCConnections, mVNCSessions, mVNCFailed,
-	mSpiceClients, mSpiceConnections, mSpiceSessions, mSpiceFailed,
-	mListener,
+// MetricInfo describes one metric the exporter serves.
+type MetricInfo struct {
+	Name, Type, Source, Help string
+	// Labels are all the metric's variable labels, vm first for per-VM
+	// metrics (a VM's configured labels come on top).
+	Labels []string
+}
+
+// Metrics describes every metric the exporter's collector serves, in
+// README order, from their one definition: for documentation and for
+// the checks of dashboards and alert rules.
+func Metrics() []MetricInfo {
+	out := make([]MetricInfo, 0, len(vmMetrics)+1)
+	for _, m := range vmMetrics {
+		out = append(out, MetricInfo{Name: m.Name, Type: m.Type, Source: m.Source, Help: m.Help,
+			Labels: append([]string{"vm"}, m.Labels...)})
+	}
+	l := listenerConnections
+	return append(out, MetricInfo{Name: l.Name, Type: l.Type, Source: l.Source, Help: l.Help, Labels: slices.Clone(l.Labels)})
+}
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// sortedKeys returns a map's keys in order, so output is stable.
+func sortedKeys[V any](m map[string]V) []string {
+	return slices.Sorted(maps.Keys(m))
+}
+
+// runStatus is qmp_vm_status: every QEMU RunState, and a state a newer
+// QEMU reported that this exporter does not know.
+func runStatus(st *vmstate.State, s *sink) {
+	known := false
+	for _, rs := range vmstate.RunStates {
+		v := 0.0
+		if st.Up && rs == st.Status {
+			v, known = 1, true
+		}
+		s.add(v, rs)
+	}
+	if st.Up && !known && st.Status != "" {
+		s.add(1, st.Status)
+	}
+}
+
+// guestReasons sends SHUTDOWN's or RESET's counters, guest=false first.
+func guestReasons(m map[vmstate.GuestReason]uint64, s *sink) {
+	keys := slices.SortedFunc(maps.Keys(m), func(a, b vmstate.GuestReason) int {
+		if a.Guest != b.Guest {
+			if !a.Guest {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(a.Reason, b.Reason)
+	})
+	for _, k := range keys {
+		s.add(float64(m[k]), strconv.FormatBool(k.Guest), k.Reason)
+	}
+}
+
+// pairs sends counters keyed by two label values.
+func pairs(m map[[2]string]uint64, s *sink) {
+	keys := slices.SortedFunc(maps.Keys(m), func(a, b [2]string) int {
+		return cmp.Or(cmp.Compare(a[0], b[0]), cmp.Compare(a[1], b[1]))
+	})
+	for _, k := range keys {
+		s.add(float64(m[k]), k[0], k[1])
+	}
+}
+
+// counts sends counters keyed by one label value.
+func counts(m map[string]uint64, s *sink) {
+	for _, k := range sortedKeys(m) {
+		s.add(float64(m[k]), k)
+	}
+}
+
+func eachDevice(st *vmstate.State, fn func(name string, d *vmstate.BlockDev)) {
+	for _, name := range sortedKeys(st.Devices) {
+		fn(name, st.Devices[name])
+	}
+}
+
+// eachJob calls fn for each job, with "unknown" for a type not known.
+func eachJob(st *vmstate.State, fn func(id, typ string, j *vmstate.Job)) {
+	for _, id := range sortedKeys(st.Jobs) {
+		j := st.Jobs[id]
+		fn(id, orUnknown(j.Type), j)
+	}
+}
+
+func orUnknown(v string) string {
+	if v == "" {
+		return "unknown"
+	}
+	return v
+}
+
+// jobCounts is qmp_block_jobs: the jobs by type and status.
+func jobCounts(st *vmstate.State, s *sink) {
+	n := map[[2]string]int{}
+	for _, j := range st.Jobs {
+		n[[2]string{orUnknown(j.Type), orUnknown(j.Status)}]++
+	}
+	keys := slices.SortedFunc(maps.Keys(n), func(a, b [2]string) int {
+		return cmp.Compare(a[0]+" "+a[1], b[0]+" "+b[1])
+	})
+	for _, k := range keys {
+		s.add(float64(n[k]), k[0], k[1])
+	}
+}
+
+// migrationStatus is qmp_migration_status, while the session is up and
+// a status is known.
+func migrationStatus(st *vmstate.State, s *sink) {
+	m := &st.Migration
+	if !st.Up || !m.Known {
+		return
+	}
+	for _, status := range vmstate.MigrationStates {
+		s.add(boolValue(status == m.Status), status)
+	}
+	if !slices.Contains(vmstate.MigrationStates, m.Status) {
+		s.add(1, m.Status)
+	}
+}
+
+// migrationFigure reads a figure of a known migration (one that is not
+// "none") while the session is up; v says whether the figure is known
+// (the RAM figures once query-migrate gave them, times that are not -1).
+func migrationFigure(v func(m *vmstate.Migration) (float64, bool)) func(*vmstate.State, *sink) {
+	return func(st *vmstate.State, s *sink) {
+		if m := &st.Migration; st.Up && m.Known && m.Status != "none" {
+			if f, ok := v(m); ok {
+				s.add(f)
+			}
+		}
+	}
+}
+
+func vnc(st *vmstate.State) *vmstate.Display   { return &st.VNC }
+func spice(st *vmstate.State) *vmstate.Display { return &st.Spice }
+
+// displayShown reports whether a console's metrics are shown: when it is
+// enabled, or has had connections.
+func displayShown(d *vmstate.Display) bool { return d.Enabled == 1 || d.Connections > 0 }
+
+// displayClients is a console's client gauge: while the session is up
+// and the console enabled.
+func displayClients(of func(*vmstate.State) *vmstate.Display) func(*vmstate.State, *sink) {
+	return func(st *vmstate.State, s *sink) {
+		if d := of(st); st.Up && d.Enabled == 1 {
+			s.add(float64(d.Clients))
+		}
+	}
+}
+
+// displayCounter is one of a console's counters, shown with the console.
+func displayCounter(of func(*vmstate.State) *vmstate.Display, v func(*vmstate.Display) uint64) func(*vmstate.State, *sink) {
+	return func(st *vmstate.State, s *sink) {
+		if d := of(st); displayShown(d) {
+			s.add(float64(v(d)))
+		}
+	}
 }

@@ -18,8 +18,8 @@ func metricsTable() string {
 	var b strings.Builder
 	b.WriteString("| Metric | Type | Labels | Source (QMP event or command) | Description |\n")
 	b.WriteString("| --- | --- | --- | --- | --- |\n")
-	for _, d := range metricDefs {
-		b.WriteString("| `" + d.name + "` | " + d.typ + " | " + "`" + strings.Join(d.labels, "`, `") + "`" + " | " + d.source + " | " + strings.ReplaceAll(d.help, "|", "\\|") + " |\n")
+	for _, m := range Metrics() {
+		b.WriteString("| `" + m.Name + "` | " + m.Type + " | " + "`" + strings.Join(m.Labels, "`, `") + "`" + " | " + m.Source + " | " + strings.ReplaceAll(m.Help, "|", "\\|") + " |\n")
 	}
 	return b.String()
 }

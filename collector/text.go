@@ -10,6 +10,9 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
+	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
 )
 
 // TextWriter writes the VMs' series in the Prometheus text format (0.0.4)
@@ -18,25 +21,38 @@ import (
 // and checks a metric object per series on every scrape (about 5 µs each,
 // seconds at 10,000 VMs of ~115 series), while this keeps each VM's
 // rendered lines and renders a VM again only when its state changed since
-// the last scrape. Its output holds the same series as Collector's (a test
-// compares the two on real transcripts and fuzzed states); Collector stays
-// for callers that want a prometheus.Collector.
+// the last scrape (fleet.VM.Gen). Its output holds the same series as
+// Collector's (a test compares the two on real transcripts and fuzzed
+// states); Collector stays for callers that want a prometheus.Collector.
 //
 // The listeners' counters are not written here: ListenerCollector exposes
 // them through a registry.
 type TextWriter struct {
-	m *Manager
+	fleet *fleet.Fleet
+
+	mu sync.Mutex // guards cache and scrapes
+	// cache holds each VM's rendered series from the last scrape that
+	// showed it; a scrape forgets the VMs it did not show.
+	cache   map[*fleet.VM]*cached
+	scrapes uint64
 }
 
-// NewTextWriter returns a TextWriter for m's VMs.
-func NewTextWriter(m *Manager) *TextWriter { return &TextWriter{m: m} }
+type cached struct {
+	r    *renderedVM
+	seen uint64 // the scrape that last showed the VM
+}
+
+// NewTextWriter returns a TextWriter for f's VMs.
+func NewTextWriter(f *fleet.Fleet) *TextWriter {
+	return &TextWriter{fleet: f, cache: make(map[*fleet.VM]*cached)}
+}
 
 // renderedVM is one VM's series in the text format, family by family:
 // the lines of family i (in textFamilies order) are data[off[i]:off[i+1]].
 // It is immutable once built, so a scrape may keep using it after the
 // VM's lock is released.
 type renderedVM struct {
-	gen  uint64 // the watcher's gen it was rendered at
+	gen  uint64 // the VM's Gen it was rendered at
 	vm   string // the vm label it was rendered with
 	data []byte
 	off  []uint32
@@ -46,19 +62,9 @@ func (r *renderedVM) family(i int) []byte { return r.data[r.off[i]:r.off[i+1]] }
 
 // textFamilies are the per-VM metrics in the order they are written
 // (sorted by name, as client_golang writes them).
-var textFamilies = func() []*metricDef {
-	var defs []*metricDef
-	for _, d := range metricDefs {
-		if d != mListener {
-			defs = append(defs, d)
-		}
-	}
-	slices.SortFunc(defs, func(a, b *metricDef) int { return strings.Compare(a.name, b.name) })
-	for i, d := range defs {
-		d.textIndex = i
-	}
-	return defs
-}()
+var textFamilies = slices.SortedFunc(slices.Values(vmMetrics), func(a, b *Metric) int {
+	return strings.Compare(a.Name, b.Name)
+})
 
 // textHeaders are the HELP and TYPE lines of each of textFamilies.
 var textHeaders = func() [][]byte {
@@ -66,38 +72,46 @@ var textHeaders = func() [][]byte {
 	for i, d := range textFamilies {
 		var b []byte
 		b = append(b, "# HELP "...)
-		b = append(b, d.name...)
+		b = append(b, d.Name...)
 		b = append(b, ' ')
-		b = appendEscaped(b, d.help, false)
+		b = appendEscaped(b, d.Help, false)
 		b = append(b, "\n# TYPE "...)
-		b = append(b, d.name...)
+		b = append(b, d.Name...)
 		b = append(b, ' ')
-		b = append(b, d.typ...)
+		b = append(b, d.Type...)
 		b = append(b, '\n')
 		h[i] = b
 	}
 	return h
 }()
 
-// scratchPool holds the per-family buffers a render fills before it packs
-// them into one renderedVM.
+// scratchPool holds the buffer a render fills before it copies it into
+// one renderedVM.
 var scratchPool = sync.Pool{New: func() any {
-	return &textScratch{fam: make([][]byte, len(textFamilies)), tmpl: make([][]segment, len(textFamilies))}
+	return &textScratch{off: make([]uint32, len(textFamilies)+1), tmpl: make([][]segment, len(textFamilies))}
 }}
 
 type textScratch struct {
-	fam  [][]byte    // lines by family
+	buf  []byte      // the lines of the families rendered so far
+	off  []uint32    // where each family starts in buf
+	fam  int         // the family being rendered
 	vm   []byte      // the vm label, escaped
 	tmpl [][]segment // by family, for a VM with configured labels; built on first use
+	// base is textTemplates. (A field rather than a reference from add,
+	// which the metric definitions call: textTemplates is built from them.)
+	base [][]segment
+}
+
+// start begins family i.
+func (s *textScratch) start(i int) {
+	s.fam = i
+	s.off[i] = uint32(len(s.buf))
 }
 
 // WriteTo writes every visible VM's series to w. Families with no series
 // are left out, as client_golang does.
 func (t *TextWriter) WriteTo(w io.Writer) (int64, error) {
-	var vms []*renderedVM
-	t.m.visibleVMs(time.Now(), func(wt *watcher, vm string) {
-		vms = append(vms, t.render(wt, vm))
-	})
+	vms := t.renderAll(time.Now())
 	bw, pooled := w.(*bufio.Writer)
 	if !pooled {
 		bw = bufio.NewWriterSize(w, 64<<10)
@@ -122,38 +136,53 @@ func (t *TextWriter) WriteTo(w io.Writer) (int64, error) {
 	return n, bw.Flush()
 }
 
-// render returns wt's series, rendered again only if wt changed or its vm
-// label did. Called with wt.mu held.
-func (t *TextWriter) render(wt *watcher, vm string) *renderedVM {
-	if r := wt.rendered; r != nil && r.gen == wt.gen && r.vm == vm {
-		return r
+// renderAll returns the rendered series of every visible VM, in the
+// fleet's order, rendering again only the VMs that changed, and forgets
+// the VMs no longer shown.
+func (t *TextWriter) renderAll(now time.Time) []*renderedVM {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.scrapes++
+	var vms []*renderedVM
+	t.fleet.Visible(now, func(v *fleet.VM, vm string, st *vmstate.State) {
+		c := t.cache[v]
+		if c == nil {
+			c = &cached{}
+			t.cache[v] = c
+		}
+		if r := c.r; r == nil || r.gen != v.Gen() || r.vm != vm {
+			c.r = render(v, vm, st)
+		}
+		c.seen = t.scrapes
+		vms = append(vms, c.r)
+	})
+	for v, c := range t.cache {
+		if c.seen != t.scrapes {
+			delete(t.cache, v)
+		}
 	}
+	return vms
+}
+
+// render renders v's series. Called with v's lock held.
+func render(v *fleet.VM, vm string, st *vmstate.State) *renderedVM {
 	s := scratchPool.Get().(*textScratch)
-	for i := range s.fam {
-		s.fam[i] = s.fam[i][:0]
-		s.tmpl[i] = nil
-	}
+	s.buf = s.buf[:0]
+	s.base = textTemplates
+	clear(s.tmpl)
 	s.vm = appendEscaped(s.vm[:0], vm, true)
-	e := emitter{vm: vm, extra: wt.target.Labels, text: s}
-	e.vmMetrics(&wt.st)
-	size := 0
-	for _, b := range s.fam {
-		size += len(b)
-	}
-	r := &renderedVM{gen: wt.gen, vm: vm, data: make([]byte, 0, size), off: make([]uint32, len(s.fam)+1)}
-	for i, b := range s.fam {
-		r.data = append(r.data, b...)
-		r.off[i+1] = uint32(len(r.data))
-	}
+	e := sink{vm: vm, extra: v.Meta().Labels, text: s}
+	e.emit(textFamilies, st)
+	s.off[len(textFamilies)] = uint32(len(s.buf))
+	r := &renderedVM{gen: v.Gen(), vm: vm, data: slices.Clone(s.buf), off: slices.Clone(s.off)}
 	scratchPool.Put(s)
-	wt.rendered = r
 	return r
 }
 
 // A segment writes one label of a series line: lead (`,name="`, or
 // `name="` for the first), then the value: the VM's vm label (src
 // srcVM), a configured label's value (srcConst, already escaped in val)
-// or the series' own label value labels[src].
+// or the series' own label value labels[src] (labels after vm).
 type segment struct {
 	lead string
 	src  int
@@ -175,19 +204,16 @@ var textTemplates = func() [][]segment {
 	return t
 }()
 
-// templateFor builds d's label segments, with a VM's configured labels
-// (those whose names d does not use itself, as in Collector.descFor).
-func templateFor(d *metricDef, extra map[string]string) []segment {
-	var segs []segment
-	for j, name := range d.labels {
-		src := j - 1
-		if name == "vm" {
-			src = srcVM
-		}
-		segs = append(segs, segment{lead: name, src: src})
+// templateFor builds m's label segments: vm, its own labels and a VM's
+// configured labels (those whose names m does not use itself, as in
+// Collector.descFor), sorted by name.
+func templateFor(m *Metric, extra map[string]string) []segment {
+	segs := []segment{{lead: "vm", src: srcVM}}
+	for j, name := range m.Labels {
+		segs = append(segs, segment{lead: name, src: j})
 	}
 	for k, v := range extra {
-		if k == "vm" || slices.Contains(d.labels, k) {
+		if k == "vm" || slices.Contains(m.Labels, k) {
 			continue
 		}
 		segs = append(segs, segment{lead: k, src: srcConst, val: string(appendEscaped(nil, v, true))})
@@ -203,18 +229,18 @@ func templateFor(d *metricDef, extra map[string]string) []segment {
 	return segs
 }
 
-// add appends one series line to its family.
-func (s *textScratch) add(e *emitter, d *metricDef, v float64, labels []string) {
-	i := d.textIndex
-	segs := textTemplates[i]
+// add appends one series line of the current family.
+func (s *textScratch) add(e *sink, v float64, labels []string) {
+	i := s.fam
+	segs := s.base[i]
 	if len(e.extra) > 0 {
 		if s.tmpl[i] == nil {
-			s.tmpl[i] = templateFor(d, e.extra)
+			s.tmpl[i] = templateFor(e.m, e.extra)
 		}
 		segs = s.tmpl[i]
 	}
-	b := s.fam[i]
-	b = append(b, d.name...)
+	b := s.buf
+	b = append(b, e.m.Name...)
 	b = append(b, '{')
 	for _, seg := range segs {
 		b = append(b, seg.lead...)
@@ -230,7 +256,7 @@ func (s *textScratch) add(e *emitter, d *metricDef, v float64, labels []string) 
 	}
 	b = append(b, '}', ' ')
 	b = appendValue(b, v)
-	s.fam[i] = append(b, '\n')
+	s.buf = append(b, '\n')
 }
 
 // appendEscaped appends s escaped for the text format: backslash and

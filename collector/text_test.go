@@ -11,7 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"testing/synctest"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +19,10 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
+	"github.com/qmp-exporter/qmp_exporter/internal/source/qmpsock"
+	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
+	"github.com/qmp-exporter/qmp_exporter/qmp"
 	"github.com/qmp-exporter/qmp_exporter/qmp/qmptest"
 )
 
@@ -65,33 +69,31 @@ func parseText(t testing.TB, b []byte) map[string]*dto.MetricFamily {
 	return mfs
 }
 
-// viaRegistry gathers m's VM series through Collector and a registry.
-func viaRegistry(t testing.TB, m *Manager) map[string]*dto.MetricFamily {
+// viaRegistry gathers f's VM series through Collector and a registry.
+func viaRegistry(t testing.TB, f *fleet.Fleet) map[string]*dto.MetricFamily {
 	t.Helper()
 	reg := prometheus.NewRegistry() // as the exporter's: extra labels are not described
-	reg.MustRegister(NewCollector(m))
+	reg.MustRegister(NewCollector(f))
 	got, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
 	mfs := make(map[string]*dto.MetricFamily)
 	for _, mf := range got {
-		if mf.GetName() != mListener.name {
-			mfs[mf.GetName()] = mf
-		}
+		mfs[mf.GetName()] = mf
 	}
 	return mfs
 }
 
 // checkTextMatchesCollector fails t unless TextWriter writes exactly the
-// series Collector sends for m's VMs, in valid text format.
-func checkTextMatchesCollector(t testing.TB, m *Manager) {
+// series Collector sends for f's VMs, in valid text format.
+func checkTextMatchesCollector(t testing.TB, f *fleet.Fleet) {
 	t.Helper()
 	var b bytes.Buffer
-	if _, err := NewTextWriter(m).WriteTo(&b); err != nil {
+	if _, err := NewTextWriter(f).WriteTo(&b); err != nil {
 		t.Fatal(err)
 	}
-	want := canonical(viaRegistry(t, m))
+	want := canonical(viaRegistry(t, f))
 	if want == "" {
 		t.Fatal("Collector sent nothing; the comparison would prove nothing")
 	}
@@ -108,13 +110,13 @@ func TestTextWriterMatchesCollector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, target := range []Target{
+	for _, target := range []qmpsock.Target{
 		{Network: "unix", Address: "/run/qemu/plain.qmp"},
 		{Network: "unix", Address: "/run/qemu/odd.qmp", Name: "a \"quoted\\\" vm\nwith newline",
 			Labels: map[string]string{"rack": "r\"1\\", "device": "shadowed", "vm": "ignored", "zone": "ünïcode"}},
 	} {
 		t.Run(target.Address, func(t *testing.T) {
-			replayThen(t, tr, target, func(m *Manager) { checkTextMatchesCollector(t, m) })
+			replayThen(t, tr, target, func(f *fleet.Fleet) { checkTextMatchesCollector(t, f) })
 		})
 	}
 	for _, f := range []string{"qemu72-basic", "qemu72-jobs"} {
@@ -123,7 +125,7 @@ func TestTextWriterMatchesCollector(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			replayThen(t, tr, Target{Network: "unix", Address: "/run/qemu/" + f + ".qmp"}, func(m *Manager) { checkTextMatchesCollector(t, m) })
+			replayThen(t, tr, qmpsock.Target{Network: "unix", Address: "/run/qemu/" + f + ".qmp"}, func(f *fleet.Fleet) { checkTextMatchesCollector(t, f) })
 		})
 	}
 }
@@ -132,70 +134,74 @@ func TestTextWriterMatchesCollector(t *testing.T) {
 // (label collisions, duplicate UUIDs, VMs down), which is where the order
 // and uniqueness of series across VMs matter.
 func TestTextWriterMatchesCollectorFleet(t *testing.T) {
-	m := benchManager(50)
+	f := benchFleet(50)
 	i := 0
-	for _, w := range m.sortedWatchers() {
+	f.Visible(time.Now(), func(v *fleet.VM, _ string, st *vmstate.State) {
 		switch i % 5 {
 		case 1:
-			w.st.info.name = "same-name" // vm label collision: falls back to the socket name
+			st.Info.Name = "same-name" // vm label collision: falls back to the default name
 		case 2:
-			w.st.up = false
-			w.st.disconnected()
+			st.MarkDown(time.Now())
 		case 3:
-			w.st.info.uuid = "5c0ffee0-0d15-4a7b-9e3c-000000000000" // same UUID: shown once
+			st.Info.UUID = "5c0ffee0-0d15-4a7b-9e3c-000000000000" // same UUID: shown once
 		}
 		i++
-	}
-	checkTextMatchesCollector(t, m)
+	})
+	checkTextMatchesCollector(t, f)
 }
 
 // TestTextWriterRendersOnlyChangedVMs checks the cache: a VM whose state
 // did not change is not rendered again, one that changed is, and so is
-// one whose vm label changed.
+// one whose vm label changed; a VM the fleet no longer has is forgotten.
 func TestTextWriterRendersOnlyChangedVMs(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		fake := &fakeQEMU{t: t, status: "running", name: "cached"}
-		m, stop := newTestManager(t, fake, Target{Network: "unix", Address: "/x/cached.sock"})
-		defer stop()
-		synctest.Wait()
-		tw := NewTextWriter(m)
-		scrape := func() (string, *renderedVM) {
-			var b bytes.Buffer
-			if _, err := tw.WriteTo(&b); err != nil {
-				t.Fatal(err)
-			}
-			w := m.sortedWatchers()[0]
-			w.mu.Lock()
-			defer w.mu.Unlock()
-			return b.String(), w.rendered
-		}
-		first, r1 := scrape()
-		again, r2 := scrape()
-		if r1 == nil || r1 != r2 || first != again {
-			t.Fatalf("an unchanged VM was rendered again (%p, %p)", r1, r2)
-		}
-		if err := fake.server().Emit("STOP", nil); err != nil {
+	f := fleet.New(fleet.Options{})
+	v, err := f.Add("cached", fleet.Meta{DefaultName: "cached"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Lock().MarkUp()
+	v.Unlock()
+	tw := NewTextWriter(f)
+	scrape := func() (string, *renderedVM) {
+		var b bytes.Buffer
+		if _, err := tw.WriteTo(&b); err != nil {
 			t.Fatal(err)
 		}
-		synctest.Wait()
-		after, r3 := scrape()
-		if r3 == r2 {
-			t.Fatal("a VM that saw an event was not rendered again")
+		tw.mu.Lock()
+		defer tw.mu.Unlock()
+		if c := tw.cache[v]; c != nil {
+			return b.String(), c.r
 		}
-		if !strings.Contains(after, `qmp_events_total{event="STOP",vm="cached"} 1`) {
-			t.Errorf("the new event is missing:\n%s", after)
-		}
-		checkTextMatchesCollector(t, m)
+		return b.String(), nil
+	}
+	first, r1 := scrape()
+	again, r2 := scrape()
+	if r1 == nil || r1 != r2 || first != again {
+		t.Fatalf("an unchanged VM was rendered again (%p, %p)", r1, r2)
+	}
+	v.Lock().Apply(qmp.Event{Name: "STOP"})
+	v.Unlock()
+	after, r3 := scrape()
+	if r3 == r2 {
+		t.Fatal("a VM that saw an event was not rendered again")
+	}
+	if !strings.Contains(after, `qmp_events_total{event="STOP",vm="cached"} 1`) {
+		t.Errorf("the new event is missing:\n%s", after)
+	}
+	checkTextMatchesCollector(t, f)
 
-		// The same state under another vm label must not reuse the lines.
-		w := m.sortedWatchers()[0]
-		w.mu.Lock()
-		r := tw.render(w, "renamed")
-		w.mu.Unlock()
-		if !bytes.Contains(r.data, []byte(`qmp_up{vm="renamed"} 1`)) {
-			t.Errorf("render with a new vm label kept the old one:\n%s", r.data)
-		}
-	})
+	// The same state under another vm label must not reuse the lines.
+	st := v.LockRead()
+	r := render(v, "renamed", st)
+	v.Unlock()
+	if !bytes.Contains(r.data, []byte(`qmp_up{vm="renamed"} 1`)) {
+		t.Errorf("render with a new vm label kept the old one:\n%s", r.data)
+	}
+
+	f.Remove(v)
+	if out, r := scrape(); r != nil || out != "" {
+		t.Errorf("a removed VM is still cached (%p) or written:\n%s", r, out)
+	}
 }
 
 func TestAppendValueAndEscaping(t *testing.T) {
@@ -220,11 +226,10 @@ func TestAppendValueAndEscaping(t *testing.T) {
 // the registry's families after the VMs', and the bound on concurrent
 // scrapes.
 func TestHandler(t *testing.T) {
-	m := benchManager(3)
-	m.countListener("l", "accepted")
+	f := benchFleet(3)
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewListenerCollector(m))
-	h := NewHandler(NewTextWriter(m), reg, HandlerOpts{})
+	reg.MustRegister(NewListenerCollector(func(fn func(listener, result string, n uint64)) { fn("l", "accepted", 1) }))
+	h := NewHandler(NewTextWriter(f), reg, HandlerOpts{})
 	for _, enc := range []string{"", "gzip", "deflate, gzip;q=0.5", "gzip;q=0", "*"} {
 		req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
 		if enc != "" {
@@ -250,13 +255,13 @@ func TestHandler(t *testing.T) {
 			}
 		}
 		mfs := parseText(t, body)
-		if mfs["qmp_up"] == nil || len(mfs["qmp_up"].GetMetric()) != 3 || mfs[mListener.name] == nil {
+		if mfs["qmp_up"] == nil || len(mfs["qmp_up"].GetMetric()) != 3 || mfs[listenerConnections.Name] == nil {
 			t.Fatalf("%q: missing families:\n%s", enc, body)
 		}
 	}
 
 	// A full in-flight bound answers 503 at once.
-	limited := NewHandler(NewTextWriter(m), reg, HandlerOpts{MaxRequestsInFlight: 1}).(*metricsHandler)
+	limited := NewHandler(NewTextWriter(f), reg, HandlerOpts{MaxRequestsInFlight: 1}).(*metricsHandler)
 	limited.inFlight <- struct{}{}
 	rec := httptest.NewRecorder()
 	limited.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
@@ -272,10 +277,10 @@ func TestHandler(t *testing.T) {
 }
 
 // bumpAll marks every VM changed, as if each had seen an event.
-func bumpAll(m *Manager) {
-	for _, w := range m.sortedWatchers() {
-		w.lock()
-		w.mu.Unlock()
+func bumpAll(vms []*fleet.VM) {
+	for _, v := range vms {
+		v.Lock()
+		v.Unlock()
 	}
 }
 
@@ -283,15 +288,17 @@ func bumpAll(m *Manager) {
 // since the previous scrape, "changed" when every VM did.
 func BenchmarkTextWriter(b *testing.B) {
 	for _, n := range []int{100, 1000, 10000} {
-		m := benchManager(n)
-		tw := NewTextWriter(m)
+		f := benchFleet(n)
+		var vms []*fleet.VM
+		f.Visible(time.Now(), func(v *fleet.VM, _ string, _ *vmstate.State) { vms = append(vms, v) })
+		tw := NewTextWriter(f)
 		for _, mode := range []string{"cached", "changed"} {
 			b.Run(fmt.Sprintf("%dVMs/%s", n, mode), func(b *testing.B) {
 				b.ReportAllocs()
 				var size int64
 				for b.Loop() {
 					if mode == "changed" {
-						bumpAll(m)
+						bumpAll(vms)
 					}
 					k, err := tw.WriteTo(io.Discard)
 					if err != nil || k == 0 {

@@ -390,7 +390,9 @@ func checkPanels(t *testing.T, d *dashboard) {
 }
 
 // TestDashboardQueries checks every query against the metrics the
-// collector describes and the conventions of STYLE.md 1.11.
+// collector defines (collector.Metrics) and the dashboard conventions of
+// CONTRIBUTING.md: every query filters on job and instance, and uses
+// $__rate_interval in rate and increase.
 func TestDashboardQueries(t *testing.T) {
 	metrics, err := promlab.Metrics()
 	if err != nil {

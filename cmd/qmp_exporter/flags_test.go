@@ -9,8 +9,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/qmp-exporter/qmp_exporter/collector"
 	"github.com/qmp-exporter/qmp_exporter/config"
+	"github.com/qmp-exporter/qmp_exporter/internal/source/qmpsock"
 )
 
 func TestRunExitCodes(t *testing.T) {
@@ -68,7 +68,7 @@ func TestTargets(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []collector.Target{
+	want := []qmpsock.Target{
 		{Name: "web", Network: "unix", Address: "/run/qemu/web.qmp"},
 		// A derived name is left empty so that QEMU's -name can win.
 		{Network: "unix", Address: "/run/qemu/db.qmp"},

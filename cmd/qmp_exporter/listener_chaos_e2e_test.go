@@ -16,9 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/qmp-exporter/qmp_exporter/collector"
 	"github.com/qmp-exporter/qmp_exporter/internal/exporterproc"
 	"github.com/qmp-exporter/qmp_exporter/internal/hostile"
+	"github.com/qmp-exporter/qmp_exporter/internal/source/qmpsock"
 	"github.com/qmp-exporter/qmp_exporter/qmp"
 )
 
@@ -33,9 +33,9 @@ const (
 	// more than the listener's 64 handshake slots.
 	dialInSwarm = 100
 	// dialInMaxGoroutines and dialInMaxFDs bound the exporter while up to
-	// collector.DefaultMaxDialledIn made-up VMs (a goroutine each) are
+	// qmpsock.DefaultMaxDialledIn made-up VMs (a goroutine each) are
 	// known: generous, the log gives the real figures.
-	dialInMaxGoroutines = collector.DefaultMaxDialledIn + 1000
+	dialInMaxGoroutines = qmpsock.DefaultMaxDialledIn + 1000
 	// dialInMaxVMs is --qmp.listen-max-vms for the test: below the
 	// default, so that the bound seen is the flag's.
 	dialInMaxVMs = 500
@@ -187,7 +187,7 @@ func (c *dialInChild) stop() (conns, disallowed int, err error) {
 // qmp_listener_connections_total, a warning names the pid of each broken
 // client and says what it did wrong, the listener logs each kind of
 // trouble per client at most once per 10 s, the made-up VMs stay under
-// collector.DefaultMaxDialledIn, memory, goroutines and file descriptors
+// qmpsock.DefaultMaxDialledIn, memory, goroutines and file descriptors
 // stay bounded, no client received a command outside the allow-list, and
 // the exporter exits cleanly on SIGTERM. It takes about 25 s.
 func TestListenerChaosEndToEnd(t *testing.T) {

@@ -1,7 +1,9 @@
 // Command qmp_exporter keeps QMP sessions to QEMU virtual machines, folds
 // the events they emit into counters and gauges, and serves them to
-// Prometheus. This file only wires flags, logging, configuration and HTTP;
-// the work happens in the qmp and collector packages.
+// Prometheus. This package only wires flags, logging, configuration and
+// HTTP: the VMs live in internal/fleet, the QMP sockets are read by
+// internal/source/qmpsock, and package collector turns their state into
+// metrics (docs/architecture.md).
 package main
 
 import (
@@ -9,7 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"os/signal"
@@ -33,6 +37,8 @@ import (
 
 	"github.com/qmp-exporter/qmp_exporter/collector"
 	"github.com/qmp-exporter/qmp_exporter/config"
+	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
+	"github.com/qmp-exporter/qmp_exporter/internal/source/qmpsock"
 )
 
 const (
@@ -92,7 +98,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
 	app.Flag("qmp.listen", "Create this unix socket and accept QEMUs that dial in to it (-chardev socket,path=PATH,reconnect=5 -mon chardev=...,mode=control). Repeatable; added to listen of --config.file.").
 		PlaceHolder("PATH").StringsVar(&f.listens)
 	app.Flag("qmp.listen-max-vms", "Most VMs kept from dialling in, over all listeners. At the bound a new VM replaces the one unreachable longest, or is refused while all are connected, so a client inventing identities cannot grow the exporter without limit.").
-		Default(strconv.Itoa(collector.DefaultMaxDialledIn)).IntVar(&f.listenMaxVMs)
+		Default(strconv.Itoa(qmpsock.DefaultMaxDialledIn)).IntVar(&f.listenMaxVMs)
 	app.Flag("qmp.stale-after", "Remove the series of a discovered or dialled-in VM that has been unreachable this long. Overrides discovery.stale_after of --config.file.").
 		Default("5m").IsSetByUser(&f.staleAfterSet).DurationVar(&f.staleAfter)
 	app.Flag("qmp.dial-timeout", "Limit on connecting to a monitor and completing the QMP handshake.").
@@ -147,15 +153,74 @@ func newLogger(w io.Writer, lvl, format string) (log.Logger, slog.Level) {
 	return logger, sl
 }
 
+// run is the exporter's life: flags, logger, configuration, sources,
+// HTTP, then waiting for a signal. It returns the exit code.
+func run(args []string, stdout, stderr io.Writer) int {
+	f, err := parseFlags(args, stdout, stderr)
+	if err != nil {
+		var ex errExit
+		if errors.As(err, &ex) {
+			return int(ex)
+		}
+		fmt.Fprintf(stderr, "%s: error: %v, try --help\n", exporterName, err)
+		return 2
+	}
+	logger, slevel := newLogger(stderr, f.logLevel, f.logFormat)
+	slogger := slog.New(slogkit.NewGoKitHandler(logger, slevel))
+
+	conf := &configuration{f: f}
+	if f.configCheck {
+		return conf.check(stdout, stderr)
+	}
+	cfg, initial, err := conf.load()
+	if err == nil && f.listenMaxVMs < 1 {
+		err = fmt.Errorf("--qmp.listen-max-vms must be at least 1, got %d", f.listenMaxVMs)
+	}
+	if err != nil {
+		level.Error(logger).Log("msg", "cannot start", "err", err)
+		return 1
+	}
+	level.Info(logger).Log("msg", "starting "+exporterName, "version", version.Info())
+	level.Info(logger).Log("msg", "build context", "build_context", version.BuildContext())
+	if cfg == nil {
+		cfg = &config.Config{Discovery: config.Discovery{RescanInterval: config.Duration(config.DefaultRescanInterval)}}
+	}
+	conf.running = cfg
+	conf.staleAfter = conf.staleAfterOf(cfg)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	vms := fleet.New(fleet.Options{StaleAfter: conf.staleAfter, Logger: logger})
+	src, stopSources, err := startSources(f, conf, initial, vms, logger)
+	if err != nil {
+		return 1
+	}
+	defer stopSources()
+
+	productReg, exporterReg := newRegistries(f, src)
+	conf.reloaded = newReloadMetrics(productReg)
+	conf.src, conf.logger = src, logger
+	stopReload := conf.reloadOnSIGHUP()
+	defer stopReload()
+
+	mux, err := newMux(f, vms, productReg, exporterReg, conf, logger)
+	if err != nil {
+		level.Error(logger).Log("msg", "cannot build the landing page", "err", err)
+		return 1
+	}
+	return serve(ctx, f, mux, logger, slogger)
+}
+
 // targets turns the configuration and the --qmp.socket flags into the
-// collector's targets.
-func targets(cfg *config.Config, sockets []string) ([]collector.Target, error) {
-	var out []collector.Target
+// QMP source's targets.
+func targets(cfg *config.Config, sockets []string) ([]qmpsock.Target, error) {
+	var out []qmpsock.Target
 	seen := map[string]bool{}
 	if cfg != nil {
 		for _, vm := range cfg.VMs {
 			network, address := vm.Endpoint()
-			t := collector.Target{Network: network, Address: address, Labels: mergeLabels(cfg.Labels, vm.Labels)}
+			t := qmpsock.Target{Network: network, Address: address, Labels: mergeLabels(cfg.Labels, vm.Labels)}
 			if vm.NameFromConfig {
 				t.Name = vm.Name
 			}
@@ -176,170 +241,82 @@ func targets(cfg *config.Config, sockets []string) ([]collector.Target, error) {
 		if cfg != nil {
 			labels = mergeLabels(cfg.Labels, nil)
 		}
-		out = append(out, collector.Target{Network: network, Address: address, Labels: labels})
+		out = append(out, qmpsock.Target{Network: network, Address: address, Labels: labels})
 	}
 	return out, nil
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
-	f, err := parseFlags(args, stdout, stderr)
-	if err != nil {
-		var ex errExit
-		if errors.As(err, &ex) {
-			return int(ex)
-		}
-		fmt.Fprintf(stderr, "%s: error: %v, try --help\n", exporterName, err)
-		return 2
+// mergeLabels returns the global labels overridden by a VM's own.
+func mergeLabels(global, own map[string]string) map[string]string {
+	if len(global) == 0 && len(own) == 0 {
+		return nil
 	}
-	logger, slevel := newLogger(stderr, f.logLevel, f.logFormat)
-	slogger := slog.New(slogkit.NewGoKitHandler(logger, slevel))
+	out := maps.Clone(global)
+	if out == nil {
+		out = map[string]string{}
+	}
+	maps.Copy(out, own)
+	return out
+}
 
-	loadConfig := func() (*config.Config, []collector.Target, error) {
-		var cfg *config.Config
-		if f.configFile != "" {
-			c, err := config.Load(f.configFile)
-			if err != nil {
-				return nil, nil, err
-			}
-			cfg = c
-		}
-		ts, err := targets(cfg, f.sockets)
-		return cfg, ts, err
-	}
-	cfg, initial, err := loadConfig()
-	if f.configCheck {
-		if f.configFile == "" {
-			fmt.Fprintln(stderr, "--config.check needs --config.file")
-			return 2
-		}
-		if err != nil {
-			fmt.Fprintln(stderr, err)
-			return 1
-		}
-		fmt.Fprintf(stdout, "%s: OK, %d VMs\n", f.configFile, len(initial))
-		return 0
-	}
-	if err == nil && f.listenMaxVMs < 1 {
-		err = fmt.Errorf("--qmp.listen-max-vms must be at least 1, got %d", f.listenMaxVMs)
-	}
-	if err != nil {
-		level.Error(logger).Log("msg", "cannot start", "err", err)
-		return 1
-	}
-	level.Info(logger).Log("msg", "starting "+exporterName, "version", version.Info())
-	level.Info(logger).Log("msg", "build context", "build_context", version.BuildContext())
-	if cfg == nil {
-		cfg = &config.Config{Discovery: config.Discovery{RescanInterval: config.Duration(config.DefaultRescanInterval)}}
-	}
-	// discovery returns the globs and rescan interval of a configuration
-	// plus the flags'.
-	discovery := func(c *config.Config) ([]string, time.Duration) {
-		globs := append(slices.Clone(c.Discovery.SocketGlobs), f.globs...)
-		slices.Sort(globs)
-		return slices.Compact(globs), time.Duration(c.Discovery.RescanInterval)
-	}
-	listens := slices.Clone(cfg.Listen)
-	for _, p := range f.listens {
-		listens = append(listens, config.Listen{Path: p, Mode: config.DefaultListenMode})
-	}
-	if globs, _ := discovery(cfg); len(initial) == 0 && len(globs) == 0 && len(listens) == 0 {
-		level.Warn(logger).Log("msg", "no VMs to watch: pass --qmp.socket, --qmp.socket-glob or --qmp.listen, or use --config.file")
-	}
-
-	// staleAfter is the flag if given, else the file's discovery.stale_after
-	// (which defaults to the flag's default). It is read once: a reload
-	// that changes it only warns.
-	staleAfter := func(c *config.Config) time.Duration {
-		if f.staleAfterSet || f.configFile == "" || c == nil {
-			return f.staleAfter
-		}
-		return time.Duration(c.Discovery.StaleAfter)
-	}
-	runningStaleAfter := staleAfter(cfg)
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-
-	m := collector.NewManager(collector.Options{
+// startSources starts the QMP-socket source on vms: the configured
+// sockets and globs, and a listener for each configured or flagged path.
+// stop ends them and waits. A listener that cannot be opened is logged
+// and returned as an error, with everything started so far stopped.
+func startSources(f *flags, conf *configuration, initial []qmpsock.Target, vms *fleet.Fleet, logger log.Logger) (src *qmpsock.Source, stop func(), err error) {
+	src = qmpsock.New(vms, qmpsock.Options{
 		DialTimeout:     f.dialTimeout,
 		CommandTimeout:  f.commandTimeout,
 		MaxBackoff:      f.maxBackoff,
 		RefreshInterval: f.refresh,
 		MaxMessageBytes: f.maxMessage,
-		StaleAfter:      runningStaleAfter,
 		Logger:          logger,
 	})
+	cfg := conf.running
+	globs, rescan := conf.discovery(cfg)
+	listens := slices.Clone(cfg.Listen)
+	for _, p := range f.listens {
+		listens = append(listens, config.Listen{Path: p, Mode: config.DefaultListenMode})
+	}
+	if len(initial) == 0 && len(globs) == 0 && len(listens) == 0 {
+		level.Warn(logger).Log("msg", "no VMs to watch: pass --qmp.socket, --qmp.socket-glob or --qmp.listen, or use --config.file")
+	}
 	var wg sync.WaitGroup
-	mctx, cancelManager := context.WithCancel(context.Background())
-	wg.Go(func() { _ = m.Run(mctx) })
-	defer func() { cancelManager(); wg.Wait() }()
-	src := &sources{ctx: mctx, m: m, logger: logger}
-	defer src.stopDiscovery()
-	globs, rescan := discovery(cfg)
-	src.apply(initial, globs, rescan, mergeLabels(cfg.Labels, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	stop = func() { cancel(); wg.Wait() }
+	wg.Go(func() { _ = src.Run(ctx) })
+	src.Configure(initial, globs, rescan, mergeLabels(cfg.Labels, nil))
 	for _, l := range listens {
-		ln, name, err := listen(l)
+		ln, name, err := qmpsock.OpenListener(l.Path, l.Address, fs.FileMode(l.Mode))
 		if err != nil {
 			level.Error(logger).Log("msg", "cannot listen for QEMUs dialling in", "listener", name, "err", err)
-			return 1
+			stop()
+			return nil, nil, err
 		}
-		lo := collector.ListenOptions{Name: name, AllowedUIDs: l.AllowedUIDs, Labels: mergeLabels(cfg.Labels, nil), MaxVMs: f.listenMaxVMs}
+		lo := qmpsock.ListenOptions{Name: name, AllowedUIDs: l.AllowedUIDs, Labels: mergeLabels(cfg.Labels, nil), MaxVMs: f.listenMaxVMs}
 		level.Info(logger).Log("msg", "listening for QEMUs dialling in", "listener", name)
-		wg.Go(func() { _ = m.Serve(mctx, ln, lo) })
+		wg.Go(func() { _ = src.Serve(ctx, ln, lo) })
 	}
+	return src, stop, nil
+}
 
-	productReg := prometheus.NewRegistry()
-	productReg.MustRegister(versioncollector.NewCollector(exporterName), collector.NewListenerCollector(m))
-	exporterReg := prometheus.NewRegistry()
-	reloadOK := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "qmp_exporter_config_last_reload_successful",
-		Help: "Whether the last configuration reload (SIGHUP or POST /-/reload) succeeded; 1 before any reload.",
-	})
-	reloadTime := prometheus.NewGauge(prometheus.GaugeOpts{
-		Name: "qmp_exporter_config_last_reload_success_timestamp_seconds",
-		Help: "Time of the last successful configuration load, in seconds since the epoch.",
-	})
-	productReg.MustRegister(reloadOK, reloadTime)
-	reloadOK.Set(1)
-	reloadTime.SetToCurrentTime()
-
-	var reloadMu sync.Mutex
-	reload := func() error {
-		reloadMu.Lock()
-		defer reloadMu.Unlock()
-		c, ts, err := loadConfig()
-		if err != nil {
-			reloadOK.Set(0)
-			level.Error(logger).Log("msg", "reload failed; keeping the previous configuration", "err", err)
-			return err
-		}
-		if c == nil {
-			c = cfg
-		}
-		globs, rescan := discovery(c)
-		src.apply(ts, globs, rescan, mergeLabels(c.Labels, nil))
-		if sa := staleAfter(c); sa != runningStaleAfter {
-			level.Warn(logger).Log("msg", "discovery.stale_after changed; it takes effect when the exporter restarts", "running", runningStaleAfter, "configured", sa)
-		}
-		reloadOK.Set(1)
-		reloadTime.SetToCurrentTime()
-		level.Info(logger).Log("msg", "configuration reloaded", "vms", len(ts))
-		return nil
+// newRegistries returns the registry of the product's own metrics
+// (version, listeners, reloads) and the one of the process's (Go and
+// process collectors, empty with --web.disable-exporter-metrics). The
+// VMs' series are not in either: collector.TextWriter writes them.
+func newRegistries(f *flags, src *qmpsock.Source) (product, exporter *prometheus.Registry) {
+	product = prometheus.NewRegistry()
+	product.MustRegister(versioncollector.NewCollector(exporterName), collector.NewListenerCollector(src.EachListenerCount))
+	exporter = prometheus.NewRegistry()
+	if !f.noExporterMet {
+		exporter.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	wg.Go(func() {
-		for {
-			select {
-			case <-mctx.Done():
-				return
-			case <-hup:
-				_ = reload()
-			}
-		}
-	})
+	return product, exporter
+}
 
+// newMux serves /metrics, the health and reload endpoints and the landing
+// page.
+func newMux(f *flags, vms *fleet.Fleet, product, exporter *prometheus.Registry, conf *configuration, logger log.Logger) (*http.ServeMux, error) {
 	// The VMs' series are written by collector.NewTextWriter, which keeps
 	// each VM's rendered lines between scrapes; the registries hold only
 	// the exporter's own few metrics.
@@ -349,29 +326,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	var handler http.Handler
 	if f.noExporterMet {
-		handler = collector.NewHandler(collector.NewTextWriter(m), productReg, hopts)
+		handler = collector.NewHandler(collector.NewTextWriter(vms), product, hopts)
 	} else {
-		exporterReg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-		handler = promhttp.InstrumentMetricHandler(exporterReg,
-			collector.NewHandler(collector.NewTextWriter(m), prometheus.Gatherers{productReg, exporterReg}, hopts))
+		handler = promhttp.InstrumentMetricHandler(exporter,
+			collector.NewHandler(collector.NewTextWriter(vms), prometheus.Gatherers{product, exporter}, hopts))
 	}
 
 	mux := http.NewServeMux()
 	mux.Handle(f.metricsPath, handler)
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "Healthy\n") })
 	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "Ready\n") })
-	mux.HandleFunc("/-/reload", func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodPost && r.Method != http.MethodPut {
-			w.Header().Set("Allow", "POST, PUT")
-			http.Error(w, "use POST or PUT to reload the configuration", http.StatusMethodNotAllowed)
-			return
-		}
-		if err := reload(); err != nil {
-			http.Error(w, err.Error(), http.StatusInternalServerError)
-			return
-		}
-		_, _ = io.WriteString(w, "Reloaded\n")
-	})
+	mux.HandleFunc("/-/reload", conf.serveReload)
 	if f.metricsPath != "/" {
 		landing, err := web.NewLandingPage(web.LandingConfig{
 			Name:        "QMP Exporter",
@@ -383,12 +348,16 @@ func run(args []string, stdout, stderr io.Writer) int {
 			},
 		})
 		if err != nil {
-			level.Error(logger).Log("msg", "cannot build the landing page", "err", err)
-			return 1
+			return nil, err
 		}
 		mux.Handle("/", landing)
 	}
+	return mux, nil
+}
 
+// serve runs the HTTP server (TLS and basic auth through exporter-toolkit)
+// until ctx ends, then shuts it down; it returns the exit code.
+func serve(ctx context.Context, f *flags, mux *http.ServeMux, logger log.Logger, slogger *slog.Logger) int {
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,

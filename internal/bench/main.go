@@ -59,6 +59,10 @@ type options struct {
 	burst       int
 }
 
+// benchPackages hold the Go benchmarks of the hot paths: the protocol
+// reader, the fold, and the exposition.
+var benchPackages = []string{"./qmp/", "./internal/vmstate/", "./collector/"}
+
 func main() {
 	var o options
 	var only, env string
@@ -66,7 +70,7 @@ func main() {
 	flag.StringVar(&o.out, "out", ".build/bench", "directory for results.md, results.json, cost.svg (and perf profiles)")
 	flag.StringVar(&only, "only", "", "comma-separated scenarios to run (flood-1, flood-100, rate-1000, idle-10000, sweep); default all")
 	flag.BoolVar(&o.perf, "perf", false, "record a perf profile of the exporter during each sending window (needs perf)")
-	flag.BoolVar(&o.gobench, "gobench", true, "also run the Go benchmarks of qmp/ and collector/")
+	flag.BoolVar(&o.gobench, "gobench", true, "also run the Go benchmarks of the hot paths (benchPackages)")
 	flag.BoolVar(&quick, "quick", false, "short windows and fewer VMs, to check the bench itself")
 	flag.StringVar(&env, "exporter-env", "", "comma-separated NAME=VALUE added to the exporter's environment, e.g. GOMAXPROCS=1,GOGC=50")
 	flag.Parse()
@@ -163,8 +167,8 @@ func run(ctx context.Context, o options, cmdline string) error {
 	step("sweep", b.sweep)
 	var gobench string
 	if o.gobench && o.only == nil && ctx.Err() == nil {
-		b.logf("go test -bench (qmp/, collector/)")
-		cmd := exec.CommandContext(ctx, "go", "test", "-run=^$", "-bench=.", "-benchmem", "./qmp/", "./collector/")
+		b.logf("go test -bench %s", strings.Join(benchPackages, " "))
+		cmd := exec.CommandContext(ctx, "go", append([]string{"test", "-run=^$", "-bench=.", "-benchmem"}, benchPackages...)...)
 		cmd.Dir = root
 		out, err := cmd.CombinedOutput()
 		gobench = string(out)

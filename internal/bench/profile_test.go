@@ -21,6 +21,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/qmp-exporter/qmp_exporter/collector"
+	vmfleet "github.com/qmp-exporter/qmp_exporter/internal/fleet"
+	"github.com/qmp-exporter/qmp_exporter/internal/source/qmpsock"
 )
 
 // TestInProcessProfile runs the exporter's collector in this process,
@@ -92,10 +94,11 @@ func TestInProcessProfile(t *testing.T) {
 	runtime.ReadMemStats(&ms0)
 	g0 := runtime.NumGoroutine()
 
-	m := collector.NewManager(collector.Options{})
-	var targets []collector.Target
+	vms := vmfleet.New(vmfleet.Options{})
+	m := qmpsock.New(vms, qmpsock.Options{})
+	var targets []qmpsock.Target
 	for i := range n {
-		targets = append(targets, collector.Target{Network: "unix", Address: socketPath(s.dir, i)})
+		targets = append(targets, qmpsock.Target{Network: "unix", Address: socketPath(s.dir, i)})
 	}
 	m.Sync(targets)
 	mctx, stopManager := context.WithCancel(ctx)
@@ -103,7 +106,7 @@ func TestInProcessProfile(t *testing.T) {
 	go func() { defer close(done); _ = m.Run(mctx) }()
 	defer func() { stopManager(); <-done }()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(versioncollector.NewCollector("qmp_exporter"), collector.NewCollector(m))
+	reg.MustRegister(versioncollector.NewCollector("qmp_exporter"), collector.NewCollector(vms))
 	srv := httptest.NewServer(promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorHandling: promhttp.ContinueOnError, MaxRequestsInFlight: 40}))
 	defer srv.Close()
 	host := srv.Listener.Addr().String()

@@ -154,7 +154,7 @@ func (rep report) markdown() string {
 		}
 	}
 	if rep.gobench != "" {
-		b.WriteString("\n## Go benchmarks\n\n`go test -run='^$' -bench=. -benchmem ./qmp/ ./collector/`\n\n```\n")
+		b.WriteString("\n## Go benchmarks\n\n`go test -run='^$' -bench=. -benchmem " + strings.Join(benchPackages, " ") + "`\n\n```\n")
 		b.WriteString(strings.TrimSpace(rep.gobench))
 		b.WriteString("\n```\n")
 	}

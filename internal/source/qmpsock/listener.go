@@ -1,12 +1,12 @@
-package collector
+package qmpsock
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"errors"
-	"maps"
+	"io/fs"
 	"net"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -14,7 +14,8 @@ import (
 
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
-	"github.com/prometheus/client_golang/prometheus"
+	"github.com/qmp-exporter/qmp_exporter/internal/sockfile"
+	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
 
 	"github.com/qmp-exporter/qmp_exporter/qmp"
 )
@@ -32,7 +33,7 @@ type ListenOptions struct {
 	AllowedUIDs []uint32
 	// Labels are added to every series of the VMs that dial in here.
 	Labels map[string]string
-	// MaxVMs bounds the VMs the Manager keeps from dialling in (on all
+	// MaxVMs bounds the VMs the Source keeps from dialling in (on all
 	// its listeners) when one more dials in here; zero means
 	// DefaultMaxDialledIn. See attach for what happens at the bound.
 	MaxVMs int
@@ -97,11 +98,11 @@ func newListener(lo ListenOptions, cred func(net.Conn) (peerCredentials, error))
 // DialTimeout plus two CommandTimeouts, the handshakes in progress by
 // maxHandshakes (maxHandshakesPerPeer from one process), the VMs kept by
 // ListenOptions.MaxVMs, and the log lines by listenerLogInterval.
-func (m *Manager) Serve(ctx context.Context, ln net.Listener, lo ListenOptions) error {
-	return m.serve(ctx, ln, newListener(lo, peerCred))
+func (s *Source) Serve(ctx context.Context, ln net.Listener, lo ListenOptions) error {
+	return s.serve(ctx, ln, newListener(lo, peerCred))
 }
 
-func (m *Manager) serve(ctx context.Context, ln net.Listener, l *listener) error {
+func (s *Source) serve(ctx context.Context, ln net.Listener, l *listener) error {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var wg sync.WaitGroup
@@ -112,7 +113,7 @@ func (m *Manager) serve(ctx context.Context, ln net.Listener, l *listener) error
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			m.listenerWarn(l, "accept", 0, "accept failed", "err", err)
+			s.listenerWarn(l, "accept", 0, "accept failed", "err", err)
 			select {
 			case <-ctx.Done():
 				return nil
@@ -120,13 +121,13 @@ func (m *Manager) serve(ctx context.Context, ln net.Listener, l *listener) error
 			}
 			continue
 		}
-		cred, release, ok := m.admit(l, nc)
+		cred, release, ok := s.admit(l, nc)
 		if !ok {
 			continue
 		}
 		wg.Go(func() {
 			defer release()
-			m.dialIn(ctx, nc, l, cred)
+			s.dialIn(ctx, nc, l, cred)
 		})
 	}
 }
@@ -135,19 +136,19 @@ func (m *Manager) serve(ctx context.Context, ln net.Listener, l *listener) error
 // must be allowed, and a slot free both on the listener and for its peer
 // process. A refused connection is closed and counted. release gives the
 // slots back once the handshake is over.
-func (m *Manager) admit(l *listener, nc net.Conn) (cred peerCredentials, release func(), ok bool) {
+func (s *Source) admit(l *listener, nc net.Conn) (cred peerCredentials, release func(), ok bool) {
 	cred, credErr := l.cred(nc)
 	if len(l.lo.AllowedUIDs) > 0 && (credErr != nil || !slices.Contains(l.lo.AllowedUIDs, cred.uid)) {
-		m.countListener(l.lo.Name, "refused")
-		m.listenerWarn(l, "uid", cred.pid, "refused a peer whose uid is not allowed", "uid", cred.uid, "pid", cred.pid, "err", credErr)
+		s.countListener(l.lo.Name, "refused")
+		s.listenerWarn(l, "uid", cred.pid, "refused a peer whose uid is not allowed", "uid", cred.uid, "pid", cred.pid, "err", credErr)
 		nc.Close()
 		return cred, nil, false
 	}
 	select {
 	case l.slots <- struct{}{}:
 	default:
-		m.countListener(l.lo.Name, "refused")
-		m.listenerWarn(l, "busy", cred.pid, "too many connections in their handshake; refusing one", "pid", cred.pid)
+		s.countListener(l.lo.Name, "refused")
+		s.listenerWarn(l, "busy", cred.pid, "too many connections in their handshake; refusing one", "pid", cred.pid)
 		nc.Close()
 		return cred, nil, false
 	}
@@ -161,8 +162,8 @@ func (m *Manager) admit(l *listener, nc net.Conn) (cred peerCredentials, release
 		if n >= maxHandshakesPerPeer {
 			l.mu.Unlock()
 			<-l.slots
-			m.countListener(l.lo.Name, "refused")
-			m.listenerWarn(l, "peer-busy", pid, "too many connections in their handshake from one process; refusing one", "pid", pid, "uid", cred.uid)
+			s.countListener(l.lo.Name, "refused")
+			s.listenerWarn(l, "peer-busy", pid, "too many connections in their handshake from one process; refusing one", "pid", pid, "uid", cred.uid)
 			nc.Close()
 			return cred, nil, false
 		}
@@ -183,14 +184,14 @@ func (m *Manager) admit(l *listener, nc net.Conn) (cred peerCredentials, release
 
 // dialIn runs the handshake and the identity queries on an admitted
 // connection and attaches the session to its VM.
-func (m *Manager) dialIn(ctx context.Context, nc net.Conn, l *listener, cred peerCredentials) {
+func (s *Source) dialIn(ctx context.Context, nc net.Conn, l *listener, cred peerCredentials) {
 	r := &relay{}
-	hctx, cancel := context.WithTimeout(ctx, m.opts.DialTimeout)
+	hctx, cancel := context.WithTimeout(ctx, s.opts.DialTimeout)
 	defer cancel()
-	conn, err := qmp.NewConn(hctx, nc, qmp.Options{OnEvent: r.event, OnProtocolError: r.protocolError, MaxMessageBytes: m.opts.MaxMessageBytes})
+	conn, err := qmp.NewConn(hctx, nc, qmp.Options{OnEvent: r.event, OnProtocolError: r.protocolError, MaxMessageBytes: s.opts.MaxMessageBytes})
 	if err != nil {
-		m.countListener(l.lo.Name, "failed")
-		m.listenerWarn(l, "handshake", cred.pid, "handshake with a dialled-in peer failed", "pid", cred.pid, "err", err)
+		s.countListener(l.lo.Name, "failed")
+		s.listenerWarn(l, "handshake", cred.pid, "handshake with a dialled-in peer failed", "pid", cred.pid, "err", err)
 		return
 	}
 	var name struct {
@@ -203,41 +204,41 @@ func (m *Manager) dialIn(ctx context.Context, nc net.Conn, l *listener, cred pee
 		cmd string
 		out any
 	}{{"query-name", &name}, {"query-uuid", &uuid}} {
-		qctx, qcancel := context.WithTimeout(ctx, m.opts.CommandTimeout)
+		qctx, qcancel := context.WithTimeout(ctx, s.opts.CommandTimeout)
 		err := conn.Execute(qctx, q.cmd, nil, q.out)
 		qcancel()
 		if err != nil {
-			m.countListener(l.lo.Name, "failed")
-			m.listenerWarn(l, "identify", cred.pid, "identifying a dialled-in peer failed", "pid", cred.pid, "err", err)
+			s.countListener(l.lo.Name, "failed")
+			s.listenerWarn(l, "identify", cred.pid, "identifying a dialled-in peer failed", "pid", cred.pid, "err", err)
 			conn.Close()
 			<-conn.Done()
 			return
 		}
 	}
 	id := dialInIdentity(uuid.UUID, name.Name, cred, nc)
-	if !m.attach(id, l, cred, conn, r) {
-		m.countListener(l.lo.Name, "refused")
-		m.listenerWarn(l, "full", cred.pid, "too many VMs have dialled in, none of them gone; refusing a new one", "max_vms", l.lo.MaxVMs, "identity", id, "pid", cred.pid)
+	if !s.attach(id, l, cred, conn, r) {
+		s.countListener(l.lo.Name, "refused")
+		s.listenerWarn(l, "full", cred.pid, "too many VMs have dialled in, none of them gone; refusing a new one", "max_vms", l.lo.MaxVMs, "identity", id, "pid", cred.pid)
 		conn.Close()
 		<-conn.Done()
 		return
 	}
-	m.countListener(l.lo.Name, "accepted")
+	s.countListener(l.lo.Name, "accepted")
 	// A VM that reconnects in a loop, or a process that dials in as a
 	// new VM each time, is logged once per interval.
 	key := "in\x00" + id
 	if cred.pid > 0 {
 		key = "in\x00" + strconv.Itoa(int(cred.pid))
 	}
-	l.logEvery(level.Info(m.opts.Logger), key,
+	l.logEvery(level.Info(s.opts.Logger), key,
 		"msg", "vm dialled in", "listener", l.lo.Name, "qemu_name", name.Name, "uuid", uuid.UUID, "pid", cred.pid, "identity", id)
 }
 
 // listenerWarn logs a warning about the listener, at most one per kind and
 // peer process per listenerLogInterval (so each broken client gets its
 // line, and none gets more); the next one says how many were left out.
-func (m *Manager) listenerWarn(l *listener, kind string, pid int32, msg string, kv ...any) {
-	l.logEvery(level.Warn(m.opts.Logger), kind+"\x00"+strconv.Itoa(int(pid)),
+func (s *Source) listenerWarn(l *listener, kind string, pid int32, msg string, kv ...any) {
+	l.logEvery(level.Warn(s.opts.Logger), kind+"\x00"+strconv.Itoa(int(pid)),
 		append([]any{"msg", msg, "listener", l.lo.Name}, kv...)...)
 }
 
@@ -325,10 +326,10 @@ func (ll *logLimiter) allow(key string, now time.Time) (bool, int) {
 // VM cannot be recognised when it dials again).
 func dialInIdentity(uuid, name string, cred peerCredentials, nc net.Conn) string {
 	switch {
-	case uuid != "" && uuid != zeroUUID:
-		return "uuid:" + cleanLabel(uuid)
+	case uuid != "" && uuid != vmstate.ZeroUUID:
+		return "uuid:" + vmstate.CleanLabel(uuid)
 	case name != "":
-		return "name:" + cleanLabel(name)
+		return "name:" + vmstate.CleanLabel(name)
 	case cred.pid > 0:
 		return "pid:" + strconv.Itoa(int(cred.pid))
 	}
@@ -351,21 +352,29 @@ type dialledIn struct {
 // forgotten it later. So a client that makes up a new identity on every
 // connection cannot grow the exporter's memory and series without bound,
 // and cannot push out a VM that is connected.
-func (m *Manager) attach(id string, l *listener, cred peerCredentials, conn *qmp.Conn, r *relay) bool {
-	m.mu.Lock()
+func (s *Source) attach(id string, l *listener, cred peerCredentials, conn *qmp.Conn, r *relay) bool {
+	s.mu.Lock()
 	key := "dialin\x00" + id
-	mw := m.watchers[key]
+	mw := s.watchers[key]
 	if mw == nil {
-		ok, forgot := m.makeRoomLocked(l.lo.MaxVMs)
+		ok, forgot := s.makeRoomLocked(l.lo.MaxVMs)
 		if !ok {
-			m.mu.Unlock()
+			s.mu.Unlock()
 			return false
 		}
 		if forgot != "" {
-			defer l.logEvery(level.Info(m.opts.Logger), "forgot",
+			defer l.logEvery(level.Info(s.opts.Logger), "forgot",
 				"msg", "forgot the vm that dialled in and has been gone longest, to make room for a new one", "listener", l.lo.Name, "identity", forgot, "max_vms", l.lo.MaxVMs)
 		}
-		w := newWatcher(Target{Network: "dialin", Address: id, Labels: l.lo.Labels}, m.opts, nil)
+		t := Target{Network: "dialin", Address: id, Labels: l.lo.Labels}
+		meta := t.meta()
+		meta.HideWhenStale = true
+		vm, err := s.fleet.Add(key, meta, time.Now())
+		if err != nil { // the source's keys and the fleet's agree: cannot happen
+			s.mu.Unlock()
+			return false
+		}
+		w := newWatcher(t, vm, s.opts, nil)
 		peer := "id:" + id
 		if cred.pid > 0 {
 			peer = "pid:" + strconv.Itoa(int(cred.pid))
@@ -382,15 +391,15 @@ func (m *Manager) attach(id string, l *listener, cred peerCredentials, conn *qmp
 		// exporter dials, so that each of its failed sessions (and its log
 		// lines) cannot come faster than the backoff; meanwhile its latest
 		// connection waits in incoming, its events kept by its relay.
-		w.noFollowUps = m.noFollowUps
+		w.noFollowUps = s.noFollowUps
 		mw = &managed{w: w}
-		m.watchers[key] = mw
-		if m.ctx != nil {
-			m.start(mw)
+		s.watchers[key] = mw
+		if s.ctx != nil {
+			s.start(mw)
 		}
 	}
-	running := m.ctx != nil
-	m.mu.Unlock()
+	running := s.ctx != nil
+	s.mu.Unlock()
 	if !running {
 		conn.Close()
 		return true
@@ -398,9 +407,9 @@ func (m *Manager) attach(id string, l *listener, cred peerCredentials, conn *qmp
 	w := mw.w
 	// The live session, if any, is replaced: note it before handing the
 	// new one over, since the watcher may take the new one at once.
-	w.mu.Lock()
+	w.vm.LockRead()
 	old := w.live
-	w.mu.Unlock()
+	w.vm.Unlock()
 	for {
 		select {
 		case w.incoming <- dialledIn{conn, r}:
@@ -422,21 +431,21 @@ func (m *Manager) attach(id string, l *listener, cred peerCredentials, conn *qmp
 // makeRoomLocked makes sure fewer than max VMs that dialled in are known,
 // forgetting the one that has been gone longest if need be (its identity
 // is returned); it reports false when all of them are connected, or have
-// a session on its way to them. Called with m.mu held.
-func (m *Manager) makeRoomLocked(max int) (ok bool, forgot string) {
+// a session on its way to them. Called with s.mu held.
+func (s *Source) makeRoomLocked(max int) (ok bool, forgot string) {
 	n := 0
 	var oldestKey string
 	var oldest time.Time
-	for k, mw := range m.watchers {
+	for k, mw := range s.watchers {
 		if !mw.w.dynamic {
 			continue
 		}
 		n++
 		w := mw.w
-		w.mu.Lock()
-		gone := !w.st.up && !w.downSince.IsZero() && w.live == nil && len(w.incoming) == 0
-		since := w.downSince
-		w.mu.Unlock()
+		st := w.vm.LockRead()
+		gone := !st.Up && !st.DownSince.IsZero() && w.live == nil && len(w.incoming) == 0
+		since := st.DownSince
+		w.vm.Unlock()
 		if gone && (oldestKey == "" || since.Before(oldest)) {
 			oldestKey, oldest = k, since
 		}
@@ -447,8 +456,8 @@ func (m *Manager) makeRoomLocked(max int) (ok bool, forgot string) {
 	if oldestKey == "" {
 		return false, ""
 	}
-	forgot = m.watchers[oldestKey].w.target.Address
-	m.forgetLocked(oldestKey)
+	forgot = s.watchers[oldestKey].w.target.Address
+	s.forgetLocked(oldestKey)
 	return true, forgot
 }
 
@@ -504,21 +513,26 @@ func (r *relay) attach(onEvent func(qmp.Event), onError func(error)) {
 	r.onEvent, r.onError = onEvent, onError
 }
 
-func (m *Manager) countListener(name, result string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.listenerCounts[[2]string{name, result}]++
-}
-
-// listenerMetrics returns the listeners' connection counters.
-func (m *Manager) listenerMetrics() []prometheus.Metric {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := make([]prometheus.Metric, 0, len(m.listenerCounts))
-	for _, k := range slices.SortedFunc(maps.Keys(m.listenerCounts), func(a, b [2]string) int {
-		return cmp.Or(cmp.Compare(a[0], b[0]), cmp.Compare(a[1], b[1]))
-	}) {
-		out = append(out, prometheus.MustNewConstMetric(mListener.desc, prometheus.CounterValue, float64(m.listenerCounts[k]), k[0], k[1]))
+// OpenListener opens the socket on which QEMUs dial in: a TCP address if
+// address is set, else the unix socket path, whose stale file from an
+// earlier run is replaced (only if it is a socket) and which gets mode.
+// It returns the listener's name for logs and metrics: its address or
+// path.
+func OpenListener(path, address string, mode fs.FileMode) (net.Listener, string, error) {
+	if address != "" {
+		ln, err := net.Listen("tcp", address)
+		return ln, address, err
 	}
-	return out
+	if err := sockfile.RemoveStale(path); err != nil {
+		return nil, path, err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, path, err
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		ln.Close()
+		return nil, path, err
+	}
+	return ln, path, nil
 }

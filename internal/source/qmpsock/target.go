@@ -1,14 +1,12 @@
-// Package collector keeps one live QMP session per virtual machine, folds
-// the events each VM emits into in-memory state, and exposes that state as
-// Prometheus metrics. A scrape only reads the state: it never touches a
-// socket.
-package collector
+package qmpsock
 
 import (
 	"maps"
 	"path/filepath"
 	"slices"
 	"strings"
+
+	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
 )
 
 // Target is one QMP monitor to watch.
@@ -28,7 +26,7 @@ type Target struct {
 	Discovered bool
 }
 
-// key identifies a target for Manager.Sync: a change of name, address or
+// key identifies a target for Source.Sync and in the fleet: a change of name, address or
 // labels is a different target.
 func (t Target) key() string {
 	var b strings.Builder
@@ -37,6 +35,11 @@ func (t Target) key() string {
 		b.WriteString("\x00" + k + "=" + t.Labels[k])
 	}
 	return b.String()
+}
+
+// meta is how the target's VM is described to the fleet.
+func (t Target) meta() fleet.Meta {
+	return fleet.Meta{Name: t.Name, DefaultName: t.DefaultName(), Labels: t.Labels, HideWhenStale: t.Discovered, Address: t.Address}
 }
 
 // DefaultName is the name used when neither the configuration nor QEMU

@@ -1,4 +1,4 @@
-package collector
+package qmpsock
 
 import (
 	"context"
@@ -15,8 +15,12 @@ import (
 	"github.com/go-kit/log"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/common/expfmt"
 	"go.uber.org/goleak"
 
+	"github.com/qmp-exporter/qmp_exporter/collector"
+	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
+	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
 	"github.com/qmp-exporter/qmp_exporter/qmp"
 	"github.com/qmp-exporter/qmp_exporter/qmp/qmptest"
 )
@@ -115,8 +119,8 @@ func (f *fakeQEMU) set(fn func(*fakeQEMU)) {
 
 // newTestManager runs a Manager with one target against fake in a synctest
 // bubble; the returned stop ends it and waits for every goroutine.
-func newTestManager(t *testing.T, fake *fakeQEMU, targets ...Target) (*Manager, func()) {
-	m := NewManager(Options{DialTimeout: 2 * time.Second, CommandTimeout: time.Second, MaxBackoff: 8 * time.Second, RefreshInterval: 30 * time.Second})
+func newTestManager(t *testing.T, fake *fakeQEMU, targets ...Target) (*Source, func()) {
+	m := New(fleet.New(fleet.Options{}), Options{DialTimeout: 2 * time.Second, CommandTimeout: time.Second, MaxBackoff: 8 * time.Second, RefreshInterval: 30 * time.Second})
 	m.dial = fake.dial
 	m.Sync(targets)
 	ctx, cancel := context.WithCancel(t.Context())
@@ -128,11 +132,11 @@ func newTestManager(t *testing.T, fake *fakeQEMU, targets ...Target) (*Manager, 
 // scrape renders the named families as the exporter's own (non-pedantic)
 // registry would: VMs with configured labels carry them as constant
 // labels of descriptors that Describe does not list.
-func scrape(t *testing.T, m *Manager, names ...string) string {
+func scrape(t *testing.T, m *Source, names ...string) string {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(NewCollector(m))
-	b, err := testutil.GatherAndFormat(reg, expfmtText, names...)
+	reg.MustRegister(collector.NewCollector(m.fleet), collector.NewListenerCollector(m.EachListenerCount))
+	b, err := testutil.GatherAndFormat(reg, expfmt.TypeTextPlain, names...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,7 +261,7 @@ func TestDuplicateQEMUNamesStayUnique(t *testing.T) {
 			Target{Network: "unix", Address: "/x/two.qmp"})
 		defer stop()
 		synctest.Wait()
-		if problems, err := testutil.CollectAndLint(NewCollector(m)); err != nil || len(problems) > 0 {
+		if problems, err := testutil.CollectAndLint(collector.NewCollector(m.fleet)); err != nil || len(problems) > 0 {
 			t.Fatalf("lint: %v %v", problems, err)
 		}
 		got := scrape(t, m, "qmp_up")
@@ -401,8 +405,8 @@ func TestMigrationUnfinalPollsBounded(t *testing.T) {
 		before := script.count()
 		time.Sleep(25 * time.Second) // before the next refresh
 		synctest.Wait()
-		if n := script.count() - before; n < 1 || n > maxUnfinalPolls {
-			t.Errorf("%d polls for the final figures, want 1 to %d", n, maxUnfinalPolls)
+		if n := script.count() - before; n < 1 || n > vmstate.MaxUnfinalPolls {
+			t.Errorf("%d polls for the final figures, want 1 to %d", n, vmstate.MaxUnfinalPolls)
 		}
 	})
 }
@@ -493,7 +497,7 @@ func TestQueryTimeoutLogsOneLine(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var logs syncBuffer
 		fake := &fakeQEMU{t: t, status: "running", name: "hung"}
-		m := NewManager(Options{CommandTimeout: time.Second, Logger: log.NewLogfmtLogger(&logs)})
+		m := New(fleet.New(fleet.Options{}), Options{CommandTimeout: time.Second, Logger: log.NewLogfmtLogger(&logs)})
 		m.dial = fake.dial
 		m.Sync([]Target{{Network: "unix", Address: "/x/hung.sock"}})
 		ctx, cancel := context.WithCancel(t.Context())
@@ -574,7 +578,12 @@ func TestSessionsLeaveNoContexts(t *testing.T) {
 		fake := &fakeQEMU{t: t, status: "running", name: "flappy"}
 		opts := Options{CommandTimeout: time.Second, MaxBackoff: time.Second}
 		opts.setDefaults()
-		w := newWatcher(Target{Network: "unix", Address: "/x/flappy.sock"}, opts, fake.dial)
+		t0 := Target{Network: "unix", Address: "/x/flappy.sock"}
+		vm, err := fleet.New(fleet.Options{}).Add(t0.key(), t0.meta(), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := newWatcher(t0, vm, opts, fake.dial)
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan struct{})
 		go func() { w.run(opaqueContext{ctx}); close(done) }()

@@ -1,4 +1,4 @@
-package config
+package qmpsock
 
 import (
 	"context"
@@ -24,6 +24,9 @@ type Discoverer struct {
 	OnError func(error)
 }
 
+// defaultRescan is the rescan interval when none is given.
+const defaultRescan = 30 * time.Second
+
 // DiscoveryDebounce is how long the Discoverer waits after a filesystem
 // event before rescanning, so that a burst of events costs one scan.
 const DiscoveryDebounce = 100 * time.Millisecond
@@ -32,7 +35,7 @@ const DiscoveryDebounce = 100 * time.Millisecond
 // rescanning every rescan.
 func NewDiscoverer(globs []string, rescan time.Duration) *Discoverer {
 	if rescan <= 0 {
-		rescan = DefaultRescanInterval
+		rescan = defaultRescan
 	}
 	return &Discoverer{globs: slices.Clone(globs), rescan: rescan}
 }

@@ -1,4 +1,4 @@
-package collector
+package qmpsock
 
 import (
 	"bytes"
@@ -14,69 +14,14 @@ import (
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
 
+	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
+	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
 	"github.com/qmp-exporter/qmp_exporter/qmp"
 )
-
-// Options configure every watcher of a Manager.
-type Options struct {
-	// DialTimeout bounds connecting plus the QMP handshake.
-	DialTimeout time.Duration
-	// CommandTimeout bounds each query. A query that times out means a
-	// hung QEMU: the session is dropped and dialled again.
-	CommandTimeout time.Duration
-	// MinBackoff and MaxBackoff bound the wait between failed attempts,
-	// which doubles from MinBackoff, with jitter, up to MaxBackoff.
-	MinBackoff, MaxBackoff time.Duration
-	// RefreshInterval is how often a connected watcher re-reads the run
-	// state. Besides correcting anything an event could not tell, it
-	// notices a QEMU that stopped answering.
-	RefreshInterval time.Duration
-	// MaxMessageBytes bounds one QMP message; zero means the qmp default.
-	MaxMessageBytes int
-	// StaleAfter is how long a discovered VM, or one that dialled in, may
-	// stay unreachable before its series are removed.
-	StaleAfter time.Duration
-	// Logger receives the watchers' logs; nil discards them.
-	Logger log.Logger
-}
-
-func (o *Options) setDefaults() {
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = 5 * time.Second
-	}
-	if o.CommandTimeout <= 0 {
-		o.CommandTimeout = 5 * time.Second
-	}
-	if o.MinBackoff <= 0 {
-		o.MinBackoff = 100 * time.Millisecond
-	}
-	if o.MaxBackoff <= 0 {
-		o.MaxBackoff = 30 * time.Second
-	}
-	if o.MaxBackoff < o.MinBackoff {
-		o.MaxBackoff = o.MinBackoff
-	}
-	if o.RefreshInterval <= 0 {
-		o.RefreshInterval = 30 * time.Second
-	}
-	if o.StaleAfter <= 0 {
-		o.StaleAfter = 5 * time.Minute
-	}
-	if o.Logger == nil {
-		o.Logger = log.NewNopLogger()
-	}
-}
 
 // dialFunc opens a QMP session; a struct field so tests can substitute a
 // fake QEMU.
 type dialFunc func(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, error)
-
-// lock takes w.mu for a change of state and marks the VM's rendered
-// series out of date. Readers that change nothing may take w.mu directly.
-func (w *watcher) lock() {
-	w.mu.Lock()
-	w.gen++
-}
 
 // watcherState is where a watcher is in its life, for logs and tests.
 type watcherState int
@@ -115,34 +60,26 @@ type watcher struct {
 	// failures; replaceable in tests.
 	backoff func(n int) time.Duration
 
-	mu sync.Mutex // guards st, phase, downSince and gen
-	// gen changes whenever the watcher is locked through lock, which every
-	// writer uses: a scrape re-renders the VM's series only when it moved.
-	gen uint64
-	// rendered is the VM's series as the last scrape wrote them (under
-	// mu), reused while gen has not moved.
-	rendered *renderedVM
-	st       vmState
-	phase    watcherState
-	// downSince is when the VM was last seen up (or the watcher started);
-	// zero while it is up.
-	downSince time.Time
+	// vm is the VM in the fleet whose state this watcher keeps. Its lock
+	// guards the state and every field below that says "under the lock".
+	vm    *fleet.VM
+	phase watcherState // under the lock
 	// protocolLogged limits protocol-error logs to one per session, and
-	// dataLogged malformed-event logs to one per VM.
+	// dataLogged malformed-event logs to one per VM (under the lock).
 	protocolLogged bool
 	dataLogged     bool
 
-	// early keeps (under mu, while collectEarly) the events of a session
+	// early keeps (under the lock, while collectEarly) the events of a session
 	// that arrive before its sync has identified the VM, so that they can
 	// be folded again if a different VM turns out to answer.
 	early        []qmp.Event
 	collectEarly bool
 
-	// pending holds the queries events asked for (under mu); the event
+	// pending holds the queries events asked for (under the lock); the event
 	// handler starts sess's worker to run them, unless it runs already,
 	// and many events collapse into one round of queries.
-	pending need
-	// sess is the current session once dialled (under mu).
+	pending vmstate.Need
+	// sess is the current session once dialled (under the lock).
 	sess *session
 
 	// unsupported remembers the queries QEMU answered with
@@ -168,21 +105,19 @@ type watcher struct {
 	dynamic  bool
 	incoming chan dialledIn
 
-	// live is the current session's connection (under mu), so that a
+	// live is the current session's connection (under the lock), so that a
 	// newer dialled-in connection can replace it.
 	live *qmp.Conn
 }
 
-func newWatcher(t Target, opts Options, dial dialFunc) *watcher {
+func newWatcher(t Target, vm *fleet.VM, opts Options, dial dialFunc) *watcher {
 	w := &watcher{
-		target: t,
-		opts:   opts,
-		logger: log.With(opts.Logger, "vm", t.DefaultNameOrName(), "address", t.Address),
-		dial:   dial,
-		st:     newVMState(),
-		// Dialled-in VMs wait for QEMU as long as it takes.
+		target:      t,
+		opts:        opts,
+		logger:      log.With(opts.Logger, "vm", t.DefaultNameOrName(), "address", t.Address),
+		dial:        dial,
+		vm:          vm,
 		dialTimeout: opts.DialTimeout,
-		downSince:   time.Now(),
 	}
 	w.backoff = w.jitteredBackoff
 	return w
@@ -283,13 +218,13 @@ func (w *watcher) session(ctx context.Context) (time.Duration, error) {
 
 // open dials and starts the session's worker on the sync.
 func (w *watcher) open(ctx context.Context) (*session, error) {
-	w.lock()
-	w.st.attempts++
+	st := w.vm.Lock()
+	st.Attempts++
 	w.phase = stateConnecting
 	w.protocolLogged = false
 	w.pending = 0
 	w.early, w.collectEarly = nil, true
-	w.mu.Unlock()
+	w.vm.Unlock()
 	w.unsupported = nil
 
 	// One context either way: a WithCancel made and then replaced would
@@ -320,23 +255,23 @@ func (w *watcher) open(ctx context.Context) (*session, error) {
 	w.timeout = newQueryTimer(conn)
 	s.wake = time.AfterFunc(time.Hour, func() { w.wakeUp(s) })
 	s.wake.Stop()
-	w.lock()
+	w.vm.Lock()
 	w.live = conn
 	w.phase = stateSyncing
 	w.sess = s
 	w.startWorker(s) // the sync
-	w.mu.Unlock()
+	w.vm.Unlock()
 	return s, nil
 }
 
 // close ends a session whose connection is dead, once its worker has
 // stopped, and returns what session returns.
 func (w *watcher) close(s *session) (time.Duration, error) {
-	w.lock()
+	w.vm.Lock()
 	s.over = true
 	w.sess = nil
 	w.live = nil
-	w.mu.Unlock()
+	w.vm.Unlock()
 	s.wake.Stop()
 	s.stopOnCancel()
 	s.wg.Wait()
@@ -375,9 +310,9 @@ type session struct {
 	stopOnCancel func() bool
 	wg           sync.WaitGroup // the worker
 
-	working     bool // a worker goroutine runs
-	over        bool // the connection is dead: no more workers
-	due         need // queries wake asked for
+	working     bool         // a worker goroutine runs
+	over        bool         // the connection is dead: no more workers
+	due         vmstate.Need // queries wake asked for
 	nextRefresh time.Time
 	start       time.Time // when the sync ended
 	established bool      // the sync succeeded
@@ -386,7 +321,7 @@ type session struct {
 }
 
 // startWorker starts the session's worker unless one runs or the session
-// is over. Called with w.mu held.
+// is over. Called with the VM's lock held.
 func (w *watcher) startWorker(s *session) {
 	if s.working || s.over {
 		return
@@ -407,19 +342,18 @@ func (w *watcher) work(s *session) {
 			w.endSession(s, err)
 			return
 		}
-		w.lock()
-		w.st.up = true
-		w.downSince = time.Time{}
+		st := w.vm.Lock()
+		st.MarkUp()
 		w.phase = stateConnected
-		name := w.st.info.name
+		name := st.Info.Name
 		s.established = true
 		s.start = time.Now()
 		s.nextRefresh = s.start.Add(w.opts.RefreshInterval)
-		w.mu.Unlock()
+		w.vm.Unlock()
 		level.Info(w.logger).Log("msg", "qmp session established", "qemu_name", name, "qemu_version", s.conn.Greeting().Version.String())
 	}
 	for {
-		w.mu.Lock() // pending and the session, not the state
+		st := w.vm.LockRead() // pending and the session, not the state
 		n := w.pending | s.due
 		w.pending, s.due = 0, 0
 		if n == 0 || s.over {
@@ -431,15 +365,15 @@ func (w *watcher) work(s *session) {
 				// the events capability, polling is the only way to see
 				// it end.
 				d := time.Until(s.nextRefresh)
-				if w.st.mig.polled() {
+				if st.Migration.Polled() {
 					d = min(d, migrationPollInterval)
 				}
 				s.wake.Reset(d)
 			}
-			w.mu.Unlock()
+			w.vm.Unlock()
 			return
 		}
-		w.mu.Unlock()
+		w.vm.Unlock()
 		if err := w.refresh(s.ctx, s.conn, n); err != nil {
 			w.endSession(s, err)
 			return
@@ -451,11 +385,11 @@ func (w *watcher) work(s *session) {
 // migration in progress.
 func (w *watcher) wakeUp(s *session) {
 	now := time.Now()
-	w.mu.Lock() // the session, not the state
-	defer w.mu.Unlock()
-	n := needMigrate
+	w.vm.LockRead() // the session, not the state
+	defer w.vm.Unlock()
+	n := vmstate.NeedMigrate
 	if !now.Before(s.nextRefresh) {
-		n = needAll
+		n = vmstate.NeedAll
 		s.nextRefresh = now.Add(w.opts.RefreshInterval)
 	}
 	s.due |= n
@@ -465,13 +399,13 @@ func (w *watcher) wakeUp(s *session) {
 // endSession records why the worker gives up on the session and closes
 // the connection, which ends conn.Serve on the watcher's goroutine.
 func (w *watcher) endSession(s *session, err error) {
-	w.mu.Lock() // the session, not the state
+	w.vm.LockRead() // the session, not the state
 	if s.err == nil {
 		s.err = err
 	}
 	s.over = true
 	s.working = false
-	w.mu.Unlock()
+	w.vm.Unlock()
 	s.conn.Close()
 }
 
@@ -498,22 +432,22 @@ func (w *watcher) sync(ctx context.Context, conn *qmp.Conn) error {
 			return err
 		}
 	}
-	w.lock()
-	replaced := w.st.setInfo(vmInfo{name: name.Name, uuid: uuid.UUID, version: ver.String(), pkg: ver.Package})
+	st := w.vm.Lock()
+	replaced := st.SetInfo(vmstate.Info{Name: name.Name, UUID: uuid.UUID, Version: ver.String(), Package: ver.Package})
 	if replaced {
 		// The events this session delivered before its identity was
 		// known belong to the new VM: fold them again into its fresh
 		// state.
 		for _, ev := range w.early {
-			w.st.apply(ev)
+			st.Apply(ev)
 		}
 	}
 	w.early, w.collectEarly = nil, false
-	w.mu.Unlock()
+	w.vm.Unlock()
 	if replaced {
 		level.Info(w.logger).Log("msg", "a different VM answers on this socket; its counters start again", "qemu_name", name.Name, "uuid", uuid.UUID)
 	}
-	return w.refresh(ctx, conn, needAll)
+	return w.refresh(ctx, conn, vmstate.NeedAll)
 }
 
 // refresh runs the queries in n and applies their replies. A QEMU error
@@ -521,7 +455,7 @@ func (w *watcher) sync(ctx context.Context, conn *qmp.Conn) error {
 // without a balloon, ...) means that part is absent for this VM, not that
 // the session failed; anything else (a timeout, a dead connection) is
 // returned and ends the session.
-func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n need) error {
+func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n vmstate.Need) error {
 	for _, q := range queries {
 		if n&q.need == 0 {
 			continue
@@ -542,9 +476,8 @@ func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n need) error {
 			if err := json.Unmarshal(ret, out); err != nil {
 				return fmt.Errorf("qmp: %s: decoding reply: %w", q.command, err)
 			}
-			w.lock()
-			q.apply(&w.st, out)
-			w.mu.Unlock()
+			q.apply(w.vm.Lock(), out)
+			w.vm.Unlock()
 			return nil
 		})
 		var qe *qmp.Error
@@ -556,9 +489,8 @@ func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n need) error {
 				}
 				w.unsupported[q.command] = true
 			}
-			w.lock()
-			q.absent(&w.st)
-			w.mu.Unlock()
+			q.absent(w.vm.Lock())
+			w.vm.Unlock()
 		case err != nil:
 			return err
 		}
@@ -585,9 +517,8 @@ func (w *watcher) execute(ctx context.Context, conn *qmp.Conn, cmd string, out a
 		err = conn.Execute(context.Background(), cmd, nil, out)
 	}
 	if w.timeout.disarm() && ctx.Err() == nil {
-		w.lock()
-		w.st.commandTimeouts++
-		w.mu.Unlock()
+		w.vm.Lock().CommandTimeouts++
+		w.vm.Unlock()
 		return &commandTimeoutError{command: cmd, after: w.opts.CommandTimeout}
 	}
 	return err
@@ -641,13 +572,13 @@ func (qt *queryTimer) stop() { qt.t.Stop() }
 // folds, and at most starts the session's worker for the queries the
 // event asks for. It never calls Execute.
 func (w *watcher) onEvent(ev qmp.Event) {
-	w.lock()
+	st := w.vm.Lock()
 	if w.collectEarly && len(w.early) < maxEarlyEvents {
 		ev.Data = bytes.Clone(ev.Data) // Data is only valid during the call
 		w.early = append(w.early, ev)
 	}
-	before := w.st.dataErrors
-	n := w.st.apply(ev)
+	before := st.DataErrors
+	n := st.Apply(ev)
 	if w.noFollowUps {
 		n = 0
 	}
@@ -655,57 +586,45 @@ func (w *watcher) onEvent(ev qmp.Event) {
 	if n != 0 && w.sess != nil {
 		w.startWorker(w.sess)
 	}
-	logData := w.st.dataErrors != before && !w.dataLogged
+	logData := st.DataErrors != before && !w.dataLogged
 	if logData {
 		w.dataLogged = true
 	}
-	w.mu.Unlock()
+	w.vm.Unlock()
 	if logData {
 		level.Warn(w.logger).Log("msg", "qmp event with malformed data; it is counted, and further ones for this vm are only counted in qmp_event_data_errors_total", "event", ev.Name, "data", excerpt(ev.Data))
 	}
 }
 
 func (w *watcher) onProtocolError(err error) {
-	w.lock()
-	w.st.protocolErrors++
+	w.vm.Lock().ProtocolErrors++
 	first := !w.protocolLogged
 	w.protocolLogged = true
-	w.mu.Unlock()
+	w.vm.Unlock()
 	if first {
 		level.Warn(w.logger).Log("msg", "qmp protocol error; further ones in this session are only counted", "err", err)
 	}
 }
 
 func (w *watcher) countFailure() {
-	w.lock()
-	w.st.failures++
-	w.mu.Unlock()
+	w.vm.Lock().Failures++
+	w.vm.Unlock()
 }
 
 func (w *watcher) markDown() {
-	w.lock()
-	if w.st.up {
-		w.downSince = time.Now()
-	}
-	w.st.disconnected()
-	w.mu.Unlock()
-}
-
-// stale reports whether the VM has been unreachable for longer than
-// StaleAfter. Called with mu held.
-func (w *watcher) stale(now time.Time) bool {
-	return !w.st.up && !w.downSince.IsZero() && now.Sub(w.downSince) > w.opts.StaleAfter
+	w.vm.Lock().MarkDown(time.Now())
+	w.vm.Unlock()
 }
 
 func (w *watcher) setPhase(p watcherState) {
-	w.lock()
+	w.vm.Lock()
 	w.phase = p
-	w.mu.Unlock()
+	w.vm.Unlock()
 }
 
 func (w *watcher) phaseName() string {
-	w.mu.Lock() // reads only: the rendered series stay valid
-	defer w.mu.Unlock()
+	w.vm.LockRead()
+	defer w.vm.Unlock()
 	return w.phase.String()
 }
 

@@ -1,6 +1,6 @@
 //go:build linux
 
-package collector
+package qmpsock
 
 import (
 	"errors"

@@ -1,4 +1,4 @@
-package collector
+package vmstate
 
 import (
 	"encoding/json"
@@ -20,7 +20,7 @@ func ev(name, data string) qmp.Event {
 	return e
 }
 
-// foldView is the comparable part of a vmState.
+// foldView is the comparable part of a State.
 type foldView struct {
 	Status     string
 	Counts     map[string]uint64
@@ -28,10 +28,10 @@ type foldView struct {
 	Rechecks   int
 }
 
-func view(s *vmState, rechecks int) foldView {
-	v := foldView{Status: s.status, Counts: map[string]uint64{}, Unlabelled: s.unlabelled, Rechecks: rechecks}
-	for n, e := range s.events {
-		v.Counts[n] = e.count
+func view(s *State, rechecks int) foldView {
+	v := foldView{Status: s.Status, Counts: map[string]uint64{}, Unlabelled: s.Unlabelled, Rechecks: rechecks}
+	for n, e := range s.Events {
+		v.Counts[n] = e.Count
 	}
 	return v
 }
@@ -115,11 +115,11 @@ func TestApply(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newVMState()
-			s.status = tc.status
+			s := New()
+			s.Status = tc.status
 			rechecks := 0
 			for _, e := range tc.events {
-				if s.apply(e)&needStatus != 0 {
+				if s.Apply(e)&NeedStatus != 0 {
 					rechecks++
 				}
 			}
@@ -131,28 +131,28 @@ func TestApply(t *testing.T) {
 }
 
 func TestApplyKeepsQEMUTimestamp(t *testing.T) {
-	s := newVMState()
-	s.apply(ev("STOP", ""))
-	s.apply(qmp.Event{Name: "STOP"}) // clock failure: -1/-1 decodes to the zero Time
-	if got, want := s.events["STOP"].last, time.Unix(1700000000, 5000); !got.Equal(want) {
+	s := New()
+	s.Apply(ev("STOP", ""))
+	s.Apply(qmp.Event{Name: "STOP"}) // clock failure: -1/-1 decodes to the zero Time
+	if got, want := s.Events["STOP"].Last, time.Unix(1700000000, 5000); !got.Equal(want) {
 		t.Errorf("last = %v, want %v (a zero timestamp must not overwrite a real one)", got, want)
 	}
 }
 
 func TestSetInfoReplacedVM(t *testing.T) {
-	s := newVMState()
-	s.setInfo(vmInfo{name: "a", uuid: "u1"})
-	s.apply(ev("STOP", ""))
-	if s.setInfo(vmInfo{name: "a", uuid: "u1", version: "7.2.22"}) {
+	s := New()
+	s.SetInfo(Info{Name: "a", UUID: "u1"})
+	s.Apply(ev("STOP", ""))
+	if s.SetInfo(Info{Name: "a", UUID: "u1", Version: "7.2.22"}) {
 		t.Error("same VM reported as replaced")
 	}
-	if s.events["STOP"].count != 1 {
+	if s.Events["STOP"].Count != 1 {
 		t.Error("counters lost on a reconnect to the same VM")
 	}
-	if !s.setInfo(vmInfo{name: "b", uuid: "u2"}) {
+	if !s.SetInfo(Info{Name: "b", UUID: "u2"}) {
 		t.Error("a different VM on the socket was not noticed")
 	}
-	if len(s.events) != 0 {
+	if len(s.Events) != 0 {
 		t.Error("counters of the previous VM kept for a different one")
 	}
 }
@@ -162,10 +162,10 @@ func TestSetStatus(t *testing.T) {
 		"running": "running", "io-error": "io-error", "some-new-state": "some-new-state",
 		"Bad State": "", "x\xff": "", strings.Repeat("a", 33): "",
 	} {
-		s := newVMState()
-		s.setStatus(in)
-		if s.status != want {
-			t.Errorf("setStatus(%q) = %q, want %q", in, s.status, want)
+		s := New()
+		s.SetStatus(in)
+		if s.Status != want {
+			t.Errorf("setStatus(%q) = %q, want %q", in, s.Status, want)
 		}
 	}
 }
@@ -179,8 +179,8 @@ func TestCleanLabel(t *testing.T) {
 		strings.Repeat("x", 200):      strings.Repeat("x", maxLabelBytes),
 		strings.Repeat("\u00e9", 100): strings.Repeat("\u00e9", maxLabelBytes/2),
 	} {
-		if got := cleanLabel(in); got != want {
-			t.Errorf("cleanLabel(%q) = %q, want %q", in, got, want)
+		if got := CleanLabel(in); got != want {
+			t.Errorf("CleanLabel(%q) = %q, want %q", in, got, want)
 		}
 	}
 }
@@ -188,11 +188,11 @@ func TestCleanLabel(t *testing.T) {
 func BenchmarkApply(b *testing.B) {
 	for _, name := range []string{"RTC_CHANGE", "BLOCK_IO_ERROR", "STOP", "VNC_CONNECTED"} {
 		b.Run(name, func(b *testing.B) {
-			s := newVMState()
+			s := New()
 			e := ev(name, `{"offset": 1}`)
 			b.ReportAllocs()
 			for b.Loop() {
-				s.apply(e)
+				s.Apply(e)
 			}
 		})
 	}
@@ -203,7 +203,7 @@ func BenchmarkApply(b *testing.B) {
 func TestFollowUpQueries(t *testing.T) {
 	type step struct {
 		ev   qmp.Event
-		want need
+		want Need
 	}
 	migration := func(status string) qmp.Event { return ev("MIGRATION", `{"status": "`+status+`"}`) }
 	job := func(status string) qmp.Event {
@@ -216,34 +216,34 @@ func TestFollowUpQueries(t *testing.T) {
 		{
 			name: "stop and resume re-read query-migrate while migrations may go unannounced",
 			steps: []step{
-				{ev("STOP", ""), needStatus | needMigrate},
-				{ev("RESUME", ""), needMigrate},
+				{ev("STOP", ""), NeedStatus | NeedMigrate},
+				{ev("RESUME", ""), NeedMigrate},
 			},
 		},
 		{
 			name: "once MIGRATION events flow, stop and resume of an idle VM read only what they must",
 			steps: []step{
-				{migration("setup"), needMigrate},
+				{migration("setup"), NeedMigrate},
 				{migration("active"), 0},
 				{migration("cancelling"), 0},
-				{migration("cancelled"), needMigrate | needStatus},
-				{ev("STOP", ""), needStatus},
+				{migration("cancelled"), NeedMigrate | NeedStatus},
+				{ev("STOP", ""), NeedStatus},
 				{ev("RESUME", ""), 0},
 			},
 		},
 		{
 			name: "a stop during a migration re-reads it",
 			steps: []step{
-				{migration("setup"), needMigrate},
-				{ev("STOP", ""), needStatus | needMigrate},
-				{migration("completed"), needMigrate | needStatus},
+				{migration("setup"), NeedMigrate},
+				{ev("STOP", ""), NeedStatus | NeedMigrate},
+				{migration("completed"), NeedMigrate | NeedStatus},
 			},
 		},
 		{
 			name: "a migration first seen past its setup is read",
 			steps: []step{
-				{migration("active"), needMigrate},
-				{migration("failed"), needMigrate | needStatus},
+				{migration("active"), NeedMigrate},
+				{migration("failed"), NeedMigrate | NeedStatus},
 			},
 		},
 		{
@@ -254,9 +254,9 @@ func TestFollowUpQueries(t *testing.T) {
 			},
 		},
 		{
-			name: "a job's end and its concluded status need no query",
+			name: "a job's end and its concluded status Need no query",
 			steps: []step{
-				{job("created"), needJobs},
+				{job("created"), NeedJobs},
 				{job("running"), 0},
 				{ev("BLOCK_JOB_COMPLETED", `{"device": "backup0", "len": 10, "offset": 10, "speed": 0, "type": "backup"}`), 0},
 				{job("concluded"), 0},
@@ -274,12 +274,12 @@ func TestFollowUpQueries(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s := newVMState()
-			s.setStatus("running")
-			s.setMigrate(queryMigrate{}) // the sync's query-migrate: none
+			s := New()
+			s.SetStatus("running")
+			s.SetMigrate(MigrateInfo{}) // the sync's query-migrate: none
 			for i, st := range tc.steps {
-				if got := s.apply(st.ev); got != st.want {
-					t.Errorf("step %d (%s): need %07b, want %07b", i, st.ev.Name, got, st.want)
+				if got := s.Apply(st.ev); got != st.want {
+					t.Errorf("step %d (%s): Need %07b, want %07b", i, st.ev.Name, got, st.want)
 				}
 			}
 		})
@@ -287,45 +287,45 @@ func TestFollowUpQueries(t *testing.T) {
 }
 
 func TestFollowUpQueriesAfterReconnect(t *testing.T) {
-	s := newVMState()
-	s.setMigrate(queryMigrate{})
-	s.apply(ev("MIGRATION", `{"status": "cancelled"}`))
-	s.disconnected()
-	s.setMigrate(queryMigrate{})
+	s := New()
+	s.SetMigrate(MigrateInfo{})
+	s.Apply(ev("MIGRATION", `{"status": "cancelled"}`))
+	s.MarkDown(time.Time{})
+	s.SetMigrate(MigrateInfo{})
 	// The capability may have been turned off while the exporter was away.
-	if got := s.apply(ev("STOP", "")); got&needMigrate == 0 {
-		t.Errorf("STOP after a reconnect: need %07b, want query-migrate", got)
+	if got := s.Apply(ev("STOP", "")); got&NeedMigrate == 0 {
+		t.Errorf("STOP after a reconnect: Need %07b, want query-migrate", got)
 	}
 }
 
 func TestConcludedJobKeepsType(t *testing.T) {
-	s := newVMState()
-	s.apply(ev("BLOCK_JOB_COMPLETED", `{"device": "backup0", "len": 10, "offset": 10, "speed": 0, "type": "backup"}`))
-	s.apply(ev("JOB_STATUS_CHANGE", `{"status": "concluded", "id": "backup0"}`))
-	want(t, "job", &blockJob{typ: "backup", status: "concluded"}, s.jobs["backup0"])
-	want(t, "jobs done", map[[2]string]uint64{{"backup", "completed"}: 1}, s.jobsDone)
+	s := New()
+	s.Apply(ev("BLOCK_JOB_COMPLETED", `{"device": "backup0", "len": 10, "offset": 10, "speed": 0, "type": "backup"}`))
+	s.Apply(ev("JOB_STATUS_CHANGE", `{"status": "concluded", "id": "backup0"}`))
+	want(t, "job", &Job{Type: "backup", Status: "concluded"}, s.Jobs["backup0"])
+	want(t, "jobs done", map[[2]string]uint64{{"backup", "completed"}: 1}, s.JobsDone)
 }
 
 // TestNewVMStateIsLazy: a VM that has seen nothing costs no map, and the
 // counters exported at 0 from the start are shared until written.
 func TestNewVMStateIsLazy(t *testing.T) {
-	if n := testing.AllocsPerRun(10, func() { _ = newVMState() }); n != 0 {
-		t.Errorf("newVMState allocates %v times, want 0", n)
+	if n := testing.AllocsPerRun(10, func() { _ = New() }); n != 0 {
+		t.Errorf("New allocates %v times, want 0", n)
 	}
-	a, b := newVMState(), newVMState()
-	a.apply(ev("GUEST_PANICKED", `{"action": "pause"}`))
-	a.apply(ev("WATCHDOG", `{"action": "reset"}`))
-	want(t, "a's panics", uint64(1), a.panics[[2]string{"pause", "none"}])
-	want(t, "a's watchdog", uint64(1), a.watchdog["reset"])
-	want(t, "b's panics", uint64(0), b.panics[[2]string{"pause", "none"}])
-	want(t, "b's watchdog", uint64(0), b.watchdog["reset"])
+	a, b := New(), New()
+	a.Apply(ev("GUEST_PANICKED", `{"action": "pause"}`))
+	a.Apply(ev("WATCHDOG", `{"action": "reset"}`))
+	want(t, "a's panics", uint64(1), a.Panics[[2]string{"pause", "none"}])
+	want(t, "a's watchdog", uint64(1), a.Watchdog["reset"])
+	want(t, "b's panics", uint64(0), b.Panics[[2]string{"pause", "none"}])
+	want(t, "b's watchdog", uint64(0), b.Watchdog["reset"])
 	want(t, "shared panics", uint64(0), zeroPanics[[2]string{"pause", "none"}])
 	want(t, "shared watchdog", uint64(0), zeroWatchdog["reset"])
-	want(t, "b's panic series", len(panicActions), len(b.panics))
-	want(t, "b's watchdog series", len(watchdogActions), len(b.watchdog))
+	want(t, "b's panic series", len(panicActions), len(b.Panics))
+	want(t, "b's watchdog series", len(watchdogActions), len(b.Watchdog))
 
 	// Every other kind of write works on the nil maps.
-	s := newVMState()
+	s := New()
 	for _, e := range []qmp.Event{
 		ev("SHUTDOWN", `{"guest": true, "reason": "guest-shutdown"}`),
 		ev("RESET", `{"guest": true, "reason": "guest-reset"}`),
@@ -337,14 +337,14 @@ func TestNewVMStateIsLazy(t *testing.T) {
 		ev("BLOCK_JOB_COMPLETED", `{"device": "j0", "len": 1, "offset": 1, "speed": 0, "type": "mirror"}`),
 		ev("VNC_CONNECTED", `{"server": {}, "client": {"host": "h", "service": "1"}}`),
 	} {
-		s.apply(e)
+		s.Apply(e)
 	}
 	s.drop("device")
-	want(t, "dataErrors", uint64(0), s.dataErrors)
+	want(t, "dataErrors", uint64(0), s.DataErrors)
 	for what, n := range map[string]int{
-		"shutdowns": len(s.shutdowns), "resets": len(s.resets), "crashloads": len(s.crashloads),
-		"memoryFailures": len(s.memoryFailures), "vserports": len(s.vserports), "devices": len(s.devices),
-		"jobsDone": len(s.jobsDone), "vnc pending": len(s.vnc.pending), "dropped": len(s.dropped),
+		"shutdowns": len(s.Shutdowns), "resets": len(s.Resets), "crashloads": len(s.Crashloads),
+		"memoryFailures": len(s.MemoryFailures), "vserports": len(s.Vserports), "devices": len(s.Devices),
+		"jobsDone": len(s.JobsDone), "vnc pending": len(s.VNC.pending), "dropped": len(s.Dropped),
 	} {
 		if n != 1 {
 			t.Errorf("%s: %d entries, want 1", what, n)

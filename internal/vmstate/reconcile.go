@@ -1,4 +1,4 @@
-package collector
+package vmstate
 
 import (
 	"strconv"
@@ -9,8 +9,8 @@ import (
 // truth that events only change, read at every (re)connect, every refresh
 // interval, and when an event asks for it. Like the fold, they are pure.
 
-// queryBlockEntry is the part of a query-block entry the exporter reads.
-type queryBlockEntry struct {
+// BlockEntry is the part of a query-block entry the exporter reads.
+type BlockEntry struct {
 	Device    string `json:"device"` // BlockBackend name; "" when anonymous
 	Qdev      string `json:"qdev"`   // qdev id, or QOM path without one
 	TrayOpen  *bool  `json:"tray_open"`
@@ -21,11 +21,11 @@ type queryBlockEntry struct {
 	} `json:"inserted"`
 }
 
-// setBlock rebuilds the name maps and the per-device gauges from
+// SetBlock rebuilds the name maps and the per-device gauges from
 // query-block. Devices that are gone lose their series; devices first
 // counted under a BlockBackend or node name (an event that came before the
 // maps knew the device) are renamed to their qdev label, keeping counts.
-func (s *vmState) setBlock(entries []queryBlockEntry) {
+func (s *State) SetBlock(entries []BlockEntry) {
 	bb := make(map[string]string, len(entries))
 	nodes := make(map[string]string, len(entries))
 	present := make(map[string]bool, len(entries))
@@ -35,14 +35,14 @@ func (s *vmState) setBlock(entries []queryBlockEntry) {
 		}
 		label := qdevLabel([]byte(e.Qdev))
 		present[label] = true
-		d := s.devices[label]
+		d := s.Devices[label]
 		if d == nil {
 			// Adopt a device counted under a provisional name.
 			for _, alias := range []string{e.Device, nodeNameOf(e)} {
-				if alias != "" && alias != label && s.devices[alias] != nil {
-					d = s.devices[alias]
-					delete(s.devices, alias)
-					s.devices[label] = d
+				if alias != "" && alias != label && s.Devices[alias] != nil {
+					d = s.Devices[alias]
+					delete(s.Devices, alias)
+					s.Devices[label] = d
 					break
 				}
 			}
@@ -57,36 +57,36 @@ func (s *vmState) setBlock(entries []queryBlockEntry) {
 		if n := nodeNameOf(e); n != "" {
 			nodes[n] = label
 		}
-		d.ioStatus = ""
+		d.IOStatus = ""
 		switch e.IOStatus {
 		case "ok", "failed", "nospace":
-			d.ioStatus = e.IOStatus
+			d.IOStatus = e.IOStatus
 		}
 		if e.TrayOpen != nil {
 			if *e.TrayOpen {
-				d.tray = 1
+				d.Tray = 1
 			} else {
-				d.tray = 0
+				d.Tray = 0
 			}
 		}
 	}
 	s.bbToDev, s.nodeToDev = bb, nodes
-	for label, d := range s.devices {
+	for label, d := range s.Devices {
 		if d.confirmed && !present[label] {
-			delete(s.devices, label) // unplugged: its series go
+			delete(s.Devices, label) // unplugged: its series go
 		}
 	}
 }
 
-func nodeNameOf(e queryBlockEntry) string {
+func nodeNameOf(e BlockEntry) string {
 	if e.Inserted == nil || len(e.Inserted.NodeName) == 0 || e.Inserted.NodeName[0] == '#' {
 		return ""
 	}
 	return e.Inserted.NodeName
 }
 
-// queryMigrate is the part of query-migrate the exporter reads.
-type queryMigrate struct {
+// MigrateInfo is the part of query-migrate the exporter reads.
+type MigrateInfo struct {
 	Status string `json:"status"`
 	RAM    *struct {
 		Transferred    uint64  `json:"transferred"`
@@ -116,14 +116,14 @@ func msToSeconds(v *float64) float64 {
 	return *v / 1000
 }
 
-// setMigrate applies query-migrate. QEMU answers {} before any migration,
+// SetMigrate applies query-migrate. QEMU answers {} before any migration,
 // which is status none. An ended migration this exporter did not see end
 // (events off, and it ended between two polls, or while the session was
 // down) is recognised by its final figures differing from the last ended
 // one and counted then. Two failed or cancelled migrations in a row that
 // no event and no poll saw in progress look alike (QEMU reports no
 // figures for them) and count once.
-func (s *vmState) setMigrate(q queryMigrate) {
+func (s *State) SetMigrate(q MigrateInfo) {
 	st := q.Status
 	if st == "" {
 		st = "none"
@@ -131,7 +131,7 @@ func (s *vmState) setMigrate(q queryMigrate) {
 	if !validEnum([]byte(st)) {
 		return
 	}
-	if s.mig.eventEnd && !migrationEnded(st) {
+	if s.Migration.eventEnd && !migrationEnded(st) {
 		// An in-progress status after the event that ended the
 		// migration and before any event of a new one: older than what
 		// the event said. The watcher applies replies in wire order, so
@@ -156,55 +156,55 @@ func (s *vmState) setMigrate(q queryMigrate) {
 		}
 		key := stable + "|" + msString(q.TotalTime) + "|" + msString(q.Downtime)
 		switch {
-		case !s.mig.baseline:
+		case !s.Migration.baseline:
 			// The first look since the exporter started: an end it saw
 			// in progress before is counted, an older one is history.
-			s.mig.baseline = true
-			if s.mig.known && s.mig.inProgress() && !s.mig.endCounted {
+			s.Migration.baseline = true
+			if s.Migration.Known && s.Migration.inProgress() && !s.Migration.endCounted {
 				s.countMigrationEnd(st)
 			}
-		case key == s.mig.endKey, s.mig.eventEnd:
+		case key == s.Migration.endKey, s.Migration.eventEnd:
 			// The same end as before, or one its event counted.
-		case s.mig.unfinal && strings.HasPrefix(s.mig.endKey, stable+"|"):
+		case s.Migration.unfinal && strings.HasPrefix(s.Migration.endKey, stable+"|"):
 			// The final figures of the end seen a moment ago.
 		default:
 			s.countMigrationEnd(st)
 		}
-		s.mig.endKey, s.mig.eventEnd, s.mig.endCounted = key, false, true
+		s.Migration.endKey, s.Migration.eventEnd, s.Migration.endCounted = key, false, true
 	case st == "none":
-		s.mig.baseline = true
+		s.Migration.baseline = true
 	default:
-		s.mig.baseline = true
-		s.mig.endCounted, s.mig.eventEnd = false, false
+		s.Migration.baseline = true
+		s.Migration.endCounted, s.Migration.eventEnd = false, false
 	}
 	s.setMigrationStatus(st)
 	if q.RAM != nil {
-		s.mig.haveRAM = true
-		s.mig.transferred, s.mig.remaining, s.mig.total = q.RAM.Transferred, q.RAM.Remaining, q.RAM.Total
-		s.mig.dirtyRate = q.RAM.DirtyPagesRate
-		if q.RAM.DirtySyncCount > s.mig.pass {
-			s.mig.pass = q.RAM.DirtySyncCount
+		s.Migration.HaveRAM = true
+		s.Migration.Transferred, s.Migration.Remaining, s.Migration.Total = q.RAM.Transferred, q.RAM.Remaining, q.RAM.Total
+		s.Migration.DirtyRate = q.RAM.DirtyPagesRate
+		if q.RAM.DirtySyncCount > s.Migration.Pass {
+			s.Migration.Pass = q.RAM.DirtySyncCount
 		}
 	}
 	switch {
 	case !unfinal:
-		s.mig.unfinalPolls = 0
-	case s.mig.unfinal && s.mig.unfinalPolls < maxUnfinalPolls:
-		s.mig.unfinalPolls++
+		s.Migration.unfinalPolls = 0
+	case s.Migration.unfinal && s.Migration.unfinalPolls < MaxUnfinalPolls:
+		s.Migration.unfinalPolls++
 	}
-	s.mig.unfinal = unfinal
+	s.Migration.unfinal = unfinal
 	if unfinal {
 		// Not measured yet: unknown rather than 0.
 		q.TotalTime, q.Downtime = nil, nil
 	}
-	s.mig.totalTime = msToSeconds(q.TotalTime)
-	s.mig.expectedDowntime = msToSeconds(q.ExpectedDowntime)
-	s.mig.downtime = msToSeconds(q.Downtime)
-	s.mig.setupT = msToSeconds(q.SetupTime)
+	s.Migration.TotalTime = msToSeconds(q.TotalTime)
+	s.Migration.ExpectedDowntime = msToSeconds(q.ExpectedDowntime)
+	s.Migration.Downtime = msToSeconds(q.Downtime)
+	s.Migration.SetupTime = msToSeconds(q.SetupTime)
 }
 
-// queryJob is an entry of query-jobs.
-type queryJob struct {
+// JobInfo is an entry of query-jobs.
+type JobInfo struct {
 	ID              string `json:"id"`
 	Type            string `json:"type"`
 	Status          string `json:"status"`
@@ -212,9 +212,9 @@ type queryJob struct {
 	TotalProgress   uint64 `json:"total-progress"`
 }
 
-// setJobs replaces the job table with query-jobs' list.
-func (s *vmState) setJobs(list []queryJob) {
-	jobs := make(map[string]*blockJob, len(list))
+// SetJobs replaces the job table with query-jobs' list.
+func (s *State) SetJobs(list []JobInfo) {
+	jobs := make(map[string]*Job, len(list))
 	for _, q := range list {
 		if len(jobs) >= maxDevices {
 			s.drop("job")
@@ -227,22 +227,26 @@ func (s *vmState) setJobs(list []queryJob) {
 		if !validEnum([]byte(status)) {
 			status = "unknown"
 		}
-		jobs[cleanLabel(q.ID)] = &blockJob{typ: typ, status: status, progress: q.CurrentProgress, length: q.TotalProgress}
+		jobs[CleanLabel(q.ID)] = &Job{Type: typ, Status: status, Progress: q.CurrentProgress, Length: q.TotalProgress}
 	}
-	s.jobs = jobs
+	s.Jobs = jobs
 }
 
-// setBalloon applies query-balloon; ok is false when the VM has no balloon
+// ForgetMigration records that the migration's state is not known (the
+// query failed), which removes its gauges.
+func (s *State) ForgetMigration() { s.Migration.Known = false }
+
+// SetBalloon applies query-balloon; ok is false when the VM has no balloon
 // device (DeviceNotActive), which removes the gauge.
-func (s *vmState) setBalloon(actual uint64, ok bool) {
-	s.balloon, s.balloonOK = actual, ok
+func (s *State) SetBalloon(actual uint64, ok bool) {
+	s.Balloon, s.BalloonOK = actual, ok
 }
 
-// setDisplay applies query-vnc or query-spice: enabled (-1 when the query
+// Set applies query-vnc or query-spice: enabled (-1 when the query
 // is not available), and the number of connected clients or channels.
-func (d *display) set(enabled int8, clients int) {
-	d.enabled = enabled
-	d.clients = clients
+func (d *Display) Set(enabled int8, clients int) {
+	d.Enabled = enabled
+	d.Clients = clients
 	if enabled != 1 {
 		d.pending = nil
 	}

@@ -1,4 +1,4 @@
-package config
+package qmpsock
 
 import (
 	"context"

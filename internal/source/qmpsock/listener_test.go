@@ -1,4 +1,4 @@
-package collector
+package qmpsock
 
 import (
 	"bytes"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/go-kit/log"
 
+	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
 	"github.com/qmp-exporter/qmp_exporter/qmp/qmptest"
 )
 
@@ -41,7 +42,7 @@ func dialInFake(t *testing.T, name, uuid string) (net.Conn, *qmptest.Server) {
 // a VM that stays away past StaleAfter is forgotten.
 func TestDialInIdentity(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := NewManager(Options{StaleAfter: time.Minute})
+		m := New(fleet.New(fleet.Options{StaleAfter: time.Minute}), Options{})
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan struct{})
 		go func() { m.Run(ctx); close(done) }()
@@ -114,7 +115,7 @@ func TestDialInIdentity(t *testing.T) {
 
 // serveConn handles one connection as a listener with lo would (with
 // the real peerCred), without an accept loop.
-func serveConn(ctx context.Context, m *Manager, lo ListenOptions, nc net.Conn) {
+func serveConn(ctx context.Context, m *Source, lo ListenOptions, nc net.Conn) {
 	l := newListener(lo, peerCred)
 	cred, release, ok := m.admit(l, nc)
 	if !ok {
@@ -132,7 +133,7 @@ func serveConn(ctx context.Context, m *Manager, lo ListenOptions, nc net.Conn) {
 func TestDialInFailingVMPaced(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var buf syncBuffer
-		m := NewManager(Options{CommandTimeout: time.Second, Logger: log.NewLogfmtLogger(&buf)})
+		m := New(fleet.New(fleet.Options{}), Options{CommandTimeout: time.Second, Logger: log.NewLogfmtLogger(&buf)})
 		ln := startListener(t, m, ListenOptions{Name: "l"})
 		const conns = 60
 		for range conns {
@@ -259,7 +260,7 @@ func (l *pipeListener) cred(c net.Conn) (peerCredentials, error) {
 
 // startListener runs m and a listener with lo on a pipeListener until
 // the test ends.
-func startListener(t *testing.T, m *Manager, lo ListenOptions) *pipeListener {
+func startListener(t *testing.T, m *Source, lo ListenOptions) *pipeListener {
 	t.Helper()
 	ctx, cancel := context.WithCancel(t.Context())
 	ln := newPipeListener()
@@ -276,7 +277,7 @@ func startListener(t *testing.T, m *Manager, lo ListenOptions) *pipeListener {
 // meanwhile is not crowded out.
 func TestListenerSilentSwarm(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := NewManager(Options{DialTimeout: 5 * time.Second})
+		m := New(fleet.New(fleet.Options{}), Options{DialTimeout: 5 * time.Second})
 		ln := startListener(t, m, ListenOptions{Name: "l"})
 		const swarm = 2 * maxHandshakes
 		for range swarm {
@@ -312,7 +313,7 @@ func TestListenerSilentSwarm(t *testing.T) {
 // place of the one gone longest and is refused while all are connected.
 func TestListenerMaxVMs(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := NewManager(Options{})
+		m := New(fleet.New(fleet.Options{}), Options{})
 		ln := startListener(t, m, ListenOptions{Name: "l", MaxVMs: 2})
 		vm := func(name string, pid int32) *qmptest.Server {
 			c, s := dialInFake(t, name, "")
@@ -360,7 +361,7 @@ func TestListenerMaxVMs(t *testing.T) {
 func TestListenerLogsRateLimited(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var buf syncBuffer
-		m := NewManager(Options{Logger: log.NewLogfmtLogger(&buf)})
+		m := New(fleet.New(fleet.Options{}), Options{Logger: log.NewLogfmtLogger(&buf)})
 		ln := startListener(t, m, ListenOptions{Name: "l"})
 		const n = 50
 		hangUps := func() {

@@ -1,4 +1,4 @@
-package collector
+package vmstate
 
 import (
 	"bytes"
@@ -13,7 +13,7 @@ import (
 // cannot tell the exact state.
 type handler struct {
 	fold bool
-	need need
+	Need Need
 }
 
 // handlers covers every event of QEMU's event documentation and of the
@@ -28,16 +28,16 @@ var handlers = map[string]handler{
 	// of a failed or cancelled one) are the only live signs of it, so
 	// foldData adds query-migrate when a migration may be running
 	// unannounced (see migrationMayRun).
-	"STOP":         {true, needStatus},
+	"STOP":         {true, NeedStatus},
 	"RESUME":       {true, 0},
-	"SUSPEND":      {true, needStatus},
-	"SUSPEND_DISK": {false, needStatus},
-	"WAKEUP":       {true, needStatus},
-	"SHUTDOWN":     {true, needStatus},
+	"SUSPEND":      {true, NeedStatus},
+	"SUSPEND_DISK": {false, NeedStatus},
+	"WAKEUP":       {true, NeedStatus},
+	"SHUTDOWN":     {true, NeedStatus},
 	"RESET":        {true, 0}, // foldReset asks for query-status when needed
 
 	// Guest failures.
-	"GUEST_PANICKED":    {true, needStatus},
+	"GUEST_PANICKED":    {true, NeedStatus},
 	"GUEST_CRASHLOADED": {true, 0},
 	// A watchdog's action brings its own events when it changes the run
 	// state: RESET, SHUTDOWN, POWERDOWN, or the STOP of pause and debug.
@@ -57,7 +57,7 @@ var handlers = map[string]handler{
 	// the job (id, type, progress); an error may change its status.
 	"BLOCK_JOB_COMPLETED": {true, 0},
 	"BLOCK_JOB_CANCELLED": {true, 0},
-	"BLOCK_JOB_ERROR":     {true, needJobs},
+	"BLOCK_JOB_ERROR":     {true, NeedJobs},
 	"BLOCK_JOB_READY":     {true, 0},
 	"BLOCK_JOB_PENDING":   {true, 0},
 	"JOB_STATUS_CHANGE":   {true, 0},
@@ -90,22 +90,22 @@ var handlers = map[string]handler{
 // foldData dispatches an event's data to its fold function. A switch
 // rather than a table of function values keeps f on the caller's stack:
 // the common event path does not allocate.
-func (s *vmState) foldData(name string, f *qmp.Fields) (need, bool) {
+func (s *State) foldData(name string, f *qmp.Fields) (Need, bool) {
 	switch name {
 	case "STOP":
-		s.status = "paused"
+		s.Status = "paused"
 		if s.migrationMayRun() {
-			return needMigrate, true
+			return NeedMigrate, true
 		}
 	case "RESUME":
-		s.status = "running" // QEMU's vm_start: always "running"
+		s.Status = "running" // QEMU's vm_start: always "running"
 		if s.migrationMayRun() {
-			return needMigrate, true
+			return NeedMigrate, true
 		}
 	case "WAKEUP":
-		s.status = "running"
+		s.Status = "running"
 	case "SUSPEND":
-		s.status = "suspended"
+		s.Status = "suspended"
 	case "SHUTDOWN":
 		return foldShutdown(s, f)
 	case "RESET":
@@ -198,35 +198,35 @@ var shutdownCauses = []string{
 
 // guestReasonOf reads SHUTDOWN's and RESET's members. QEMU before 4.0
 // sent neither; such events count as guest=false, reason=unknown.
-func guestReasonOf(f *qmp.Fields) (guestReason, bool) {
+func guestReasonOf(f *qmp.Fields) (GuestReason, bool) {
 	if f.Len() == 0 {
-		return guestReason{reason: "unknown"}, true
+		return GuestReason{Reason: "unknown"}, true
 	}
 	g, gok := f.Bool("guest")
 	r, rok := enumLabel(f, "reason", shutdownCauses)
 	if !gok || !rok {
-		return guestReason{reason: "unknown"}, false
+		return GuestReason{Reason: "unknown"}, false
 	}
-	return guestReason{guest: g, reason: r}, true
+	return GuestReason{Guest: g, Reason: r}, true
 }
 
-func foldShutdown(s *vmState, f *qmp.Fields) (need, bool) {
+func foldShutdown(s *State, f *qmp.Fields) (Need, bool) {
 	k, ok := guestReasonOf(f)
-	countKey(&s.shutdowns, k)
-	s.status = "shutdown"
+	countKey(&s.Shutdowns, k)
+	s.Status = "shutdown"
 	return 0, ok
 }
 
 // foldReset counts the reset. A reset leaves a running VM running, so
 // query-status is only re-read when the VM was in another state (a reset
 // takes a VM in "shutdown" to "prelaunch", for example).
-func foldReset(s *vmState, f *qmp.Fields) (need, bool) {
+func foldReset(s *State, f *qmp.Fields) (Need, bool) {
 	k, ok := guestReasonOf(f)
-	countKey(&s.resets, k)
-	if s.status == "running" {
+	countKey(&s.Resets, k)
+	if s.Status == "running" {
 		return 0, ok
 	}
-	return needStatus, ok
+	return NeedStatus, ok
 }
 
 var panicInfoTypes = []string{"none", "hyper-v", "s390", "tdx"}
@@ -251,35 +251,35 @@ func panicKey(f *qmp.Fields) ([2]string, bool) {
 	return [2]string{action, info}, true
 }
 
-func foldPanic(s *vmState, f *qmp.Fields) (need, bool) {
+func foldPanic(s *State, f *qmp.Fields) (Need, bool) {
 	k, ok := panicKey(f)
 	if !ok {
 		return 0, false
 	}
 	s.countPanic(k)
 	if k[0] == "pause" {
-		s.status = "guest-panicked"
+		s.Status = "guest-panicked"
 	}
 	return 0, true
 }
 
-func foldCrashload(s *vmState, f *qmp.Fields) (need, bool) {
+func foldCrashload(s *State, f *qmp.Fields) (Need, bool) {
 	k, ok := panicKey(f)
 	if !ok {
 		return 0, false
 	}
-	countKey(&s.crashloads, k[0])
+	countKey(&s.Crashloads, k[0])
 	return 0, true
 }
 
-func foldWatchdog(s *vmState, f *qmp.Fields) (need, bool) {
+func foldWatchdog(s *State, f *qmp.Fields) (Need, bool) {
 	a, ok := enumLabel(f, "action", watchdogActions)
 	if !ok {
 		return 0, false
 	}
 	s.countWatchdog(a)
 	if a == "pause" {
-		s.status = "watchdog"
+		s.Status = "watchdog"
 	}
 	return 0, true
 }
@@ -289,13 +289,13 @@ var (
 	memFailActions    = []string{"ignore", "inject", "fatal", "reset"}
 )
 
-func foldMemoryFailure(s *vmState, f *qmp.Fields) (need, bool) {
+func foldMemoryFailure(s *State, f *qmp.Fields) (Need, bool) {
 	r, rok := enumLabel(f, "recipient", memFailRecipients)
 	a, aok := enumLabel(f, "action", memFailActions)
 	if !rok || !aok {
 		return 0, false
 	}
-	countKey(&s.memoryFailures, [2]string{r, a})
+	countKey(&s.MemoryFailures, [2]string{r, a})
 	return 0, true
 }
 
@@ -311,7 +311,7 @@ func qdevLabel(b []byte) string {
 	if rest, ok := strings.CutPrefix(s, string(peripheralPrefix)); ok && rest != "" && !strings.Contains(rest, "/") {
 		s = rest
 	}
-	return cleanLabel(s)
+	return CleanLabel(s)
 }
 
 // resolveDevice finds the device an event is about, in order of
@@ -321,25 +321,25 @@ func qdevLabel(b []byte) string {
 // query-block refresh would help because a name was not mapped yet. An
 // auto-generated node name (#block123) never becomes a label; such an
 // event is counted under device "unknown".
-func (s *vmState) resolveDevice(f *qmp.Fields, qdevKeys ...string) (*blockDev, need) {
+func (s *State) resolveDevice(f *qmp.Fields, qdevKeys ...string) (*BlockDev, Need) {
 	for _, k := range qdevKeys {
 		if b, ok := f.StringBytes(k); ok && len(b) > 0 {
-			if d := s.devices[string(b)]; d != nil {
+			if d := s.Devices[string(b)]; d != nil {
 				return d, 0
 			}
 			if rest, ok := bytes.CutPrefix(b, peripheralPrefix); ok {
-				if d := s.devices[string(rest)]; d != nil {
+				if d := s.Devices[string(rest)]; d != nil {
 					return d, 0
 				}
 			}
-			return s.device(qdevLabel(b)), needBlock
+			return s.device(qdevLabel(b)), NeedBlock
 		}
 	}
 	if b, ok := f.StringBytes("device"); ok && len(b) > 0 {
 		if label, ok := s.bbToDev[string(b)]; ok {
 			return s.device(label), 0
 		}
-		return s.device(cleanLabel(string(b))), needBlock
+		return s.device(CleanLabel(string(b))), NeedBlock
 	}
 	for _, k := range []string{"node-name", "reference"} {
 		if b, ok := f.StringBytes(k); ok && len(b) > 0 {
@@ -347,9 +347,9 @@ func (s *vmState) resolveDevice(f *qmp.Fields, qdevKeys ...string) (*blockDev, n
 				return s.device(label), 0
 			}
 			if b[0] == '#' {
-				return s.device("unknown"), needBlock
+				return s.device("unknown"), NeedBlock
 			}
-			return s.device(cleanLabel(string(b))), needBlock
+			return s.device(CleanLabel(string(b))), NeedBlock
 		}
 	}
 	return s.device("unknown"), 0
@@ -358,72 +358,72 @@ func (s *vmState) resolveDevice(f *qmp.Fields, qdevKeys ...string) (*blockDev, n
 // device returns the state of device label, creating it unless the VM
 // already has maxDevices; then a shared overflow entry absorbs the counts
 // (not exported) and the drop is counted.
-func (s *vmState) device(label string) *blockDev {
-	if d := s.devices[label]; d != nil {
+func (s *State) device(label string) *BlockDev {
+	if d := s.Devices[label]; d != nil {
 		return d
 	}
-	if len(s.devices) >= maxDevices {
+	if len(s.Devices) >= maxDevices {
 		s.drop("device")
 		return newBlockDev()
 	}
 	d := newBlockDev()
-	if s.devices == nil {
-		s.devices = make(map[string]*blockDev)
+	if s.Devices == nil {
+		s.Devices = make(map[string]*BlockDev)
 	}
-	s.devices[label] = d
+	s.Devices[label] = d
 	return d
 }
 
-func foldIOError(s *vmState, f *qmp.Fields) (need, bool) {
+func foldIOError(s *State, f *qmp.Fields) (Need, bool) {
 	op, _ := f.StringBytes("operation")
 	act, _ := f.StringBytes("action")
-	oi, ai := indexOf(ioOperations, op), indexOf(ioActions, act)
+	oi, ai := indexOf(IOOperations, op), indexOf(IOActions, act)
 	if oi < 0 || ai < 0 {
 		return 0, false
 	}
 	d, n := s.resolveDevice(f, "qom-path")
-	d.ioErrors[oi][ai]++
+	d.IOErrors[oi][ai]++
 	if ns, _ := f.Bool("nospace"); ns {
-		d.nospace++
+		d.Nospace++
 	}
 	if ai == 2 { // stop: the VM pauses with RunState io-error, and the
 		// device's io-status changes
-		s.status = "io-error"
-		n |= needStatus | needBlock
+		s.Status = "io-error"
+		n |= NeedStatus | NeedBlock
 	}
 	return n, true
 }
 
-func foldCorrupted(s *vmState, f *qmp.Fields) (need, bool) {
+func foldCorrupted(s *State, f *qmp.Fields) (Need, bool) {
 	d, n := s.resolveDevice(f)
-	d.corruptions++
+	d.Corruptions++
 	// fatal arrived in QEMU 2.2; older reports say nothing about it.
 	if fatal, ok := f.Bool("fatal"); ok {
 		if fatal {
-			d.corruptFatal = 1
-		} else if d.corruptFatal < 0 {
-			d.corruptFatal = 0
+			d.CorruptFatal = 1
+		} else if d.CorruptFatal < 0 {
+			d.CorruptFatal = 0
 		}
 	}
 	return n, f.Has("msg")
 }
 
-func foldWriteThreshold(s *vmState, f *qmp.Fields) (need, bool) {
+func foldWriteThreshold(s *State, f *qmp.Fields) (Need, bool) {
 	d, n := s.resolveDevice(f)
-	d.thresholdHits++
+	d.ThresholdHits++
 	return n, f.Has("node-name")
 }
 
-func foldQuorumFailure(s *vmState, f *qmp.Fields) (need, bool) {
+func foldQuorumFailure(s *State, f *qmp.Fields) (Need, bool) {
 	d, n := s.resolveDevice(f)
-	d.quorumFailures++
+	d.QuorumFailures++
 	return n, f.Has("reference") || f.Has("node-name")
 }
 
-func foldQuorumBad(s *vmState, f *qmp.Fields) (need, bool) {
+func foldQuorumBad(s *State, f *qmp.Fields) (Need, bool) {
 	d, n := s.resolveDevice(f)
 	op, _ := f.StringBytes("type")
-	i := indexOf(quorumOps, op)
+	i := indexOf(QuorumOps, op)
 	if i < 0 {
 		// QEMU before 2.6 sent no type: all reports were reads.
 		if f.Has("type") {
@@ -431,20 +431,20 @@ func foldQuorumBad(s *vmState, f *qmp.Fields) (need, bool) {
 		}
 		i = 0
 	}
-	d.quorumBad[i]++
+	d.QuorumBad[i]++
 	return n, true
 }
 
-func foldTray(s *vmState, f *qmp.Fields) (need, bool) {
+func foldTray(s *State, f *qmp.Fields) (Need, bool) {
 	open, ok := f.Bool("tray-open")
 	if !ok {
 		return 0, false
 	}
 	d, n := s.resolveDevice(f, "id")
 	if open {
-		d.tray = 1
+		d.Tray = 1
 	} else {
-		d.tray = 0
+		d.Tray = 0
 	}
 	return n, true
 }
@@ -452,15 +452,15 @@ func foldTray(s *vmState, f *qmp.Fields) (need, bool) {
 // foldDeviceDeleted forgets a block device that was removed (its series go
 // with it) and re-reads query-block to update the name maps; other devices
 // (a USB keyboard, a NIC) need nothing more than the count.
-func foldDeviceDeleted(s *vmState, f *qmp.Fields) (need, bool) {
-	s.deviceDeletions++
-	var n need
+func foldDeviceDeleted(s *State, f *qmp.Fields) (Need, bool) {
+	s.DeviceDeletions++
+	var n Need
 	for _, k := range []string{"device", "path"} {
 		if b, ok := f.StringBytes(k); ok && len(b) > 0 {
 			label := qdevLabel(b)
-			if _, ok := s.devices[label]; ok {
-				delete(s.devices, label)
-				n = needBlock
+			if _, ok := s.Devices[label]; ok {
+				delete(s.Devices, label)
+				n = NeedBlock
 			}
 		}
 	}
@@ -484,36 +484,36 @@ func jobID(f *qmp.Fields) ([]byte, bool) {
 }
 
 // job returns the job's state, creating it within the bound, or nil.
-func (s *vmState) job(id []byte) *blockJob {
-	if j := s.jobs[string(id)]; j != nil {
+func (s *State) job(id []byte) *Job {
+	if j := s.Jobs[string(id)]; j != nil {
 		return j
 	}
-	if len(s.jobs) >= maxDevices {
+	if len(s.Jobs) >= maxDevices {
 		s.drop("job")
 		return nil
 	}
-	j := &blockJob{}
-	if s.jobs == nil {
-		s.jobs = make(map[string]*blockJob)
+	j := &Job{}
+	if s.Jobs == nil {
+		s.Jobs = make(map[string]*Job)
 	}
-	s.jobs[cleanLabel(string(id))] = j
+	s.Jobs[CleanLabel(string(id))] = j
 	return j
 }
 
 // foldJobEnd counts a finished job by its type and result, and forgets it.
-func (s *vmState) jobEnded(f *qmp.Fields, result string) bool {
+func (s *State) jobEnded(f *qmp.Fields, result string) bool {
 	id, idok := jobID(f)
 	typ, tok := enumLabel(f, "type", jobTypes)
 	if !tok {
-		if j := s.jobs[string(id)]; j != nil && j.typ != "" {
-			typ, tok = j.typ, true
+		if j := s.Jobs[string(id)]; j != nil && j.Type != "" {
+			typ, tok = j.Type, true
 		} else {
 			typ = "unknown"
 		}
 	}
-	countKey(&s.jobsDone, [2]string{typ, result})
+	countKey(&s.JobsDone, [2]string{typ, result})
 	if idok {
-		delete(s.jobs, string(id))
+		delete(s.Jobs, string(id))
 		if tok {
 			s.endedJob = [2]string{string(id), typ}
 		}
@@ -521,7 +521,7 @@ func (s *vmState) jobEnded(f *qmp.Fields, result string) bool {
 	return idok && tok
 }
 
-func foldJobCompleted(s *vmState, f *qmp.Fields) (need, bool) {
+func foldJobCompleted(s *State, f *qmp.Fields) (Need, bool) {
 	result := "completed"
 	if f.Has("error") {
 		result = "failed"
@@ -529,22 +529,22 @@ func foldJobCompleted(s *vmState, f *qmp.Fields) (need, bool) {
 	return 0, s.jobEnded(f, result)
 }
 
-func foldJobCancelled(s *vmState, f *qmp.Fields) (need, bool) {
+func foldJobCancelled(s *State, f *qmp.Fields) (Need, bool) {
 	return 0, s.jobEnded(f, "cancelled")
 }
 
-func foldJobError(s *vmState, f *qmp.Fields) (need, bool) {
+func foldJobError(s *State, f *qmp.Fields) (Need, bool) {
 	op, _ := f.StringBytes("operation")
 	act, _ := f.StringBytes("action")
-	oi, ai := indexOf(ioOperations, op), indexOf(ioActions, act)
+	oi, ai := indexOf(IOOperations, op), indexOf(IOActions, act)
 	if oi < 0 || ai < 0 {
 		return 0, false
 	}
-	s.jobErrors[oi][ai]++
+	s.JobErrors[oi][ai]++
 	return 0, true
 }
 
-func foldJobProgress(s *vmState, f *qmp.Fields, status string) (need, bool) {
+func foldJobProgress(s *State, f *qmp.Fields, status string) (Need, bool) {
 	id, ok := jobID(f)
 	if !ok {
 		return 0, false
@@ -553,33 +553,33 @@ func foldJobProgress(s *vmState, f *qmp.Fields, status string) (need, bool) {
 	if j == nil {
 		return 0, true
 	}
-	j.status = status
+	j.Status = status
 	if t, ok := enumLabel(f, "type", jobTypes); ok {
-		j.typ = t
+		j.Type = t
 	}
 	if v, ok := f.Uint("offset"); ok {
-		j.progress = v
+		j.Progress = v
 	}
 	if v, ok := f.Uint("len"); ok {
-		j.length = v
+		j.Length = v
 	}
 	return 0, true
 }
 
 var jobStatuses = []string{"undefined", "created", "running", "paused", "ready", "standby", "waiting", "pending", "aborting", "concluded", "null"}
 
-func foldJobStatus(s *vmState, f *qmp.Fields) (need, bool) {
+func foldJobStatus(s *State, f *qmp.Fields) (Need, bool) {
 	id, iok := jobID(f)
 	st, sok := enumLabel(f, "status", jobStatuses)
 	if !iok || !sok {
 		return 0, false
 	}
 	if st == "null" {
-		delete(s.jobs, string(id))
+		delete(s.Jobs, string(id))
 		return 0, true
 	}
-	j := s.jobs[string(id)]
-	var n need
+	j := s.Jobs[string(id)]
+	var n Need
 	if j == nil {
 		if j = s.job(id); j == nil {
 			return 0, true
@@ -587,28 +587,28 @@ func foldJobStatus(s *vmState, f *qmp.Fields) (need, bool) {
 		if s.endedJob[0] == string(id) {
 			// The JOB_STATUS_CHANGE (concluded) that follows the end
 			// event of a job just forgotten: its type is known.
-			j.typ = s.endedJob[1]
+			j.Type = s.endedJob[1]
 		} else {
-			n = needJobs // learn its type
+			n = NeedJobs // learn its type
 		}
 	}
-	j.status = st
+	j.Status = st
 	return n, true
 }
 
-func foldBalloon(s *vmState, f *qmp.Fields) (need, bool) {
+func foldBalloon(s *State, f *qmp.Fields) (Need, bool) {
 	v, ok := f.Uint("actual")
 	if ok {
-		s.balloon, s.balloonOK = v, true
+		s.Balloon, s.BalloonOK = v, true
 	}
 	return 0, ok
 }
 
-func foldHVBalloon(s *vmState, f *qmp.Fields) (need, bool) {
+func foldHVBalloon(s *State, f *qmp.Fields) (Need, bool) {
 	c, cok := f.Uint("committed")
 	a, aok := f.Uint("available")
 	if cok && aok {
-		s.hvBalloon, s.hvBalloonK = [2]uint64{c, a}, true
+		s.HVBalloon, s.HVBalloonOK = [2]uint64{c, a}, true
 	}
 	return 0, cok && aok
 }
@@ -619,19 +619,19 @@ func foldHVBalloon(s *vmState, f *qmp.Fields) (need, bool) {
 // that ends, when query-status also tells the run state it left (a
 // completed migration leaves the VM in postmigrate, which no event
 // announces). Statuses in between need nothing.
-func foldMigration(s *vmState, f *qmp.Fields) (need, bool) {
-	st, ok := enumLabel(f, "status", migrationStates)
+func foldMigration(s *State, f *qmp.Fields) (Need, bool) {
+	st, ok := enumLabel(f, "status", MigrationStates)
 	if !ok {
-		return needMigrate | needStatus, false
+		return NeedMigrate | NeedStatus, false
 	}
-	was := s.mig.inProgress()
-	s.mig.eventsSeen = true
+	was := s.Migration.inProgress()
+	s.Migration.eventsSeen = true
 	s.migrationEvent(st)
 	switch {
 	case migrationEnded(st):
-		return needMigrate | needStatus, true
-	case !was && s.mig.inProgress():
-		return needMigrate, true
+		return NeedMigrate | NeedStatus, true
+	case !was && s.Migration.inProgress():
+		return NeedMigrate, true
 	}
 	return 0, true
 }
@@ -640,47 +640,47 @@ func foldMigration(s *vmState, f *qmp.Fields) (need, bool) {
 // state does not know of, or whose state is not known: no MIGRATION event
 // has shown this session that the events capability is on, or one is in
 // progress.
-func (s *vmState) migrationMayRun() bool {
-	return !s.mig.eventsSeen || !s.mig.known || s.mig.inProgress()
+func (s *State) migrationMayRun() bool {
+	return !s.Migration.eventsSeen || !s.Migration.Known || s.Migration.inProgress()
 }
 
 // foldMigration applies a MIGRATION event. Events are live, so a terminal
 // status in an event is an end happening now: it is counted unless this
 // migration's end was already counted.
-func (s *vmState) migrationEvent(st string) {
+func (s *State) migrationEvent(st string) {
 	if migrationEnded(st) {
-		if !s.mig.endCounted {
+		if !s.Migration.endCounted {
 			s.countMigrationEnd(st)
-			s.mig.eventEnd = true
+			s.Migration.eventEnd = true
 		}
 	} else {
-		s.mig.endCounted, s.mig.eventEnd = false, false
+		s.Migration.endCounted, s.Migration.eventEnd = false, false
 	}
 	s.setMigrationStatus(st)
 }
 
-func migrationEnded(st string) bool { return indexOf(migrationEnds, []byte(st)) >= 0 }
+func migrationEnded(st string) bool { return indexOf(MigrationResults, []byte(st)) >= 0 }
 
-func (s *vmState) countMigrationEnd(st string) {
-	s.migEnded[indexOf(migrationEnds, []byte(st))]++
-	s.mig.endCounted = true
+func (s *State) countMigrationEnd(st string) {
+	s.MigrationEnds[indexOf(MigrationResults, []byte(st))]++
+	s.Migration.endCounted = true
 }
 
 // setMigrationStatus records the status; a new migration (setup after
 // anything but an in-progress state) starts with fresh figures.
-func (s *vmState) setMigrationStatus(st string) {
-	if st == "setup" && !s.mig.inProgress() {
-		s.mig = migration{endKey: s.mig.endKey, baseline: s.mig.baseline, eventsSeen: s.mig.eventsSeen,
-			expectedDowntime: -1, totalTime: -1, downtime: -1, setupT: -1}
+func (s *State) setMigrationStatus(st string) {
+	if st == "setup" && !s.Migration.inProgress() {
+		s.Migration = Migration{endKey: s.Migration.endKey, baseline: s.Migration.baseline, eventsSeen: s.Migration.eventsSeen,
+			ExpectedDowntime: -1, TotalTime: -1, Downtime: -1, SetupTime: -1}
 	}
-	s.mig.known = true
-	s.mig.status = st
+	s.Migration.Known = true
+	s.Migration.Status = st
 }
 
-func foldMigrationPass(s *vmState, f *qmp.Fields) (need, bool) {
+func foldMigrationPass(s *State, f *qmp.Fields) (Need, bool) {
 	p, ok := f.Uint("pass")
 	if ok {
-		s.mig.pass = p
+		s.Migration.Pass = p
 	}
 	return 0, ok
 }
@@ -703,9 +703,9 @@ func clientKey(buf []byte, f *qmp.Fields, portKey string) ([]byte, bool) {
 	return key, true
 }
 
-func (d *display) connected(key []byte) {
-	d.connections++
-	d.clients++
+func (d *Display) connected(key []byte) {
+	d.Connections++
+	d.Clients++
 	if len(d.pending) < maxPendingClients {
 		if d.pending == nil {
 			d.pending = make(map[string]struct{})
@@ -714,54 +714,54 @@ func (d *display) connected(key []byte) {
 	}
 }
 
-func (d *display) initialized(key []byte, session bool) {
+func (d *Display) initialized(key []byte, session bool) {
 	delete(d.pending, string(key))
 	if session {
-		d.sessions++
+		d.Sessions++
 	}
 }
 
-func (d *display) disconnected(key []byte) {
+func (d *Display) disconnected(key []byte) {
 	if _, ok := d.pending[string(key)]; ok {
-		d.failed++
+		d.Failed++
 		delete(d.pending, string(key))
 	}
-	if d.clients > 0 {
-		d.clients--
+	if d.Clients > 0 {
+		d.Clients--
 	}
 }
 
-func vncConnected(s *vmState, f *qmp.Fields) (need, bool) {
+func vncConnected(s *State, f *qmp.Fields) (Need, bool) {
 	var buf [64]byte
 	k, ok := clientKey(buf[:], f, "service")
-	s.vnc.connected(k)
+	s.VNC.connected(k)
 	return 0, ok
 }
 
-func vncInitialized(s *vmState, f *qmp.Fields) (need, bool) {
+func vncInitialized(s *State, f *qmp.Fields) (Need, bool) {
 	var buf [64]byte
 	k, ok := clientKey(buf[:], f, "service")
-	s.vnc.initialized(k, true)
+	s.VNC.initialized(k, true)
 	return 0, ok
 }
 
-func vncDisconnected(s *vmState, f *qmp.Fields) (need, bool) {
+func vncDisconnected(s *State, f *qmp.Fields) (Need, bool) {
 	var buf [64]byte
 	k, ok := clientKey(buf[:], f, "service")
-	s.vnc.disconnected(k)
+	s.VNC.disconnected(k)
 	return 0, ok
 }
 
-func spiceConnected(s *vmState, f *qmp.Fields) (need, bool) {
+func spiceConnected(s *State, f *qmp.Fields) (Need, bool) {
 	var buf [64]byte
 	k, ok := clientKey(buf[:], f, "port")
-	s.spice.connected(k)
+	s.Spice.connected(k)
 	return 0, ok
 }
 
 // spiceInitialized counts a session when its main channel (channel-type
 // 1) is up; a SPICE client opens several channels per session.
-func spiceInitialized(s *vmState, f *qmp.Fields) (need, bool) {
+func spiceInitialized(s *State, f *qmp.Fields) (Need, bool) {
 	var buf [64]byte
 	k, ok := clientKey(buf[:], f, "port")
 	main := false
@@ -772,43 +772,43 @@ func spiceInitialized(s *vmState, f *qmp.Fields) (need, bool) {
 			main = t == 1
 		}
 	}
-	s.spice.initialized(k, main)
+	s.Spice.initialized(k, main)
 	return 0, ok
 }
 
-func spiceDisconnected(s *vmState, f *qmp.Fields) (need, bool) {
+func spiceDisconnected(s *State, f *qmp.Fields) (Need, bool) {
 	var buf [64]byte
 	k, ok := clientKey(buf[:], f, "port")
-	s.spice.disconnected(k)
+	s.Spice.disconnected(k)
 	return 0, ok
 }
 
-func foldRTC(s *vmState, f *qmp.Fields) (need, bool) {
+func foldRTC(s *State, f *qmp.Fields) (Need, bool) {
 	off, ok := f.Int("offset")
 	if ok {
-		s.rtcOffset, s.rtcKnown = off, true
+		s.RTCOffset, s.RTCKnown = off, true
 	}
 	return 0, ok
 }
 
-func foldVserport(s *vmState, f *qmp.Fields) (need, bool) {
+func foldVserport(s *State, f *qmp.Fields) (Need, bool) {
 	id, iok := f.StringBytes("id")
 	open, ook := f.Bool("open")
 	if !iok || !ook || len(id) == 0 {
 		return 0, false
 	}
-	if _, seen := s.vserports[string(id)]; !seen && len(s.vserports) >= maxDevices {
+	if _, seen := s.Vserports[string(id)]; !seen && len(s.Vserports) >= maxDevices {
 		s.drop("vserport")
 		return 0, true
 	}
-	if s.vserports == nil {
-		s.vserports = make(map[string]bool)
+	if s.Vserports == nil {
+		s.Vserports = make(map[string]bool)
 	}
-	s.vserports[cleanLabel(string(id))] = open
+	s.Vserports[CleanLabel(string(id))] = open
 	return 0, true
 }
 
-func foldDump(s *vmState, f *qmp.Fields) (need, bool) {
+func foldDump(s *State, f *qmp.Fields) (Need, bool) {
 	raw := f.Raw("result")
 	var r qmp.Fields
 	if raw == nil || qmp.ParseFields(raw, &r) != nil {
@@ -817,9 +817,9 @@ func foldDump(s *vmState, f *qmp.Fields) (need, bool) {
 	st, _ := r.StringBytes("status")
 	switch {
 	case f.Has("error") || string(st) == "failed":
-		s.dumps[1]++
+		s.Dumps[1]++
 	case string(st) == "completed":
-		s.dumps[0]++
+		s.Dumps[0]++
 	default:
 		return 0, false
 	}

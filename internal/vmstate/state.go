@@ -1,0 +1,505 @@
+package vmstate
+
+import (
+	"maps"
+	"time"
+
+	"github.com/qmp-exporter/qmp_exporter/qmp"
+)
+
+// RunStates is QEMU's RunState enumeration (QAPI schema, run-state.json),
+// in schema order. qmp_vm_status exports one series for each.
+var RunStates = []string{
+	"debug", "inmigrate", "internal-error", "io-error", "paused",
+	"postmigrate", "prelaunch", "finish-migrate", "restore-vm", "running",
+	"save-vm", "shutdown", "suspended", "watchdog", "guest-panicked", "colo",
+}
+
+// MigrationStates is QEMU's MigrationStatus enumeration (migration.json).
+var MigrationStates = []string{
+	"none", "setup", "cancelling", "cancelled", "active", "postcopy-active",
+	"postcopy-paused", "postcopy-recover-setup", "postcopy-recover",
+	"completed", "failed", "colo", "pre-switchover", "device", "wait-unplug",
+}
+
+// Bounded label values that are exported at 0 as soon as the VM (or the
+// device) is known, so that the first occurrence is an increase
+// Prometheus can see: increase() over a window that holds only a series'
+// first sample is 0, so a counter born at 1 would never fire an alert.
+var (
+	IOOperations     = []string{"read", "write"}            // IoOperationType
+	IOActions        = []string{"ignore", "report", "stop"} // BlockErrorAction
+	panicActions     = []string{"pause", "poweroff", "run"} // GuestPanicAction
+	watchdogActions  = []string{"reset", "shutdown", "poweroff", "pause", "debug", "none", "inject-nmi"}
+	IOStatuses       = []string{"ok", "failed", "nospace"} // BlockDeviceIoStatus
+	QuorumOps        = []string{"read", "write", "flush"}  // QuorumOpType
+	MigrationResults = []string{"completed", "failed", "cancelled"}
+	DumpResults      = []string{"completed", "failed"}
+)
+
+func indexOf(list []string, v []byte) int {
+	for i, s := range list {
+		if s == string(v) {
+			return i
+		}
+	}
+	return -1
+}
+
+var knownRunState = func() map[string]bool {
+	m := make(map[string]bool, len(RunStates))
+	for _, s := range RunStates {
+		m[s] = true
+	}
+	return m
+}()
+
+// Bounds on what one VM can add to the label space.
+const (
+	// maxEventNames bounds the distinct event names in qmp_events_total;
+	// QEMU has fewer than 64.
+	maxEventNames = 128
+	// maxLabelBytes bounds label values that come from the VM.
+	maxLabelBytes = 128
+	// maxDevices bounds block devices, jobs, serial ports and other
+	// per-object label values, per kind and VM.
+	maxDevices = 64
+	// maxEnumValues bounds the distinct values of an enum-like label
+	// (reasons, job types, actions from a newer QEMU).
+	maxEnumValues = 32
+	// maxPendingClients bounds the VNC/SPICE clients tracked between
+	// CONNECTED and INITIALIZED.
+	maxPendingClients = 256
+)
+
+// EventStat is what is kept per event name.
+type EventStat struct {
+	Count uint64
+	Last  time.Time // QEMU's timestamp of the latest one; zero if unknown
+}
+
+// Info is what the initial sync learns about the VM: its -name, its
+// -uuid, and QEMU's version and package string. SetInfo makes every value
+// safe as a label value.
+type Info struct {
+	Name, UUID, Version, Package string
+}
+
+// Need is a set of parts of the state that an event made uncertain and
+// that only a query can tell exactly. Apply returns it; the source runs
+// the queries (the QMP source, query-status for NeedStatus and so on) and
+// feeds the replies back through the Set methods. The fold never runs
+// them itself: it runs on the connection's reader goroutine.
+type Need uint8
+
+// The parts of the state a source can re-read.
+const (
+	NeedStatus  Need = 1 << iota // the run state (query-status)
+	NeedBlock                    // block devices, their names and trays (query-block)
+	NeedMigrate                  // the outgoing migration (query-migrate)
+	NeedJobs                     // block jobs (query-jobs)
+	NeedVNC                      // VNC clients (query-vnc)
+	NeedSpice                    // SPICE channels (query-spice)
+	NeedBalloon                  // the balloon (query-balloon)
+
+	NeedAll = NeedStatus | NeedBlock | NeedMigrate | NeedJobs | NeedVNC | NeedSpice | NeedBalloon
+)
+
+// BlockDev is the state of one guest block device, labelled by its qdev id
+// or QOM path.
+type BlockDev struct {
+	IOErrors       [2][3]uint64 // by IOOperations × IOActions
+	Nospace        uint64
+	IOStatus       string // "" when query-block does not report it
+	Tray           int8   // -1 unknown (not removable), 0 closed, 1 open
+	Corruptions    uint64
+	CorruptFatal   int8 // -1 never reported
+	ThresholdHits  uint64
+	QuorumFailures uint64
+	QuorumBad      [3]uint64 // by QuorumOps
+	// confirmed: query-block has listed this device. A device known only
+	// from events (a node with no guest device, such as a mirror target)
+	// is never removed by a query-block that does not list it.
+	confirmed bool
+}
+
+func newBlockDev() *BlockDev { return &BlockDev{Tray: -1, CorruptFatal: -1} }
+
+// Job is a job from query-jobs or the BLOCK_JOB_*/JOB_STATUS_CHANGE
+// events. Type and Status are "" while unknown.
+type Job struct {
+	Type, Status     string
+	Progress, Length uint64
+}
+
+// Migration is the outgoing migration as far as query-migrate and the
+// MIGRATION events tell.
+type Migration struct {
+	Known            bool // a status is known this session
+	Status           string
+	Pass             uint64
+	HaveRAM          bool // the RAM figures below are known
+	Transferred      uint64
+	Remaining, Total uint64
+	DirtyRate        float64 // pages per second
+	// Seconds; -1 unknown.
+	ExpectedDowntime, TotalTime, Downtime, SetupTime float64
+
+	// Counting ends exactly once, whether they are seen through events,
+	// polling, or only afterwards. endKey identifies the last ended
+	// migration query-migrate reported (status and final figures);
+	// baseline is set once the first one after connecting is known (that
+	// one ended before the exporter was watching, or was counted already).
+	// endCounted says the current migration's end is counted; eventEnd
+	// that an event counted it and query-migrate has not reported it yet.
+	// unfinal: the last reply said completed before QEMU had measured its
+	// times (see SetMigrate); the next poll brings the final figures.
+	// unfinalPolls counts the unfinal replies in a row, so that a peer
+	// that never gives final figures is not polled for ever.
+	endKey               string
+	baseline             bool
+	endCounted, eventEnd bool
+	unfinal              bool
+	unfinalPolls         uint8
+
+	// eventsSeen: a MIGRATION event arrived during this session, so the
+	// "events" migration capability is on and a migration announces
+	// itself; a STOP or RESUME then need not re-read query-migrate.
+	eventsSeen bool
+}
+
+// MaxUnfinalPolls bounds the polls for the final figures of a completed
+// migration; QEMU has them a few milliseconds after it says completed.
+const MaxUnfinalPolls = 5
+
+// Polled reports whether the source should re-read the migration every
+// second or so: while a migration runs, and after a completed reply
+// without final figures, until they come (or MaxUnfinalPolls). Without
+// the events capability, polling is the only way to see a migration end.
+func (m *Migration) Polled() bool {
+	return m.inProgress() || m.unfinal && m.unfinalPolls < MaxUnfinalPolls
+}
+
+func (m *Migration) inProgress() bool {
+	switch m.Status {
+	case "", "none", "completed", "failed", "cancelled":
+		return false
+	}
+	return true
+}
+
+// GuestReason keys the SHUTDOWN and RESET counters.
+type GuestReason struct {
+	Guest  bool
+	Reason string
+}
+
+// Display is the state of VNC or SPICE.
+type Display struct {
+	Enabled     int8 // -1 unknown (query failed or absent), 0 off, 1 on
+	Clients     int
+	Connections uint64
+	Sessions    uint64
+	Failed      uint64              // clients gone before INITIALIZED
+	pending     map[string]struct{} // clients not yet initialized; made on first use
+}
+
+// State is everything known about one VM. It is changed by the pure fold
+// (Apply), by the Set methods fed with query replies and by the session
+// methods (MarkUp, MarkDown, SetInfo); none of them does I/O or locking:
+// the caller holds the VM's lock (see internal/fleet). The exposition and
+// the journal read the exported fields; only this package's methods and
+// the source's session counters (Attempts, Failures, ProtocolErrors,
+// CommandTimeouts) change them.
+type State struct {
+	Up     bool
+	Status string // current RunState; "" while unknown
+	Info   Info
+	Synced bool // Info is valid
+	// DownSince is when the VM was last seen up, or when its source
+	// started looking for it; zero while it is up.
+	DownSince time.Time
+
+	Events     map[string]*EventStat
+	Unlabelled uint64
+
+	// Session counters, kept by the source.
+	Attempts, Failures uint64
+	ProtocolErrors     uint64
+	CommandTimeouts    uint64
+
+	DataErrors uint64 // events whose data could not be read
+	Dropped    map[string]uint64
+
+	// Guest.
+	Shutdowns, Resets map[GuestReason]uint64
+	Panics            map[[2]string]uint64 // action, info type; see countPanic
+	Crashloads        map[string]uint64    // action
+	Watchdog          map[string]uint64    // action; see countWatchdog
+	// ownPanics and ownWatchdog: Panics and Watchdog are this VM's own
+	// maps, no longer the shared zeroPanics and zeroWatchdog.
+	ownPanics, ownWatchdog bool
+	MemoryFailures         map[[2]string]uint64 // recipient, action
+	RTCOffset              int64
+	RTCKnown               bool
+	Dumps                  [2]uint64 // by DumpResults
+	DeviceDeletions        uint64
+	Vserports              map[string]bool
+
+	// Block devices and their name maps.
+	Devices   map[string]*BlockDev
+	bbToDev   map[string]string // BlockBackend name → device label
+	nodeToDev map[string]string // node name → device label
+	Jobs      map[string]*Job
+	JobsDone  map[[2]string]uint64 // job type, result (completed, failed, cancelled)
+	// endedJob is the id and type of the last job an end event forgot,
+	// for the JOB_STATUS_CHANGE that follows it.
+	endedJob    [2]string
+	JobErrors   [2][3]uint64 // by IOOperations × IOActions
+	Balloon     uint64
+	BalloonOK   bool
+	HVBalloon   [2]uint64 // committed, available
+	HVBalloonOK bool
+
+	Migration     Migration
+	MigrationEnds [3]uint64 // by MigrationResults
+
+	VNC, Spice Display
+}
+
+// New returns the state of a VM nothing is known about yet. Its
+// maps are made on first write (a nil map reads as empty), because most
+// VMs never see a panic, a memory failure, a job or a serial port, and
+// an idle VM's memory is what a host with thousands of them pays for.
+// The panic and watchdog counters that are exported at 0 from the start
+// share one read-only map among all VMs until their first write (see
+// countPanic and countWatchdog).
+func New() State {
+	return State{
+		Panics:   zeroPanics,
+		Watchdog: zeroWatchdog,
+		VNC:      Display{Enabled: -1},
+		Spice:    Display{Enabled: -1},
+	}
+}
+
+// zeroPanics and zeroWatchdog are the counters every VM starts with, at 0.
+// They are shared and never written: a VM's first count copies them.
+var (
+	zeroPanics = func() map[[2]string]uint64 {
+		m := make(map[[2]string]uint64, len(panicActions))
+		for _, a := range panicActions {
+			m[[2]string{a, "none"}] = 0
+		}
+		return m
+	}()
+	zeroWatchdog = func() map[string]uint64 {
+		m := make(map[string]uint64, len(watchdogActions))
+		for _, a := range watchdogActions {
+			m[a] = 0
+		}
+		return m
+	}()
+)
+
+// countPanic counts a panic by action and info type, within the bound.
+func (s *State) countPanic(k [2]string) { countShared(&s.Panics, &s.ownPanics, k) }
+
+// countWatchdog counts a watchdog action, within the bound.
+func (s *State) countWatchdog(a string) { countShared(&s.Watchdog, &s.ownWatchdog, a) }
+
+// countShared is countKey for a map that starts shared among VMs: the
+// first write copies it, and *own records that it has been.
+func countShared[K comparable](m *map[K]uint64, own *bool, k K) {
+	if !*own {
+		*m, *own = maps.Clone(*m), true
+	}
+	countKey(m, k)
+}
+
+// countKey adds one to (*m)[k], making the map on first use, unless k is
+// new and the map already holds maxEnumValues keys.
+func countKey[K comparable](m *map[K]uint64, k K) {
+	if _, seen := (*m)[k]; !seen && len(*m) >= maxEnumValues {
+		return
+	}
+	if *m == nil {
+		*m = make(map[K]uint64)
+	}
+	(*m)[k]++
+}
+
+// Apply folds one event into the state and reports which queries should
+// run to confirm what the event implies.
+func (s *State) Apply(ev qmp.Event) Need {
+	st := s.Events[ev.Name]
+	if st == nil {
+		if st = s.newEvent(ev.Name); st == nil {
+			return 0
+		}
+	}
+	st.Count++
+	if !ev.Time.IsZero() {
+		st.Last = ev.Time
+	}
+	h, ok := handlers[ev.Name]
+	if !ok {
+		return 0
+	}
+	if !h.fold {
+		return h.Need
+	}
+	var f qmp.Fields
+	if len(ev.Data) > 0 {
+		if err := qmp.ParseFields(ev.Data, &f); err != nil {
+			s.DataErrors++
+			return h.Need
+		}
+	}
+	n, ok := s.foldData(ev.Name, &f)
+	if !ok {
+		s.DataErrors++
+	}
+	return h.Need | n
+}
+
+// newEvent starts counting events named name, or counts the event as
+// unlabelled and returns nil if the name is not worth a label value or
+// there are too many.
+func (s *State) newEvent(name string) *EventStat {
+	if len(s.Events) >= maxEventNames || !validEventName(name) {
+		s.Unlabelled++
+		return nil
+	}
+	if s.Events == nil {
+		s.Events = make(map[string]*EventStat)
+	}
+	st := &EventStat{}
+	s.Events[name] = st
+	return st
+}
+
+// validEventName accepts what QEMU's QAPI generator produces: upper-case
+// letters, digits and underscores, at most 64 of them. Anything else from
+// a peer is not worth a label value.
+func validEventName(n string) bool {
+	if n == "" || len(n) > 64 {
+		return false
+	}
+	for i := 0; i < len(n); i++ {
+		c := n[i]
+		if (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// validEnum accepts the spelling of QAPI enum values: lower-case letters,
+// digits and '-', at most 32. Enum values from a newer QEMU pass; prose
+// does not.
+func validEnum(b []byte) bool {
+	if len(b) == 0 || len(b) > 32 {
+		return false
+	}
+	for _, c := range b {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' && c != '_' {
+			return false
+		}
+	}
+	return true
+}
+
+// SetStatus records the run state that query-status returned. Unknown
+// states from a newer QEMU are kept if they look like a RunState name.
+func (s *State) SetStatus(status string) {
+	if !knownRunState[status] && !validEnum([]byte(status)) {
+		status = ""
+	}
+	s.Status = status
+}
+
+// SetInfo records what the initial sync learned. If the VM on the other
+// end is not the one seen before (another name or UUID: a different QEMU
+// now listens on the same socket), the state starts again, because it
+// describes a different VM. It reports whether that happened.
+func (s *State) SetInfo(info Info) (replaced bool) {
+	info.Name = CleanLabel(info.Name)
+	info.UUID = CleanLabel(info.UUID)
+	info.Version = CleanLabel(info.Version)
+	info.Package = CleanLabel(info.Package)
+	if s.Synced && (s.Info.Name != info.Name || s.Info.UUID != info.UUID) {
+		replaced = true
+		fresh := New()
+		fresh.Up, fresh.DownSince = s.Up, s.DownSince
+		fresh.Attempts, fresh.Failures, fresh.ProtocolErrors = s.Attempts, s.Failures, s.ProtocolErrors
+		*s = fresh
+	}
+	s.Info = info
+	s.Synced = true
+	return replaced
+}
+
+// MarkUp records that the VM's session is established and synced.
+func (s *State) MarkUp() {
+	s.Up = true
+	s.DownSince = time.Time{}
+}
+
+// MarkDown records that the session is lost at now: Up and the gauges
+// that describe the present change; counters stay.
+func (s *State) MarkDown(now time.Time) {
+	if s.Up {
+		s.DownSince = now
+	}
+	s.Up = false
+	s.Status = ""
+	s.VNC.pending = nil
+	s.Spice.pending = nil
+	s.Migration.eventsSeen = false
+}
+
+// Stale reports whether the VM has been unreachable for longer than
+// after, as of now.
+func (s *State) Stale(now time.Time, after time.Duration) bool {
+	return !s.Up && !s.DownSince.IsZero() && now.Sub(s.DownSince) > after
+}
+
+// drop counts a label set that was not created because its kind is full.
+func (s *State) drop(kind string) {
+	if s.Dropped == nil {
+		s.Dropped = make(map[string]uint64)
+	}
+	s.Dropped[kind]++
+}
+
+// CleanLabel makes a VM-supplied string safe as a label value: valid
+// UTF-8, no control characters, at most maxLabelBytes.
+func CleanLabel(v string) string {
+	ok := len(v) <= maxLabelBytes
+	for i := 0; ok && i < len(v); i++ {
+		if v[i] < 0x20 || v[i] >= 0x7f {
+			ok = false
+		}
+	}
+	if ok {
+		return v
+	}
+	out := make([]rune, 0, len(v))
+	size := 0
+	for _, r := range v {
+		if r == '\uFFFD' || r < 0x20 || r == 0x7f {
+			r = '_'
+		}
+		if size+len(string(r)) > maxLabelBytes {
+			break
+		}
+		size += len(string(r))
+		out = append(out, r)
+	}
+	return string(out)
+}
+
+// ZeroUUID is what query-uuid returns for a QEMU started without -uuid:
+// no identity at all.
+const ZeroUUID = "00000000-0000-0000-0000-000000000000"
