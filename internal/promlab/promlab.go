@@ -9,11 +9,12 @@
 // alert fires. Server.Close stops it (SIGTERM, then SIGKILL) and waits for
 // it, so a test that calls Close in t.Cleanup leaves no process behind.
 //
-// Scan finds the metric names, label matchers, function calls and range
-// durations in a PromQL expression without a full parser; CheckExprs asks
-// promtool whether expressions parse; ShortenFor rewrites the `for` of every
-// alerting rule of a rules file (for a test copy of the rules); Metrics lists
-// the metrics the exporter describes.
+// Scan parses a PromQL expression, Grafana variables and all, with the
+// Prometheus parser and lists its metric names, label matchers, function
+// calls, ranges and offsets; CheckExprs asks promtool whether expressions
+// parse; ShortenFor rewrites the `for` of every alerting rule of a rules
+// file (for a test copy of the rules); Metrics lists the metrics the
+// exporter describes.
 //
 // This package is test tooling. It is not imported by the exporter.
 package promlab

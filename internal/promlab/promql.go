@@ -2,8 +2,12 @@ package promlab
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
+	"time"
+
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/labels"
+	"github.com/prometheus/prometheus/promql/parser"
 )
 
 // Matcher is one label matcher of a vector selector, e.g. job=~"$job".
@@ -29,264 +33,211 @@ func (s Selector) Matcher(name string) (Matcher, bool) {
 	return Matcher{}, false
 }
 
-// Scanned is what Scan finds in an expression.
+// Scanned is what Scan finds in an expression. Each list is in the order a
+// depth-first walk of the syntax tree meets its items: the order they are
+// written in, except that an aggregation's parameter (the k of topk) comes
+// after the expression it aggregates. Ranges and Offsets hold a Grafana
+// variable as written, and a duration as Prometheus prints it: [90s] is
+// "1m30s".
 type Scanned struct {
-	// Selectors are the vector selectors, in order.
+	// Selectors are the vector selectors, range selectors included.
 	Selectors []Selector
-	// Functions are the functions and aggregations called, in order.
+	// Functions are the functions and aggregations called.
 	Functions []string
 	// Ranges are the contents of every [...]: range durations ("5m",
 	// "$__rate_interval") and subquery ranges ("1h:5m").
 	Ranges []string
 	// Offsets are the durations after every offset ("5m",
-	// "$__rate_interval").
+	// "$__rate_interval", "-1h").
 	Offsets []string
 }
 
-// keywords are PromQL words that are neither metrics nor functions.
-var keywords = map[string]bool{
-	"and": true, "or": true, "unless": true, "bool": true, "offset": true,
-	"by": true, "without": true, "on": true, "ignoring": true,
-	"group_left": true, "group_right": true, "inf": true, "nan": true,
-}
-
-// labelLists are the keywords followed by a parenthesized list of label
-// names (optional after group_left and group_right).
-var labelLists = map[string]bool{
-	"by": true, "without": true, "on": true, "ignoring": true,
-	"group_left": true, "group_right": true,
-}
-
-// Scan finds the vector selectors, function calls and ranges of a PromQL
-// expression. It is a lexer, not a parser: it does not check that the
-// expression is valid (CheckExprs does, with promtool), but it finds every
-// metric name and matcher a valid expression uses. Grafana variables may
-// appear where Grafana allows them: inside strings ("$vm") and ranges
-// ([$__rate_interval]).
+// Scan parses a PromQL expression with the Prometheus parser and returns
+// its vector selectors, function calls, ranges and offsets. An expression
+// that does not parse is an error.
+//
+// Grafana variables may appear where Grafana allows them. Inside strings
+// ("$vm") they are ordinary label values and are reported as written.
+// Elsewhere ([$__rate_interval], offset ${__interval}) Scan parses the
+// expression with a placeholder duration in their place, and reports the
+// variable as written in Ranges and Offsets.
 func Scan(expr string) (Scanned, error) {
+	src, vars := substituteVars(expr)
+	// NewParser with no options: the stable language, as Prometheus
+	// accepts it without feature flags.
+	root, err := parser.NewParser(parser.Options{}).ParseExpr(src)
+	if err != nil {
+		if src != expr {
+			// The parser's positions are in src.
+			return Scanned{}, fmt.Errorf("promlab: scan %q (Grafana variables replaced: %q): %w", expr, src, err)
+		}
+		return Scanned{}, fmt.Errorf("promlab: scan %q: %w", expr, err)
+	}
 	var out Scanned
-	s := &scanner{src: expr}
-	for {
-		s.skipSpace()
-		if s.eof() {
-			return out, nil
+	parser.Inspect(root, func(node parser.Node, _ []parser.Node) error {
+		switch n := node.(type) {
+		case *parser.VectorSelector:
+			out.Selectors = append(out.Selectors, selector(n))
+			out.addOffset(vars, n.OriginalOffset, n.OriginalOffsetExpr)
+		case *parser.MatrixSelector:
+			out.Ranges = append(out.Ranges, vars.text(n.Range, n.RangeExpr))
+		case *parser.SubqueryExpr:
+			r := vars.text(n.Range, n.RangeExpr) + ":"
+			if n.Step != 0 || n.StepExpr != nil {
+				r += vars.text(n.Step, n.StepExpr)
+			}
+			out.Ranges = append(out.Ranges, r)
+			out.addOffset(vars, n.OriginalOffset, n.OriginalOffsetExpr)
+		case *parser.Call:
+			out.Functions = append(out.Functions, n.Func.Name)
+		case *parser.AggregateExpr:
+			out.Functions = append(out.Functions, n.Op.String())
 		}
-		c := s.peek()
-		switch {
-		case c == '"' || c == '\'' || c == '`':
-			if _, err := s.str(); err != nil {
-				return out, err
-			}
-		case c == '{':
-			ms, err := s.matchers()
-			if err != nil {
-				return out, err
-			}
-			out.Selectors = append(out.Selectors, Selector{Matchers: ms})
-		case c == '[':
-			end := strings.IndexByte(s.src[s.pos:], ']')
-			if end < 0 {
-				return out, s.errorf("unterminated [")
-			}
-			out.Ranges = append(out.Ranges, strings.TrimSpace(s.src[s.pos+1:s.pos+end]))
-			s.pos += end + 1
-		case isIdentStart(c):
-			word := s.ident()
-			s.skipSpace()
-			next := byte(0)
-			if !s.eof() {
-				next = s.peek()
-			}
-			switch {
-			case labelLists[word]:
-				if next == '(' {
-					end := strings.IndexByte(s.src[s.pos:], ')')
-					if end < 0 {
-						return out, s.errorf("unterminated label list after %s", word)
-					}
-					s.pos += end + 1
-				}
-			case word == "offset":
-				off, err := s.offset()
-				if err != nil {
-					return out, err
-				}
-				out.Offsets = append(out.Offsets, off)
-			case keywords[strings.ToLower(word)]:
-			case next == '(' || s.aggregationModifier():
-				// A call, or an aggregation with its by/without
-				// clause first: sum by (vm) (x).
-				out.Functions = append(out.Functions, word)
-			default:
-				sel := Selector{Metric: word}
-				if next == '{' {
-					ms, err := s.matchers()
-					if err != nil {
-						return out, err
-					}
-					sel.Matchers = ms
-				}
-				out.Selectors = append(out.Selectors, sel)
-			}
-		case isDigit(c) || (c == '.' && s.pos+1 < len(s.src) && isDigit(s.src[s.pos+1])):
-			// A number or a duration (offset 5m, 1e3, 0x1f).
-			for !s.eof() && (isIdentChar(s.peek()) || s.peek() == '.') {
-				s.pos++
-			}
-		case c == '#':
-			if nl := strings.IndexByte(s.src[s.pos:], '\n'); nl >= 0 {
-				s.pos += nl + 1
-			} else {
-				s.pos = len(s.src)
-			}
-		default:
-			s.pos++ // operators, parentheses, commas
-		}
-	}
+		return nil
+	})
+	return out, nil
 }
 
-// offset reads the duration after offset: a number with units (5m, -1h),
-// or a Grafana variable ($__rate_interval, ${__interval}).
-func (s *scanner) offset() (string, error) {
-	start := s.pos
-	if !s.eof() && s.peek() == '-' {
-		s.pos++
-	}
-	switch {
-	case strings.HasPrefix(s.src[s.pos:], "${"):
-		end := strings.IndexByte(s.src[s.pos:], '}')
-		if end < 0 {
-			return "", s.errorf("unterminated ${")
-		}
-		s.pos += end + 1
-	case !s.eof() && s.peek() == '$':
-		s.pos++
-		s.ident()
-	default:
-		for !s.eof() && isIdentChar(s.peek()) {
-			s.pos++
-		}
-	}
-	if s.pos == start {
-		return "", s.errorf("duration expected after offset")
-	}
-	return s.src[start:s.pos], nil
-}
-
-// aggregationModifier reports whether the next word is by or without.
-func (s *scanner) aggregationModifier() bool {
-	save := s.pos
-	defer func() { s.pos = save }()
-	if s.eof() || !isIdentStart(s.peek()) {
-		return false
-	}
-	w := s.ident()
-	return w == "by" || w == "without"
-}
-
-type scanner struct {
-	src string
-	pos int
-}
-
-func (s *scanner) eof() bool  { return s.pos >= len(s.src) }
-func (s *scanner) peek() byte { return s.src[s.pos] }
-
-func (s *scanner) errorf(format string, args ...any) error {
-	return fmt.Errorf("promlab: scan %q at offset %d: %s", s.src, s.pos, fmt.Sprintf(format, args...))
-}
-
-func (s *scanner) skipSpace() {
-	for !s.eof() && strings.IndexByte(" \t\r\n", s.peek()) >= 0 {
-		s.pos++
-	}
-}
-
-func isIdentStart(c byte) bool {
-	return c == '_' || c == ':' || ('a' <= c && c <= 'z') || ('A' <= c && c <= 'Z')
-}
-
-func isDigit(c byte) bool { return '0' <= c && c <= '9' }
-
-func isIdentChar(c byte) bool { return isIdentStart(c) || isDigit(c) }
-
-func (s *scanner) ident() string {
-	start := s.pos
-	for !s.eof() && isIdentChar(s.peek()) {
-		s.pos++
-	}
-	return s.src[start:s.pos]
-}
-
-// str reads a string literal and returns its value.
-func (s *scanner) str() (string, error) {
-	q := s.peek()
-	start := s.pos
-	s.pos++
-	for !s.eof() {
-		c := s.peek()
-		if c == '\\' && q != '`' {
-			s.pos += 2
+// selector converts the parser's vector selector. The parser adds a
+// __name__ matcher for a metric name written outside the braces; that one
+// is the Metric, not a matcher of ours.
+func selector(vs *parser.VectorSelector) Selector {
+	s := Selector{Metric: vs.Name}
+	named := false
+	for _, m := range vs.LabelMatchers {
+		if !named && vs.Name != "" && m.Name == model.MetricNameLabel && m.Type == labels.MatchEqual && m.Value == vs.Name {
+			named = true
 			continue
 		}
-		s.pos++
-		if c == q {
-			lit := s.src[start:s.pos]
-			if q == '\'' {
-				// Go has no single-quoted strings: requote.
-				lit = `"` + strings.ReplaceAll(strings.ReplaceAll(lit[1:len(lit)-1], `\'`, `'`), `"`, `\"`) + `"`
-			}
-			v, err := strconv.Unquote(lit)
-			if err != nil {
-				return "", s.errorf("bad string %s: %v", s.src[start:s.pos], err)
-			}
-			return v, nil
-		}
+		s.Matchers = append(s.Matchers, Matcher{Name: m.Name, Op: m.Type.String(), Value: m.Value})
 	}
-	return "", s.errorf("unterminated string")
+	return s
 }
 
-// matchers reads {name op "value", ...}.
-func (s *scanner) matchers() ([]Matcher, error) {
-	s.pos++ // {
-	var out []Matcher
-	for {
-		s.skipSpace()
-		if s.eof() {
-			return nil, s.errorf("unterminated {")
+func (s *Scanned) addOffset(vars grafanaVars, d time.Duration, e *parser.DurationExpr) {
+	if d != 0 || e != nil {
+		s.Offsets = append(s.Offsets, vars.text(d, e))
+	}
+}
+
+// grafanaVars maps each placeholder duration Scan put in the expression to
+// the Grafana variable it stands for, as written.
+type grafanaVars map[time.Duration]string
+
+// placeholderBase is 9999 days; the placeholders are 9999 days and 1, 2, 3...
+// seconds: no range or offset a dashboard means, and whole seconds, which
+// the parser (it reads durations as float seconds) reads back exactly.
+const placeholderBase = 9999 * 24 * time.Hour
+
+// text returns a range, step or offset as the expression wrote it: the
+// Grafana variable a placeholder stands for, or the duration.
+func (v grafanaVars) text(d time.Duration, e *parser.DurationExpr) string {
+	if e != nil {
+		// A duration expression ([5m * 2]): print it with the
+		// variables put back.
+		s := e.String()
+		for p, name := range v {
+			s = strings.ReplaceAll(s, model.Duration(p).String(), name)
 		}
-		if s.peek() == '}' {
-			s.pos++
-			return out, nil
-		}
-		if !isIdentStart(s.peek()) {
-			return nil, s.errorf("label name expected")
-		}
-		m := Matcher{Name: s.ident()}
-		s.skipSpace()
-		for _, op := range []string{"=~", "!~", "!=", "="} {
-			if strings.HasPrefix(s.src[s.pos:], op) {
-				m.Op = op
-				s.pos += len(op)
-				break
+		return s
+	}
+	sign := ""
+	if d < 0 {
+		sign, d = "-", -d
+	}
+	if name, ok := v[d]; ok {
+		return sign + name
+	}
+	return sign + model.Duration(d).String()
+}
+
+// substituteVars replaces every Grafana variable outside strings and
+// comments ($__rate_interval, ${__interval}) with a placeholder duration,
+// one for each variable, and returns the result and the placeholders.
+// Variables inside strings are label values PromQL already accepts.
+func substituteVars(expr string) (string, grafanaVars) {
+	if !strings.Contains(expr, "$") {
+		return expr, nil
+	}
+	vars := grafanaVars{}
+	placeholder := map[string]string{} // variable as written -> duration
+	var b strings.Builder
+	for i := 0; i < len(expr); {
+		switch c := expr[i]; {
+		case c == '"' || c == '\'' || c == '`':
+			n := quotedLen(expr[i:])
+			b.WriteString(expr[i : i+n])
+			i += n
+		case c == '#':
+			n := strings.IndexByte(expr[i:], '\n')
+			if n < 0 {
+				n = len(expr) - i
 			}
-		}
-		if m.Op == "" {
-			return nil, s.errorf("matcher operator expected after %s", m.Name)
-		}
-		s.skipSpace()
-		if s.eof() || strings.IndexByte("\"'`", s.peek()) < 0 {
-			return nil, s.errorf("string expected after %s%s", m.Name, m.Op)
-		}
-		v, err := s.str()
-		if err != nil {
-			return nil, err
-		}
-		m.Value = v
-		out = append(out, m)
-		s.skipSpace()
-		if !s.eof() && s.peek() == ',' {
-			s.pos++
+			b.WriteString(expr[i : i+n])
+			i += n
+		case c == '$':
+			n := varLen(expr[i:])
+			if n == 0 {
+				// A lone $: leave it for the parser to reject.
+				b.WriteByte(c)
+				i++
+				continue
+			}
+			name := expr[i : i+n]
+			p, ok := placeholder[name]
+			if !ok {
+				d := placeholderBase + time.Duration(len(placeholder)+1)*time.Second
+				vars[d] = name
+				p = model.Duration(d).String()
+				placeholder[name] = p
+			}
+			b.WriteString(p)
+			i += n
+		default:
+			b.WriteByte(c)
+			i++
 		}
 	}
+	return b.String(), vars
+}
+
+// quotedLen returns the length of the string literal s starts with, its
+// quotes included, or len(s) if it is not terminated (the parser will say
+// so). Backslash escapes apply in "..." and '...', not in `...`.
+func quotedLen(s string) int {
+	q := s[0]
+	for i := 1; i < len(s); i++ {
+		switch s[i] {
+		case '\\':
+			if q != '`' {
+				i++
+			}
+		case q:
+			return i + 1
+		}
+	}
+	return len(s)
+}
+
+// varLen returns the length of the Grafana variable s starts with ($name
+// or ${name}), or 0 if s does not start with one.
+func varLen(s string) int {
+	word := func(s string) int {
+		n := 0
+		for n < len(s) && (s[n] == '_' || 'a' <= s[n] && s[n] <= 'z' || 'A' <= s[n] && s[n] <= 'Z' || n > 0 && '0' <= s[n] && s[n] <= '9') {
+			n++
+		}
+		return n
+	}
+	if strings.HasPrefix(s, "${") {
+		n := word(s[2:])
+		if n == 0 || len(s) < 3+n || s[2+n] != '}' {
+			return 0
+		}
+		return n + 3
+	}
+	if n := word(s[1:]); n > 0 {
+		return 1 + n
+	}
+	return 0
 }

@@ -30,9 +30,9 @@ func TestScan(t *testing.T) {
 		{
 			// Keywords, label lists, offsets, numbers and both sides of
 			// binary operators.
-			expr: "increase(a_total[5m]) > 0\nor\n(a_total unless on(job) group_left(vm) a_total offset 5m) > 1e3 and bool 0x1F\n# comment with not_a_metric\n",
+			expr: "increase(a_total[5m]) > 0\nor\n(a_total unless on(job) a_total offset 5m) > bool 1e3\nand ignoring(vm) a_total * on(job) group_left(vm) a_total + 0x1F\n# comment with not_a_metric\n",
 			want: Scanned{
-				Selectors: []Selector{{Metric: "a_total"}, {Metric: "a_total"}, {Metric: "a_total"}},
+				Selectors: []Selector{{Metric: "a_total"}, {Metric: "a_total"}, {Metric: "a_total"}, {Metric: "a_total"}, {Metric: "a_total"}},
 				Functions: []string{"increase"},
 				Ranges:    []string{"5m"},
 				Offsets:   []string{"5m"},
@@ -61,14 +61,15 @@ func TestScan(t *testing.T) {
 			},
 		},
 		{
-			expr: `{__name__=~"qmp_.*"} + sum without(vm)(x:recorded) + max_over_time(y[1h:5m]) @ start()`,
+			// @ start() is a modifier, not a function call.
+			expr: `{__name__=~"qmp_.*"} + sum without(vm)(x:recorded) + max_over_time(y[1h:5m] @ start())`,
 			want: Scanned{
 				Selectors: []Selector{
 					{Matchers: []Matcher{{"__name__", "=~", "qmp_.*"}}},
 					{Metric: "x:recorded"},
 					{Metric: "y"},
 				},
-				Functions: []string{"sum", "max_over_time", "start"},
+				Functions: []string{"sum", "max_over_time"},
 				Ranges:    []string{"1h:5m"},
 			},
 		},
@@ -78,6 +79,16 @@ func TestScan(t *testing.T) {
 				Selectors: []Selector{{Metric: "qmp_events_total", Matchers: []Matcher{{"vm", "=~", "$vm"}}}},
 				Functions: []string{"topk", "sum", "rate"},
 				Ranges:    []string{"$__rate_interval"},
+			},
+		},
+		{
+			// A variable in a comment, a quote in a comment, and a
+			// subquery without a step.
+			expr: "max_over_time(up{job=~\"$job\"}[${__range}:]) # it's [$__interval]\n",
+			want: Scanned{
+				Selectors: []Selector{{Metric: "up", Matchers: []Matcher{{"job", "=~", "$job"}}}},
+				Functions: []string{"max_over_time"},
+				Ranges:    []string{"${__range}:"},
 			},
 		},
 	} {
@@ -101,6 +112,12 @@ func TestScanErrors(t *testing.T) {
 		`rate(up[5m)`,
 		`sum by (job`,
 		`x offset`,
+		// Scan parses: what is not PromQL is an error, even where
+		// every word is in its place.
+		`a_total unless on(job) group_left(vm) a_total`,
+		`max_over_time(y[1h:5m]) @ start()`,
+		`rate(x[$])`,
+		`up{job=~$job}`,
 	} {
 		if got, err := Scan(expr); err == nil {
 			t.Errorf("Scan(%q) = %+v, want an error", expr, got)

@@ -117,8 +117,9 @@ var checkRecordRE = regexp.MustCompile(regexp.QuoteMeta(checkRecordPrefix) + `(\
 
 // CheckExprs checks that every expression parses, by writing them as
 // recording rules into a rules file in dir and running `promtool check
-// rules` on it, the cheapest complete PromQL check without a Prometheus
-// library. The error names each expression promtool rejects and its reason.
+// rules` on it: the check of the Prometheus that will run them, where Scan
+// is the parser version go.mod pins. The error names each expression
+// promtool rejects and its reason.
 func CheckExprs(ctx context.Context, promtool, dir string, exprs []string) error {
 	type rule struct {
 		Record string `yaml:"record"`
