@@ -1,7 +1,10 @@
 package collector
 
 import (
+	"bytes"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -16,18 +19,24 @@ import (
 // value) and that the text the scrape handler writes holds the same
 // series. The fold itself is fuzzed by vmstate's FuzzFold.
 func FuzzExposition(f *testing.F) {
-	for _, line := range []string{
-		`{"device": "ide0-hd1", "node-name": "#block212", "operation": "write", "action": "stop", "nospace": true}`,
-		`{"action": "pause", "info": {"type": "hyper-v", "arg1": 1}}`,
-		`{"guest": true, "reason": "guest-reset"}`,
-		`{"client": {"host": "127.0.0.1", "service": "5901"}, "server": {}}`,
-		`{"id": "job0", "status": "null"}`,
-		`{"status": "completed"}`,
-		`{"result": {"status": "failed"}, "error": "x"}`,
-		`{}`, `[]`, `"x"`, `{"device": "\u0000\xff"}`,
-	} {
-		for _, name := range qmp.KnownEvents() {
-			f.Add(name, []byte(line))
+	// Seeds: every example event of the fold tests, as QEMU shapes it.
+	files, err := filepath.Glob("../internal/vmstate/testdata/events/*.jsonl")
+	if err != nil || len(files) == 0 {
+		f.Fatalf("no event examples to seed from: %v", err)
+	}
+	for _, file := range files {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			f.Fatal(err)
+		}
+		for line := range bytes.Lines(b) {
+			var ev struct {
+				Event string          `json:"event"`
+				Data  json.RawMessage `json:"data"`
+			}
+			if json.Unmarshal(line, &ev) == nil && ev.Event != "" {
+				f.Add(ev.Event, []byte(ev.Data))
+			}
 		}
 	}
 	f.Fuzz(func(t *testing.T, name string, data []byte) {

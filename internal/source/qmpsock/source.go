@@ -185,12 +185,13 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	s.restartDiscovery()
-	defer s.stopDiscovery()
 	reap := time.NewTicker(max(s.fleet.StaleAfter()/10, time.Second))
 	defer reap.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			// Discovery first: it may still be starting watchers.
+			s.stopDiscovery()
 			s.wg.Wait()
 			return nil
 		case now := <-reap.C:
