@@ -6,6 +6,7 @@
 package collector
 
 import (
+	"cmp"
 	"maps"
 	"slices"
 	"strings"
@@ -22,10 +23,13 @@ import (
 // in-memory state; it performs no I/O, so a hung VM cannot slow a scrape.
 type Collector struct {
 	fleet *fleet.Fleet
+	// plain are the descriptors of the metrics of VMs without configured
+	// labels; read-only once made.
+	plain map[*Metric]*prometheus.Desc
 
 	mu sync.Mutex // guards descs
-	// descs caches the descriptors of metrics, by metric name and, for
-	// those that carry a VM's extra labels, label set.
+	// descs caches the descriptors of metrics that carry a VM's extra
+	// labels, by metric name and label set.
 	descs map[string]*prometheus.Desc
 }
 
@@ -33,13 +37,21 @@ var _ prometheus.Collector = (*Collector)(nil)
 
 // NewCollector returns a Collector for f's VMs.
 func NewCollector(f *fleet.Fleet) *Collector {
-	return &Collector{fleet: f, descs: make(map[string]*prometheus.Desc)}
+	c := &Collector{fleet: f, plain: make(map[*Metric]*prometheus.Desc, len(vmMetrics)), descs: make(map[string]*prometheus.Desc)}
+	for _, m := range vmMetrics {
+		c.plain[m] = newDesc(m, nil)
+	}
+	return c
+}
+
+func newDesc(m *Metric, constLabels prometheus.Labels) *prometheus.Desc {
+	return prometheus.NewDesc(m.Name, m.Help, append([]string{"vm"}, m.Labels...), constLabels)
 }
 
 // Describe sends the description of every per-VM metric.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, m := range vmMetrics {
-		ch <- c.descFor(m, nil)
+		ch <- c.plain[m]
 	}
 }
 
@@ -48,8 +60,9 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 // reader waits), and all are sent once every lock is released.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	var out []prometheus.Metric
+	var keys keyCache
 	c.fleet.Visible(time.Now(), func(v *fleet.VM, vm string, st *vmstate.State) {
-		s := sink{vm: vm, extra: v.Meta().Labels, out: out, c: c}
+		s := sink{vm: vm, extra: v.Meta().Labels, out: out, c: c, k: &keys}
 		s.emit(vmMetrics, st)
 		out = s.out
 	})
@@ -64,6 +77,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 // labels may change at every reload, and the exporter's registry, which is
 // not pedantic, only needs the described ones to be consistent.
 func (c *Collector) descFor(m *Metric, extra map[string]string) *prometheus.Desc {
+	if d := c.plain[m]; d != nil && len(extra) == 0 {
+		return d
+	}
 	var key strings.Builder
 	key.WriteString(m.Name)
 	names := slices.Sorted(maps.Keys(extra))
@@ -81,7 +97,7 @@ func (c *Collector) descFor(m *Metric, extra map[string]string) *prometheus.Desc
 			constLabels[k] = extra[k]
 		}
 	}
-	desc := prometheus.NewDesc(m.Name, m.Help, append([]string{"vm"}, m.Labels...), constLabels)
+	desc := newDesc(m, constLabels)
 	if len(c.descs) < 100000 { // label sets are bounded by the configuration
 		c.descs[key.String()] = desc
 	}
@@ -130,10 +146,13 @@ type sink struct {
 	desc *prometheus.Desc // m's, made on its first sample
 	// Text mode.
 	text *textScratch
+	// k keeps sorted keys for the VM being emitted (reset by emit).
+	k *keyCache
 }
 
 // emit sends every sample of metrics for st, metric by metric.
 func (s *sink) emit(metrics []*Metric, st *vmstate.State) {
+	s.k.have = 0
 	for i, m := range metrics {
 		s.m, s.desc = m, nil
 		if s.text != nil {
@@ -160,4 +179,82 @@ func (s *sink) add(v float64, labels ...string) {
 		vt = prometheus.CounterValue
 	}
 	s.out = append(s.out, prometheus.MustNewConstMetric(s.desc, vt, v, append([]string{s.vm}, labels...)...))
+}
+
+// keyCache holds the sorted keys of one VM's maps while its metrics are
+// emitted. Nine families walk the devices and two the event names, so
+// each of those is sorted once per VM; the slices are reused from VM to
+// VM (the text writer pools them), so that rendering a VM that changed
+// allocates little more than its lines.
+type keyCache struct {
+	have                  uint8 // haveEvents | haveDevices | haveJobs
+	events, devices, jobs []string
+	// Scratch for the maps only one family walks; valid until the next
+	// sortedInto or sortedPairs on the same slice.
+	strs    []string
+	pairs   [][2]string
+	reasons []vmstate.GuestReason
+}
+
+const (
+	haveEvents uint8 = 1 << iota
+	haveDevices
+	haveJobs
+)
+
+// eventNames returns st's event names, sorted.
+func (s *sink) eventNames(st *vmstate.State) []string {
+	if s.k.have&haveEvents == 0 {
+		s.k.events = sortedInto(&s.k.events, st.Events)
+		s.k.have |= haveEvents
+	}
+	return s.k.events
+}
+
+// eachDevice calls fn for each of st's block devices, by name.
+func (s *sink) eachDevice(st *vmstate.State, fn func(name string, d *vmstate.BlockDev)) {
+	if s.k.have&haveDevices == 0 {
+		s.k.devices = sortedInto(&s.k.devices, st.Devices)
+		s.k.have |= haveDevices
+	}
+	for _, name := range s.k.devices {
+		fn(name, st.Devices[name])
+	}
+}
+
+// eachJob calls fn for each of st's jobs, by id, with "unknown" for a
+// type not known.
+func (s *sink) eachJob(st *vmstate.State, fn func(id, typ string, j *vmstate.Job)) {
+	if s.k.have&haveJobs == 0 {
+		s.k.jobs = sortedInto(&s.k.jobs, st.Jobs)
+		s.k.have |= haveJobs
+	}
+	for _, id := range s.k.jobs {
+		j := st.Jobs[id]
+		fn(id, orUnknown(j.Type), j)
+	}
+}
+
+// sortedInto returns m's keys, sorted, in *buf's storage.
+func sortedInto[V any](buf *[]string, m map[string]V) []string {
+	keys := (*buf)[:0]
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	*buf = keys
+	return keys
+}
+
+// sortedPairs returns m's keys, sorted, in *buf's storage.
+func sortedPairs[V any](buf *[][2]string, m map[[2]string]V) [][2]string {
+	keys := (*buf)[:0]
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b [2]string) int {
+		return cmp.Or(cmp.Compare(a[0], b[0]), cmp.Compare(a[1], b[1]))
+	})
+	*buf = keys
+	return keys
 }

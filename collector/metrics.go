@@ -2,7 +2,6 @@ package collector
 
 import (
 	"cmp"
-	"maps"
 	"slices"
 	"strconv"
 
@@ -56,7 +55,7 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_events_total", Type: counter, Labels: []string{"event"}, Source: "every event",
 		Help: "QMP events observed by this exporter, by QEMU's event name. Counts survive reconnects; events QEMU emitted while no session was up are not seen." + rateLimitNote,
 		values: func(st *vmstate.State, s *sink) {
-			for _, n := range sortedKeys(st.Events) {
+			for _, n := range s.eventNames(st) {
 				s.add(float64(st.Events[n].Count), n)
 			}
 		}},
@@ -66,7 +65,7 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_last_event_timestamp_seconds", Type: gauge, Labels: []string{"event"}, Source: "every event (its timestamp)",
 		Help: "QEMU's own timestamp of the latest QMP event of each name observed by this exporter.",
 		values: func(st *vmstate.State, s *sink) {
-			for _, n := range sortedKeys(st.Events) {
+			for _, n := range s.eventNames(st) {
 				if ev := st.Events[n]; !ev.Last.IsZero() {
 					s.add(float64(ev.Last.UnixMicro())/1e6, n)
 				}
@@ -90,7 +89,7 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_dropped_label_sets_total", Type: counter, Labels: []string{"kind"}, Source: "all per-object metrics",
 		Help: "Objects (block devices, jobs, serial ports) not given their own series because the VM already had 64 of that kind.",
 		values: func(st *vmstate.State, s *sink) {
-			for _, k := range sortedKeys(st.Dropped) {
+			for _, k := range sortedInto(&s.k.strs, st.Dropped) {
 				s.add(float64(st.Dropped[k]), k)
 			}
 		}},
@@ -124,7 +123,7 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_vserport_open", Type: gauge, Labels: []string{"port"}, Source: "VSERPORT_CHANGE",
 		Help: "Whether the guest has the virtio-serial port open (1) or closed (0), as of its last VSERPORT_CHANGE.",
 		values: func(st *vmstate.State, s *sink) {
-			for _, k := range sortedKeys(st.Vserports) {
+			for _, k := range sortedInto(&s.k.strs, st.Vserports) {
 				s.add(boolValue(st.Vserports[k]), k)
 			}
 		}},
@@ -144,7 +143,7 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_block_io_errors_total", Type: counter, Labels: []string{"device", "operation", "action"}, Source: "BLOCK_IO_ERROR",
 		Help: "Block I/O errors (BLOCK_IO_ERROR) by guest device, operation and the action QEMU took (stop pauses the VM in io-error)." + rateLimitNote,
 		values: func(st *vmstate.State, s *sink) {
-			eachDevice(st, func(name string, d *vmstate.BlockDev) {
+			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
 				for oi, op := range vmstate.IOOperations {
 					for ai, act := range vmstate.IOActions {
 						s.add(float64(d.IOErrors[oi][ai]), name, op, act)
@@ -155,12 +154,12 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_block_io_nospace_errors_total", Type: counter, Labels: []string{"device"}, Source: "BLOCK_IO_ERROR",
 		Help: "Block I/O errors caused by the host running out of space (BLOCK_IO_ERROR with nospace), by guest device.",
 		values: func(st *vmstate.State, s *sink) {
-			eachDevice(st, func(name string, d *vmstate.BlockDev) { s.add(float64(d.Nospace), name) })
+			s.eachDevice(st, func(name string, d *vmstate.BlockDev) { s.add(float64(d.Nospace), name) })
 		}},
 	{Name: "qmp_block_io_status", Type: gauge, Labels: []string{"device", "status"}, Source: "query-block",
 		Help: "The device's I/O status from query-block (ok, failed, nospace); present for devices with werror/rerror set to stop or enospc.",
 		values: func(st *vmstate.State, s *sink) {
-			eachDevice(st, func(name string, d *vmstate.BlockDev) {
+			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
 				if d.IOStatus != "" {
 					for _, status := range vmstate.IOStatuses {
 						s.add(boolValue(status == d.IOStatus), name, status)
@@ -171,7 +170,7 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_tray_open", Type: gauge, Labels: []string{"device"}, Source: "DEVICE_TRAY_MOVED, query-block",
 		Help: "Whether a removable device's tray is open (1) or closed (0).",
 		values: func(st *vmstate.State, s *sink) {
-			eachDevice(st, func(name string, d *vmstate.BlockDev) {
+			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
 				if d.Tray >= 0 {
 					s.add(float64(d.Tray), name)
 				}
@@ -180,12 +179,12 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_block_image_corruptions_total", Type: counter, Labels: []string{"device"}, Source: "BLOCK_IMAGE_CORRUPTED",
 		Help: "Times an image was marked corrupt (BLOCK_IMAGE_CORRUPTED), by guest device.",
 		values: func(st *vmstate.State, s *sink) {
-			eachDevice(st, func(name string, d *vmstate.BlockDev) { s.add(float64(d.Corruptions), name) })
+			s.eachDevice(st, func(name string, d *vmstate.BlockDev) { s.add(float64(d.Corruptions), name) })
 		}},
 	{Name: "qmp_block_image_corrupt_fatal", Type: gauge, Labels: []string{"device"}, Source: "BLOCK_IMAGE_CORRUPTED",
 		Help: "Whether a corruption report for the device was fatal (1: the image is unusable until repaired) or every report so far was not (0); absent before the first report.",
 		values: func(st *vmstate.State, s *sink) {
-			eachDevice(st, func(name string, d *vmstate.BlockDev) {
+			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
 				if d.CorruptFatal >= 0 {
 					s.add(float64(d.CorruptFatal), name)
 				}
@@ -194,7 +193,7 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_block_write_threshold_hits_total", Type: counter, Labels: []string{"device"}, Source: "BLOCK_WRITE_THRESHOLD",
 		Help: "Write thresholds exceeded (BLOCK_WRITE_THRESHOLD), by device.",
 		values: func(st *vmstate.State, s *sink) {
-			eachDevice(st, func(name string, d *vmstate.BlockDev) {
+			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
 				if d.ThresholdHits > 0 {
 					s.add(float64(d.ThresholdHits), name)
 				}
@@ -203,7 +202,7 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_block_quorum_failures_total", Type: counter, Labels: []string{"device"}, Source: "QUORUM_FAILURE",
 		Help: "Quorum failures (QUORUM_FAILURE), by device." + rateLimitNote,
 		values: func(st *vmstate.State, s *sink) {
-			eachDevice(st, func(name string, d *vmstate.BlockDev) {
+			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
 				if d.QuorumFailures > 0 {
 					s.add(float64(d.QuorumFailures), name)
 				}
@@ -212,7 +211,7 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_block_quorum_bad_reports_total", Type: counter, Labels: []string{"device", "operation"}, Source: "QUORUM_REPORT_BAD",
 		Help: "Quorum children that returned bad data or failed (QUORUM_REPORT_BAD), by device and operation." + rateLimitNote,
 		values: func(st *vmstate.State, s *sink) {
-			eachDevice(st, func(name string, d *vmstate.BlockDev) {
+			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
 				for i, op := range vmstate.QuorumOps {
 					if d.QuorumBad[i] > 0 {
 						s.add(float64(d.QuorumBad[i]), name, op)
@@ -228,12 +227,12 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_block_job_progress_bytes", Type: gauge, Labels: []string{"job", "type"}, Source: "query-jobs, BLOCK_JOB_READY",
 		Help: "Work a job has done (current-progress; bytes for block jobs).",
 		values: func(st *vmstate.State, s *sink) {
-			eachJob(st, func(id, typ string, j *vmstate.Job) { s.add(float64(j.Progress), id, typ) })
+			s.eachJob(st, func(id, typ string, j *vmstate.Job) { s.add(float64(j.Progress), id, typ) })
 		}},
 	{Name: "qmp_block_job_length_bytes", Type: gauge, Labels: []string{"job", "type"}, Source: "query-jobs, BLOCK_JOB_READY",
 		Help: "Work a job has to do in total (total-progress; bytes for block jobs).",
 		values: func(st *vmstate.State, s *sink) {
-			eachJob(st, func(id, typ string, j *vmstate.Job) { s.add(float64(j.Length), id, typ) })
+			s.eachJob(st, func(id, typ string, j *vmstate.Job) { s.add(float64(j.Length), id, typ) })
 		}},
 	{Name: "qmp_block_jobs_finished_total", Type: counter, Labels: []string{"type", "result"}, Source: "BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED",
 		Help:   "Jobs that finished, by type and result: completed, failed (BLOCK_JOB_COMPLETED with an error) or cancelled.",
@@ -370,11 +369,6 @@ func boolValue(b bool) float64 {
 	return 0
 }
 
-// sortedKeys returns a map's keys in order, so output is stable.
-func sortedKeys[V any](m map[string]V) []string {
-	return slices.Sorted(maps.Keys(m))
-}
-
 // runStatus is qmp_vm_status: every QEMU RunState, and a state a newer
 // QEMU reported that this exporter does not know.
 func runStatus(st *vmstate.State, s *sink) {
@@ -393,7 +387,11 @@ func runStatus(st *vmstate.State, s *sink) {
 
 // guestReasons sends SHUTDOWN's or RESET's counters, guest=false first.
 func guestReasons(m map[vmstate.GuestReason]uint64, s *sink) {
-	keys := slices.SortedFunc(maps.Keys(m), func(a, b vmstate.GuestReason) int {
+	keys := s.k.reasons[:0]
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b vmstate.GuestReason) int {
 		if a.Guest != b.Guest {
 			if !a.Guest {
 				return -1
@@ -402,39 +400,23 @@ func guestReasons(m map[vmstate.GuestReason]uint64, s *sink) {
 		}
 		return cmp.Compare(a.Reason, b.Reason)
 	})
+	s.k.reasons = keys
 	for _, k := range keys {
 		s.add(float64(m[k]), strconv.FormatBool(k.Guest), k.Reason)
 	}
 }
 
 // pairs sends counters keyed by two label values.
-func pairs(m map[[2]string]uint64, s *sink) {
-	keys := slices.SortedFunc(maps.Keys(m), func(a, b [2]string) int {
-		return cmp.Or(cmp.Compare(a[0], b[0]), cmp.Compare(a[1], b[1]))
-	})
-	for _, k := range keys {
+func pairs[V int | uint64](m map[[2]string]V, s *sink) {
+	for _, k := range sortedPairs(&s.k.pairs, m) {
 		s.add(float64(m[k]), k[0], k[1])
 	}
 }
 
 // counts sends counters keyed by one label value.
 func counts(m map[string]uint64, s *sink) {
-	for _, k := range sortedKeys(m) {
+	for _, k := range sortedInto(&s.k.strs, m) {
 		s.add(float64(m[k]), k)
-	}
-}
-
-func eachDevice(st *vmstate.State, fn func(name string, d *vmstate.BlockDev)) {
-	for _, name := range sortedKeys(st.Devices) {
-		fn(name, st.Devices[name])
-	}
-}
-
-// eachJob calls fn for each job, with "unknown" for a type not known.
-func eachJob(st *vmstate.State, fn func(id, typ string, j *vmstate.Job)) {
-	for _, id := range sortedKeys(st.Jobs) {
-		j := st.Jobs[id]
-		fn(id, orUnknown(j.Type), j)
 	}
 }
 
@@ -447,16 +429,14 @@ func orUnknown(v string) string {
 
 // jobCounts is qmp_block_jobs: the jobs by type and status.
 func jobCounts(st *vmstate.State, s *sink) {
+	if len(st.Jobs) == 0 {
+		return
+	}
 	n := map[[2]string]int{}
 	for _, j := range st.Jobs {
 		n[[2]string{orUnknown(j.Type), orUnknown(j.Status)}]++
 	}
-	keys := slices.SortedFunc(maps.Keys(n), func(a, b [2]string) int {
-		return cmp.Compare(a[0]+" "+a[1], b[0]+" "+b[1])
-	})
-	for _, k := range keys {
-		s.add(float64(n[k]), k[0], k[1])
-	}
+	pairs(n, s)
 }
 
 // migrationStatus is qmp_migration_status, while the session is up and

@@ -30,7 +30,7 @@ import (
 type TextWriter struct {
 	fleet *fleet.Fleet
 
-	mu sync.Mutex // guards cache and scrapes
+	mu sync.Mutex // guards cache, its entries, and scrapes
 	// cache holds each VM's rendered series from the last scrape that
 	// showed it; a scrape forgets the VMs it did not show.
 	cache   map[*fleet.VM]*cached
@@ -39,7 +39,7 @@ type TextWriter struct {
 
 type cached struct {
 	r    *renderedVM
-	seen uint64 // the scrape that last showed the VM
+	seen uint64 // the latest scrape that showed the VM
 }
 
 // NewTextWriter returns a TextWriter for f's VMs.
@@ -97,6 +97,7 @@ type textScratch struct {
 	fam  int         // the family being rendered
 	vm   []byte      // the vm label, escaped
 	tmpl [][]segment // by family, for a VM with configured labels; built on first use
+	keys keyCache
 	// base is textTemplates. (A field rather than a reference from add,
 	// which the metric definitions call: textTemplates is built from them.)
 	base [][]segment
@@ -138,29 +139,39 @@ func (t *TextWriter) WriteTo(w io.Writer) (int64, error) {
 
 // renderAll returns the rendered series of every visible VM, in the
 // fleet's order, rendering again only the VMs that changed, and forgets
-// the VMs no longer shown.
+// the VMs no longer shown. The cache's lock is held only to look up and
+// store: renders (under each VM's lock) of concurrent scrapes overlap.
 func (t *TextWriter) renderAll(now time.Time) []*renderedVM {
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	t.scrapes++
+	scrape := t.scrapes
+	t.mu.Unlock()
 	var vms []*renderedVM
 	t.fleet.Visible(now, func(v *fleet.VM, vm string, st *vmstate.State) {
+		t.mu.Lock()
 		c := t.cache[v]
 		if c == nil {
-			c = &cached{}
+			c = &cached{seen: scrape}
 			t.cache[v] = c
 		}
-		if r := c.r; r == nil || r.gen != v.Gen() || r.vm != vm {
-			c.r = render(v, vm, st)
+		r := c.r
+		t.mu.Unlock()
+		if r == nil || r.gen != v.Gen() || r.vm != vm {
+			r = render(v, vm, st)
 		}
-		c.seen = t.scrapes
-		vms = append(vms, c.r)
+		t.mu.Lock()
+		c.r, c.seen = r, max(c.seen, scrape)
+		t.mu.Unlock()
+		vms = append(vms, r)
 	})
+	// Forget the VMs that neither this scrape nor a later one showed.
+	t.mu.Lock()
 	for v, c := range t.cache {
-		if c.seen != t.scrapes {
+		if c.seen < scrape {
 			delete(t.cache, v)
 		}
 	}
+	t.mu.Unlock()
 	return vms
 }
 
@@ -171,7 +182,7 @@ func render(v *fleet.VM, vm string, st *vmstate.State) *renderedVM {
 	s.base = textTemplates
 	clear(s.tmpl)
 	s.vm = appendEscaped(s.vm[:0], vm, true)
-	e := sink{vm: vm, extra: v.Meta().Labels, text: s}
+	e := sink{vm: vm, extra: v.Meta().Labels, text: s, k: &s.keys}
 	e.emit(textFamilies, st)
 	s.off[len(textFamilies)] = uint32(len(s.buf))
 	r := &renderedVM{gen: v.Gen(), vm: vm, data: slices.Clone(s.buf), off: slices.Clone(s.off)}

@@ -281,11 +281,11 @@ func startSources(f *flags, conf *configuration, initial []qmpsock.Target, vms *
 	if len(initial) == 0 && len(globs) == 0 && len(listens) == 0 {
 		level.Warn(logger).Log("msg", "no VMs to watch: pass --qmp.socket, --qmp.socket-glob or --qmp.listen, or use --config.file")
 	}
+	src.Configure(initial, globs, rescan, mergeLabels(cfg.Labels, nil))
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(context.Background())
 	stop = func() { cancel(); wg.Wait() }
 	wg.Go(func() { _ = src.Run(ctx) })
-	src.Configure(initial, globs, rescan, mergeLabels(cfg.Labels, nil))
 	for _, l := range listens {
 		ln, name, err := qmpsock.OpenListener(l.Path, l.Address, fs.FileMode(l.Mode))
 		if err != nil {

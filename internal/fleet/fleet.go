@@ -88,7 +88,9 @@ func (f *Fleet) StaleAfter() time.Duration { return f.opts.StaleAfter }
 
 // Add adds a VM under key, which orders the VMs (so that label collisions
 // resolve the same way on every scrape) and must be unique across all
-// sources: each source prefixes its keys with its own kind. Its state is
+// sources: a new source starts its keys with its own kind (the
+// QMP-socket source's keys, older, are its targets' and "dialin\x00"
+// plus a dialled-in VM's identity). Its state is
 // a fresh vmstate.State, down since now.
 func (f *Fleet) Add(key string, meta Meta, now time.Time) (*VM, error) {
 	f.mu.Lock()

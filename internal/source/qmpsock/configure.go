@@ -13,6 +13,9 @@ import (
 // the sockets they match now, and the running Discoverer. Guarded by its
 // own mutex (Source.mu guards the watchers, which Sync takes).
 type discovery struct {
+	// restart serializes restartDiscovery, so that a Configure and the
+	// start of Run never run two discoveries.
+	restart    sync.Mutex
 	mu         sync.Mutex
 	static     []Target
 	discovered []string
@@ -47,6 +50,8 @@ func (s *Source) Configure(static []Target, globs []string, rescan time.Duration
 // restartDiscovery stops the running discovery, if any, and starts one
 // for the configured globs once Run has started.
 func (s *Source) restartDiscovery() {
+	s.disc.restart.Lock()
+	defer s.disc.restart.Unlock()
 	s.stopDiscovery()
 	s.mu.Lock()
 	ctx := s.ctx

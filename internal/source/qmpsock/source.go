@@ -220,8 +220,8 @@ func (s *Source) reap(now time.Time) {
 }
 
 // EachListenerCount calls fn with each of the listeners' connection
-// counters, by listener and result (accepted, refused, failed), in that
-// order. fn must not call back into s.
+// counters (results: accepted, refused, failed), sorted by listener,
+// then result. fn must not call back into s.
 func (s *Source) EachListenerCount(fn func(listener, result string, count uint64)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -21,7 +21,7 @@ type Target struct {
 	// Labels are added to every series of the VM.
 	Labels map[string]string
 	// Discovered marks a target found by scanning globs: its series are
-	// hidden once it has been unreachable for Options.StaleAfter (its
+	// hidden once it has been unreachable for the fleet's StaleAfter (its
 	// socket may linger after QEMU was killed).
 	Discovered bool
 }
