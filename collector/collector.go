@@ -55,19 +55,32 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-// Collect sends the current value of every series. Each VM's metrics are
-// built under that VM's lock (a few microseconds, during which its event
-// reader waits), and all are sent once every lock is released.
+// Collect sends the current value of every series. It first takes the
+// visible VMs and their labels from the fleet, then builds each VM's
+// metrics under that VM's lock (a few microseconds, during which its
+// event reader waits) and sends them once the lock is released, so that
+// a slow consumer of ch holds no VM and only one VM's metrics are kept at
+// a time. (A VM whose state changes in between is shown as it is when
+// its metrics are built, under the label it had a moment before.)
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	type shown struct {
+		v     *fleet.VM
+		label string
+	}
+	var vms []shown
+	c.fleet.Visible(time.Now(), func(v *fleet.VM, label string, _ *vmstate.State) {
+		vms = append(vms, shown{v, label})
+	})
 	var out []prometheus.Metric
 	var keys keyCache
-	c.fleet.Visible(time.Now(), func(v *fleet.VM, vm string, st *vmstate.State) {
-		s := sink{vm: vm, extra: v.Meta().Labels, out: out, c: c, k: &keys}
-		s.emit(vmMetrics, st)
+	for _, vm := range vms {
+		s := sink{vm: vm.label, extra: vm.v.Meta().Labels, out: out[:0], c: c, k: &keys}
+		s.emit(vmMetrics, vm.v.LockRead())
+		vm.v.Unlock()
 		out = s.out
-	})
-	for _, m := range out {
-		ch <- m
+		for _, m := range out {
+			ch <- m
+		}
 	}
 }
 

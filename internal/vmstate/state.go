@@ -211,11 +211,15 @@ type Display struct {
 // the journal read the exported fields; only this package's methods and
 // the source's session counters (Attempts, Failures, ProtocolErrors,
 // CommandTimeouts) change them.
+//
+// The booleans sit together, away from the fields they qualify, so that
+// the struct packs into a smaller allocation: with fleet.VM around it, 768
+// bytes instead of 896 per VM (a host keeps one per VM; see fleet.VM).
 type State struct {
 	Up     bool
+	Synced bool   // Info is valid
 	Status string // current RunState; "" while unknown
 	Info   Info
-	Synced bool // Info is valid
 	// DownSince is when the VM was last seen up, or when its source
 	// started looking for it; zero while it is up.
 	DownSince time.Time
@@ -236,15 +240,15 @@ type State struct {
 	Panics            map[[2]string]uint64 // action, info type; see countPanic
 	Crashloads        map[string]uint64    // action
 	Watchdog          map[string]uint64    // action; see countWatchdog
+	MemoryFailures    map[[2]string]uint64 // recipient, action
+	RTCOffset         int64                // valid when RTCKnown
+	Dumps             [2]uint64            // by DumpResults
+	DeviceDeletions   uint64
+	Vserports         map[string]bool
 	// ownPanics and ownWatchdog: Panics and Watchdog are this VM's own
 	// maps, no longer the shared zeroPanics and zeroWatchdog.
 	ownPanics, ownWatchdog bool
-	MemoryFailures         map[[2]string]uint64 // recipient, action
-	RTCOffset              int64
 	RTCKnown               bool
-	Dumps                  [2]uint64 // by DumpResults
-	DeviceDeletions        uint64
-	Vserports              map[string]bool
 
 	// Block devices and their name maps.
 	Devices   map[string]*BlockDev
@@ -256,9 +260,9 @@ type State struct {
 	// for the JOB_STATUS_CHANGE that follows it.
 	endedJob    [2]string
 	JobErrors   [2][3]uint64 // by IOOperations × IOActions
-	Balloon     uint64
+	Balloon     uint64       // valid when BalloonOK
+	HVBalloon   [2]uint64    // committed, available; valid when HVBalloonOK
 	BalloonOK   bool
-	HVBalloon   [2]uint64 // committed, available
 	HVBalloonOK bool
 
 	Migration     Migration
