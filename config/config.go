@@ -57,6 +57,9 @@ type Config struct {
 	// Listen are sockets on which the exporter accepts connections from
 	// QEMUs started with a client-mode QMP chardev (reconnect=...).
 	Listen []Listen `yaml:"listen"`
+	// Libvirt reads every domain of a libvirtd through its socket; off
+	// when Socket is empty.
+	Libvirt Libvirt `yaml:"libvirt"`
 	// Labels are added to every series of every VM; a VM's own labels
 	// override them.
 	Labels map[string]string `yaml:"labels"`
@@ -80,6 +83,13 @@ type Listen struct {
 	// AllowedUIDs, if not empty, are the only user ids whose processes
 	// may connect to a unix listener (checked with SO_PEERCRED).
 	AllowedUIDs []uint32 `yaml:"allowed_uids"`
+}
+
+// Libvirt configures the libvirt source.
+type Libvirt struct {
+	// Socket is libvirtd's socket; the read-only one
+	// (/run/libvirt/libvirt-sock-ro) is all the exporter needs.
+	Socket string `yaml:"socket"`
 }
 
 // FileMode is a unix file mode written in octal, such as "0660".
@@ -262,6 +272,11 @@ func (c *Config) validate() error {
 		}
 	}
 	errs = append(errs, c.Discovery.validate()...)
+	if c.Libvirt.Socket != "" {
+		if err := checkUnixPath(c.Libvirt.Socket); err != nil {
+			errs = append(errs, fmt.Errorf("libvirt: socket: %w", err))
+		}
+	}
 	for i := range c.Listen {
 		if err := c.Listen[i].validate(); err != nil {
 			errs = append(errs, fmt.Errorf("listen[%d]: %w", i, err))

@@ -515,6 +515,7 @@ listen:
     mode: "0600"
     allowed_uids: [0, 64055]
   - address: ":4445"
+libvirt: {socket: /run/libvirt/libvirt-sock-ro}
 discovery:
   socket_globs: ["/run/qemu-server/*.qmp"]
   stale_after: 90s
@@ -530,6 +531,7 @@ discovery:
 			{Address: "127.0.0.1:4445", Mode: DefaultListenMode},
 		},
 		Discovery: Discovery{SocketGlobs: []string{"/run/qemu-server/*.qmp"}, RescanInterval: Duration(DefaultRescanInterval), StaleAfter: Duration(90 * time.Second)},
+		Libvirt:   Libvirt{Socket: "/run/libvirt/libvirt-sock-ro"},
 	}
 	if diff := cmp.Diff(want, c); diff != "" {
 		t.Errorf("Parse (-want +got):\n%s", diff)
@@ -542,6 +544,7 @@ discovery:
 		{"listen: [{address: 'h:0'}]", `listen[0]: invalid address "h:0": port "0" is not a number from 1 to 65535`},
 		{"labels: {vm: x}", `labels: label name "vm" is reserved, the exporter sets it to the VM's name`},
 		{"discovery: {stale_after: 0s}", "discovery.stale_after: must be greater than 0, got 0s"},
+		{"libvirt: {socket: \"a\\0b\"}", "libvirt: socket: unix socket path contains a NUL byte"},
 	} {
 		_, err := Parse([]byte(tc.in))
 		if err == nil || err.Error() != tc.want {

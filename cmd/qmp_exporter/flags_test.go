@@ -38,6 +38,7 @@ func TestRunExitCodes(t *testing.T) {
 		{"unknown flag", []string{"--nope"}, 2, "", "unknown long flag '--nope'"},
 		{"bad socket", []string{"--qmp.socket=tcp:host:0"}, 1, "", "--qmp.socket"},
 		{"no room for dialled-in VMs", []string{"--qmp.listen-max-vms=0"}, 1, "", "--qmp.listen-max-vms must be at least 1"},
+		{"no room for libvirt domains", []string{"--libvirt.max-domains=0"}, 1, "", "--libvirt.max-domains must be at least 1"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

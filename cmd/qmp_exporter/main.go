@@ -38,6 +38,7 @@ import (
 	"github.com/qmp-exporter/qmp_exporter/collector"
 	"github.com/qmp-exporter/qmp_exporter/config"
 	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
+	"github.com/qmp-exporter/qmp_exporter/internal/source/libvirtd"
 	"github.com/qmp-exporter/qmp_exporter/internal/source/qmpsock"
 )
 
@@ -65,6 +66,8 @@ type flags struct {
 	commandTimeout time.Duration
 	maxBackoff     time.Duration
 	refresh        time.Duration
+	libvirtSocket  string
+	libvirtMax     int
 	maxMessage     int
 	metricsPath    string
 	noExporterMet  bool
@@ -111,6 +114,10 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
 		Default("30s").DurationVar(&f.refresh)
 	app.Flag("qmp.max-message-bytes", "Largest QMP message accepted; a VM that sends a longer one is disconnected.").
 		Default("1048576").IntVar(&f.maxMessage)
+	app.Flag("libvirt.socket", "Watch every domain of the libvirtd behind this socket, without changing or tainting any: give its read-only socket, /run/libvirt/libvirt-sock-ro. Overrides libvirt.socket of --config.file; off when neither is set.").
+		PlaceHolder("PATH").StringVar(&f.libvirtSocket)
+	app.Flag("libvirt.max-domains", "Most libvirt domains kept. At the bound a new domain replaces the one stopped longest, or is left out while all run.").
+		Default(strconv.Itoa(libvirtd.DefaultMaxDomains)).IntVar(&f.libvirtMax)
 	app.Flag("web.telemetry-path", "Path under which to expose metrics.").
 		Default("/metrics").StringVar(&f.metricsPath)
 	app.Flag("web.disable-exporter-metrics", "Exclude the exporter's own go_*, process_* and promhttp_* metrics from /metrics.").
@@ -175,6 +182,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cfg, initial, err := conf.load()
 	if err == nil && f.listenMaxVMs < 1 {
 		err = fmt.Errorf("--qmp.listen-max-vms must be at least 1, got %d", f.listenMaxVMs)
+	}
+	if err == nil && f.libvirtMax < 1 {
+		err = fmt.Errorf("--libvirt.max-domains must be at least 1, got %d", f.libvirtMax)
 	}
 	if err != nil {
 		level.Error(logger).Log("msg", "cannot start", "err", err)
@@ -278,14 +288,29 @@ func startSources(f *flags, conf *configuration, initial []qmpsock.Target, vms *
 	for _, p := range f.listens {
 		listens = append(listens, config.Listen{Path: p, Mode: config.DefaultListenMode})
 	}
-	if len(initial) == 0 && len(globs) == 0 && len(listens) == 0 {
-		level.Warn(logger).Log("msg", "no VMs to watch: pass --qmp.socket, --qmp.socket-glob or --qmp.listen, or use --config.file")
+	libvirtSocket := conf.libvirtSocket(cfg)
+	if len(initial) == 0 && len(globs) == 0 && len(listens) == 0 && libvirtSocket == "" {
+		level.Warn(logger).Log("msg", "no VMs to watch: pass --qmp.socket, --qmp.socket-glob, --qmp.listen or --libvirt.socket, or use --config.file")
 	}
 	src.Configure(initial, globs, rescan, mergeLabels(cfg.Labels, nil))
 	var wg sync.WaitGroup
 	ctx, cancel := context.WithCancel(context.Background())
 	stop = func() { cancel(); wg.Wait() }
 	wg.Go(func() { _ = src.Run(ctx) })
+	if libvirtSocket != "" {
+		lv := libvirtd.New(vms, libvirtd.Options{
+			Socket:          libvirtSocket,
+			DialTimeout:     f.dialTimeout,
+			CallTimeout:     f.commandTimeout,
+			MaxBackoff:      f.maxBackoff,
+			RefreshInterval: f.refresh,
+			MaxDomains:      f.libvirtMax,
+			Labels:          mergeLabels(cfg.Labels, nil),
+			Logger:          logger,
+		})
+		level.Info(logger).Log("msg", "watching libvirt domains", "libvirt", libvirtSocket)
+		wg.Go(func() { _ = lv.Run(ctx) })
+	}
 	for _, l := range listens {
 		ln, name, err := qmpsock.OpenListener(l.Path, l.Address, fs.FileMode(l.Mode))
 		if err != nil {

@@ -80,6 +80,15 @@ func (c *configuration) staleAfterOf(cfg *config.Config) time.Duration {
 	return time.Duration(cfg.Discovery.StaleAfter)
 }
 
+// libvirtSocket is --libvirt.socket if given, else the file's
+// libvirt.socket. It is read once, at start.
+func (c *configuration) libvirtSocket(cfg *config.Config) string {
+	if c.f.libvirtSocket != "" || cfg == nil {
+		return c.f.libvirtSocket
+	}
+	return cfg.Libvirt.Socket
+}
+
 // reloadMetrics are the two qmp_exporter_config_last_reload_* gauges.
 type reloadMetrics struct{ ok, time prometheus.Gauge }
 
@@ -116,6 +125,9 @@ func (c *configuration) reload() error {
 	}
 	globs, rescan := c.discovery(cfg)
 	c.src.Configure(ts, globs, rescan, mergeLabels(cfg.Labels, nil))
+	if ls := c.libvirtSocket(cfg); ls != c.libvirtSocket(c.running) {
+		level.Warn(c.logger).Log("msg", "libvirt.socket changed; it takes effect when the exporter restarts", "running", c.libvirtSocket(c.running), "configured", ls)
+	}
 	if sa := c.staleAfterOf(cfg); sa != c.staleAfter {
 		level.Warn(c.logger).Log("msg", "discovery.stale_after changed; it takes effect when the exporter restarts", "running", c.staleAfter, "configured", sa)
 	}

@@ -37,6 +37,8 @@ var rules = []rule{
 		"sources feed the fleet and know nothing of Prometheus or the configuration file"},
 	{"internal/source/qmpsock", []string{clientGolang, module + "/collector", module + "/config"},
 		"sources feed the fleet and know nothing of Prometheus or the configuration file"},
+	{"internal/source/libvirtd", []string{clientGolang, module + "/collector", module + "/config", module + "/internal/source/qmpsock"},
+		"sources feed the fleet and know nothing of Prometheus, the configuration file or each other"},
 	{"collector", []string{"net", "os", "syscall", module + "/qmp", module + "/internal/source", module + "/config", "github.com/fsnotify/"},
 		"the exposition reads VM state and touches no socket"},
 	{"config", []string{"github.com/fsnotify/", "net/http", ourPackages, clientGolang},

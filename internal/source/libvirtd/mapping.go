@@ -1,0 +1,190 @@
+package libvirtd
+
+import (
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/digitalocean/go-libvirt"
+
+	"github.com/qmp-exporter/qmp_exporter/qmp"
+)
+
+// What libvirt says and what it stands for in QEMU's terms. libvirt's
+// typed events are its translation of QMP events; each is turned back
+// into the QMP event it stands for (name, and data in QMP's shape), so
+// that the VM state folds it as it folds QEMU's own, and every metric
+// reads the same whatever the source. libvirt's events carry no
+// timestamp: the time of arrival stands in for QEMU's.
+
+// runState maps libvirt's state and reason (virDomainGetState) to QEMU's
+// RunState, and reports whether the domain's QEMU runs at all. "" is a
+// state QEMU has but libvirt does not tell.
+func runState(state, reason int32) (status string, active bool) {
+	switch libvirt.DomainState(state) {
+	case libvirt.DomainRunning, libvirt.DomainBlocked:
+		return "running", true
+	case libvirt.DomainPaused:
+		return pausedState(libvirt.DomainPausedReason(reason)), true
+	case libvirt.DomainShutdown:
+		return "shutdown", true
+	case libvirt.DomainCrashed:
+		return "guest-panicked", true
+	case libvirt.DomainPmsuspended:
+		return "suspended", true
+	case libvirt.DomainShutoff:
+		return "", false
+	}
+	return "", true // no state: libvirt does not know either
+}
+
+// pausedState maps the reason a domain is paused to QEMU's RunState.
+func pausedState(r libvirt.DomainPausedReason) string {
+	switch r {
+	case libvirt.DomainPausedIoerror:
+		return "io-error"
+	case libvirt.DomainPausedWatchdog:
+		return "watchdog"
+	case libvirt.DomainPausedCrashed:
+		return "guest-panicked"
+	case libvirt.DomainPausedMigration:
+		return "finish-migrate"
+	case libvirt.DomainPausedSave, libvirt.DomainPausedSnapshot:
+		return "save-vm"
+	case libvirt.DomainPausedFromSnapshot:
+		return "restore-vm"
+	case libvirt.DomainPausedStartingUp:
+		return "prelaunch"
+	}
+	return "paused"
+}
+
+// suspendedState maps the detail of a lifecycle "suspended" event to
+// QEMU's RunState, as pausedState does for the state's reason.
+func suspendedState(d libvirt.DomainEventSuspendedDetailType) string {
+	switch d {
+	case libvirt.DomainEventSuspendedIoerror:
+		return "io-error"
+	case libvirt.DomainEventSuspendedWatchdog:
+		return "watchdog"
+	case libvirt.DomainEventSuspendedMigrated:
+		return "finish-migrate"
+	}
+	return "paused"
+}
+
+// watchdogActions are QEMU's WatchdogAction names of libvirt's actions.
+var watchdogActions = map[libvirt.DomainEventWatchdogAction]string{
+	libvirt.DomainEventWatchdogNone:      "none",
+	libvirt.DomainEventWatchdogPause:     "pause",
+	libvirt.DomainEventWatchdogReset:     "reset",
+	libvirt.DomainEventWatchdogPoweroff:  "poweroff",
+	libvirt.DomainEventWatchdogShutdown:  "shutdown",
+	libvirt.DomainEventWatchdogDebug:     "debug",
+	libvirt.DomainEventWatchdogInjectnmi: "inject-nmi",
+}
+
+// translation is what one libvirt event means for its domain.
+type translation struct {
+	dom libvirt.Domain
+	// event is the QMP event it stands for; Name is "" when none.
+	event qmp.Event
+	// status is the run state it leaves the domain in; "" for no change.
+	status string
+	// stopped: the domain's QEMU is gone. resync: read the domain's
+	// state again (it started, or came back).
+	stopped, resync bool
+}
+
+// translate turns an event from go-libvirt's SubscribeEvents into what
+// it means; ok is false for an event the exporter has no use for.
+func translate(msg any, now time.Time) (t translation, ok bool) {
+	ev := func(name, data string) qmp.Event {
+		e := qmp.Event{Name: name, Time: now}
+		if data != "" {
+			e.Data = []byte(data)
+		}
+		return e
+	}
+	switch m := msg.(type) {
+	case *libvirt.DomainEventCallbackLifecycleMsg:
+		return lifecycle(m.Msg, ev)
+	case *libvirt.DomainEventCallbackRebootMsg:
+		return translation{dom: m.Msg.Dom, event: ev("RESET", "")}, true
+	case *libvirt.DomainEventCallbackRtcChangeMsg:
+		return translation{dom: m.Msg.Dom, event: ev("RTC_CHANGE", `{"offset": `+strconv.FormatInt(m.Msg.Offset, 10)+`}`)}, true
+	case *libvirt.DomainEventCallbackWatchdogMsg:
+		a, known := watchdogActions[libvirt.DomainEventWatchdogAction(m.Msg.Action)]
+		if !known {
+			return translation{}, false
+		}
+		return translation{dom: m.Msg.Dom, event: ev("WATCHDOG", `{"action": "`+a+`"}`)}, true
+	case *libvirt.DomainEventCallbackTrayChangeMsg:
+		open := libvirt.DomainEventTrayChangeReason(m.Msg.Reason) == libvirt.DomainEventTrayChangeOpen
+		return translation{dom: m.Msg.Dom, event: ev("DEVICE_TRAY_MOVED",
+			fmt.Sprintf(`{"device": "", "id": %s, "tray-open": %t}`, strconv.Quote(m.Msg.DevAlias), open))}, true
+	case *libvirt.DomainEventCallbackBalloonChangeMsg:
+		return translation{dom: m.Msg.Dom, event: ev("BALLOON_CHANGE", `{"actual": `+strconv.FormatUint(m.Msg.Actual*1024, 10)+`}`)}, true
+	case *libvirt.DomainEventCallbackPmsuspendMsg:
+		return translation{dom: m.Msg.Dom, event: ev("SUSPEND", ""), status: "suspended"}, true
+	case *libvirt.DomainEventCallbackPmsuspendDiskMsg:
+		return translation{dom: m.Msg.Dom, event: ev("SUSPEND_DISK", "")}, true
+	case *libvirt.DomainEventCallbackPmwakeupMsg:
+		return translation{dom: m.Msg.Dom, event: ev("WAKEUP", ""), status: "running"}, true
+	case *libvirt.DomainEventCallbackDeviceRemovedMsg:
+		a := strconv.Quote(m.Msg.DevAlias)
+		return translation{dom: m.Msg.Dom, event: ev("DEVICE_DELETED", `{"device": `+a+`, "path": `+strconv.Quote("/machine/peripheral/"+m.Msg.DevAlias)+`}`)}, true
+	}
+	return translation{}, false
+}
+
+// lifecycle translates a lifecycle event.
+func lifecycle(m libvirt.DomainEventLifecycleMsg, ev func(name, data string) qmp.Event) (translation, bool) {
+	t := translation{dom: m.Dom}
+	switch libvirt.DomainEventType(m.Event) {
+	case libvirt.DomainEventStarted:
+		t.resync = true
+	case libvirt.DomainEventSuspended:
+		t.event, t.status = ev("STOP", ""), suspendedState(libvirt.DomainEventSuspendedDetailType(m.Detail))
+	case libvirt.DomainEventResumed:
+		t.event, t.status = ev("RESUME", ""), "running"
+	case libvirt.DomainEventShutdown:
+		// libvirt's detail says whether the guest asked (QMP's guest
+		// member); QMP's reason it does not pass on.
+		switch libvirt.DomainEventShutdownDetailType(m.Detail) {
+		case libvirt.DomainEventShutdownGuest:
+			t.event = ev("SHUTDOWN", `{"guest": true, "reason": "unknown"}`)
+		case libvirt.DomainEventShutdownHost:
+			t.event = ev("SHUTDOWN", `{"guest": false, "reason": "unknown"}`)
+		default:
+			t.event = ev("SHUTDOWN", "")
+		}
+		t.status = "shutdown"
+	case libvirt.DomainEventPmsuspended:
+		t.event, t.status = ev("SUSPEND", ""), "suspended"
+	case libvirt.DomainEventCrashed:
+		// libvirt has QEMU pause on a panic and applies the domain's
+		// on_crash itself (a destroy then comes as a stopped event).
+		if libvirt.DomainEventCrashedDetailType(m.Detail) == libvirt.DomainEventCrashedCrashloaded {
+			t.event = ev("GUEST_CRASHLOADED", `{"action": "run"}`)
+		} else {
+			t.event, t.status = ev("GUEST_PANICKED", `{"action": "pause"}`), "guest-panicked"
+		}
+	case libvirt.DomainEventStopped:
+		t.stopped = true
+	default:
+		return t, false // defined, undefined: no QEMU behind them
+	}
+	return t, true
+}
+
+// uuidString formats a domain's UUID as libvirt and QEMU print it.
+func uuidString(u libvirt.UUID) string {
+	return fmt.Sprintf("%x-%x-%x-%x-%x", u[0:4], u[4:6], u[6:8], u[8:10], u[10:16])
+}
+
+// qemuVersion formats ConnectGetVersion's number (major·10⁶ + minor·10³
+// + micro) as qmp.Version does.
+func qemuVersion(v uint64) string {
+	return fmt.Sprintf("%d.%d.%d", v/1000000, v/1000%1000, v%1000)
+}

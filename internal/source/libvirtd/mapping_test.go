@@ -1,0 +1,132 @@
+package libvirtd
+
+import (
+	"testing"
+	"time"
+
+	"github.com/digitalocean/go-libvirt"
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
+)
+
+func TestRunState(t *testing.T) {
+	for _, tc := range []struct {
+		state, reason int32
+		want          string
+		active        bool
+	}{
+		{int32(libvirt.DomainRunning), int32(libvirt.DomainRunningBooted), "running", true},
+		{int32(libvirt.DomainPaused), int32(libvirt.DomainPausedUser), "paused", true},
+		{int32(libvirt.DomainPaused), int32(libvirt.DomainPausedIoerror), "io-error", true},
+		{int32(libvirt.DomainPaused), int32(libvirt.DomainPausedWatchdog), "watchdog", true},
+		{int32(libvirt.DomainPaused), int32(libvirt.DomainPausedCrashed), "guest-panicked", true},
+		{int32(libvirt.DomainPaused), int32(libvirt.DomainPausedStartingUp), "prelaunch", true},
+		{int32(libvirt.DomainCrashed), int32(libvirt.DomainCrashedPanicked), "guest-panicked", true},
+		{int32(libvirt.DomainPmsuspended), 0, "suspended", true},
+		{int32(libvirt.DomainShutdown), 0, "shutdown", true},
+		{int32(libvirt.DomainShutoff), int32(libvirt.DomainShutoffDestroyed), "", false},
+	} {
+		got, active := runState(tc.state, tc.reason)
+		if got != tc.want || active != tc.active {
+			t.Errorf("runState(%d, %d) = %q, %v; want %q, %v", tc.state, tc.reason, got, active, tc.want, tc.active)
+		}
+	}
+}
+
+// TestTranslateFoldsLikeQEMU folds each libvirt event's translation into
+// a fresh state and checks what the metrics read: the counts under the
+// QMP event's name and the state the event stands for.
+func TestTranslateFoldsLikeQEMU(t *testing.T) {
+	dom := libvirt.Domain{Name: "web", UUID: libvirt.UUID{0x5c, 0x0f}}
+	lc := func(ev libvirt.DomainEventType, detail int32) any {
+		return &libvirt.DomainEventCallbackLifecycleMsg{Msg: libvirt.DomainEventLifecycleMsg{Dom: dom, Event: int32(ev), Detail: detail}}
+	}
+	type view struct {
+		Event     string
+		Status    string
+		Stopped   bool
+		Resync    bool
+		Watchdog  map[string]uint64
+		Panics    uint64
+		Shutdowns map[vmstate.GuestReason]uint64
+		Tray      int8
+		Balloon   uint64
+		RTC       int64
+	}
+	for _, tc := range []struct {
+		name string
+		msg  any
+		want view
+	}{
+		{"suspended for an I/O error", lc(libvirt.DomainEventSuspended, int32(libvirt.DomainEventSuspendedIoerror)), view{Event: "STOP", Status: "io-error"}},
+		{"suspended by the watchdog", lc(libvirt.DomainEventSuspended, int32(libvirt.DomainEventSuspendedWatchdog)), view{Event: "STOP", Status: "watchdog"}},
+		{"resumed", lc(libvirt.DomainEventResumed, 0), view{Event: "RESUME", Status: "running"}},
+		{"started", lc(libvirt.DomainEventStarted, 0), view{Resync: true}},
+		{"stopped", lc(libvirt.DomainEventStopped, int32(libvirt.DomainEventStoppedDestroyed)), view{Stopped: true}},
+		{"guest shut down", lc(libvirt.DomainEventShutdown, int32(libvirt.DomainEventShutdownGuest)),
+			view{Event: "SHUTDOWN", Status: "shutdown", Shutdowns: map[vmstate.GuestReason]uint64{{Guest: true, Reason: "unknown"}: 1}}},
+		{"panicked", lc(libvirt.DomainEventCrashed, int32(libvirt.DomainEventCrashedPanicked)), view{Event: "GUEST_PANICKED", Status: "guest-panicked", Panics: 1}},
+		{"pmsuspended", lc(libvirt.DomainEventPmsuspended, 0), view{Event: "SUSPEND", Status: "suspended"}},
+		{"watchdog reset", &libvirt.DomainEventCallbackWatchdogMsg{Msg: libvirt.DomainEventWatchdogMsg{Dom: dom, Action: int32(libvirt.DomainEventWatchdogReset)}},
+			view{Event: "WATCHDOG", Watchdog: map[string]uint64{"reset": 1}}},
+		{"tray opened", &libvirt.DomainEventCallbackTrayChangeMsg{Msg: libvirt.DomainEventTrayChangeMsg{Dom: dom, DevAlias: "ide0-1-0", Reason: int32(libvirt.DomainEventTrayChangeOpen)}},
+			view{Event: "DEVICE_TRAY_MOVED", Tray: 1}},
+		{"balloon", &libvirt.DomainEventCallbackBalloonChangeMsg{Msg: libvirt.DomainEventBalloonChangeMsg{Dom: dom, Actual: 65536}},
+			view{Event: "BALLOON_CHANGE", Balloon: 64 << 20}},
+		{"rtc", &libvirt.DomainEventCallbackRtcChangeMsg{Msg: libvirt.DomainEventRtcChangeMsg{Dom: dom, Offset: -3600}},
+			view{Event: "RTC_CHANGE", RTC: -3600}},
+		{"reboot", &libvirt.DomainEventCallbackRebootMsg{Msg: libvirt.DomainEventRebootMsg{Dom: dom}}, view{Event: "RESET"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tr, ok := translate(tc.msg, time.Unix(1700000000, 0))
+			if !ok || tr.dom.Name != "web" {
+				t.Fatalf("not translated, or for domain %q", tr.dom.Name)
+			}
+			st := vmstate.New()
+			st.MarkUp()
+			if tr.event.Name != "" {
+				st.Apply(tr.event)
+				if st.DataErrors != 0 {
+					t.Fatalf("%s data %s is not QMP's shape", tr.event.Name, tr.event.Data)
+				}
+			}
+			if tr.status != "" {
+				st.SetStatus(tr.status)
+			}
+			got := view{Event: tr.event.Name, Status: tr.status, Stopped: tr.stopped, Resync: tr.resync, Tray: -1,
+				Balloon: st.Balloon, RTC: st.RTCOffset, Shutdowns: st.Shutdowns}
+			for a, n := range st.Watchdog {
+				if n > 0 {
+					if got.Watchdog == nil {
+						got.Watchdog = map[string]uint64{}
+					}
+					got.Watchdog[a] = n
+				}
+			}
+			got.Panics = st.Panics[[2]string{"pause", "none"}]
+			if d := st.Devices["ide0-1-0"]; d != nil {
+				got.Tray = d.Tray
+			}
+			if tc.want.Tray == 0 {
+				tc.want.Tray = -1
+			}
+			if tr.event.Name != "" && st.Events[tr.event.Name].Count != 1 {
+				t.Errorf("%s not counted once", tr.event.Name)
+			}
+			if diff := cmp.Diff(tc.want, got); diff != "" {
+				t.Errorf("(-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestUUIDAndVersion(t *testing.T) {
+	u := libvirt.UUID{0x5c, 0x0f, 0xfe, 0xe0, 0x0d, 0x15, 0x4a, 0x7b, 0x9e, 0x3c, 0, 0, 0, 0, 0, 1}
+	if got := uuidString(u); got != "5c0ffee0-0d15-4a7b-9e3c-000000000001" {
+		t.Errorf("uuidString = %s", got)
+	}
+	if got := qemuVersion(7002022); got != "7.2.22" {
+		t.Errorf("qemuVersion = %s", got)
+	}
+}

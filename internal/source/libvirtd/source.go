@@ -1,0 +1,521 @@
+// Package libvirtd is the libvirt source: it watches every domain of a
+// libvirtd through its read-only socket, without touching a domain.
+//
+// libvirtd holds every domain's QMP monitor and relays what QEMU says as
+// typed events to any client that subscribes; the read-only socket gives
+// every domain's events but refuses anything that would change a domain.
+// The source subscribes to those events, turns each back into the QMP
+// event it stands for (mapping.go) and folds it into the domain's VM in
+// the fleet; it re-reads each domain's state when the connection is made,
+// when a domain starts, and every refresh interval. The calls it may
+// make are an allow-list checked on every frame before it is written
+// (guard.go), so it can neither change nor taint a domain
+// (QEMUDomainMonitorCommand would), whatever a caller asks.
+package libvirtd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/digitalocean/go-libvirt"
+	"github.com/digitalocean/go-libvirt/socket"
+	"github.com/digitalocean/go-libvirt/socket/dialers"
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
+
+	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
+	"github.com/qmp-exporter/qmp_exporter/internal/source"
+	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
+)
+
+// Options configure the source.
+type Options struct {
+	// Socket is libvirtd's socket; its read-only one is meant
+	// (/run/libvirt/libvirt-sock-ro).
+	Socket string
+	// DialTimeout bounds connecting; CallTimeout each call. A call that
+	// times out drops the connection, which is then made again.
+	DialTimeout, CallTimeout time.Duration
+	// MinBackoff and MaxBackoff bound the wait between failed connections.
+	MinBackoff, MaxBackoff time.Duration
+	// RefreshInterval is how often every domain's state is read again.
+	RefreshInterval time.Duration
+	// MaxDomains bounds the domains kept; at the bound, the one gone
+	// longest is forgotten for a new one, and a new one is left out while
+	// all are running.
+	MaxDomains int
+	// Labels are added to every series of the domains.
+	Labels map[string]string
+	// Logger receives the source's logs; nil discards them.
+	Logger log.Logger
+
+	// dialer replaces the unix socket in tests.
+	dialer socket.Dialer
+}
+
+// DefaultMaxDomains is Options.MaxDomains when it is zero.
+const DefaultMaxDomains = 1024
+
+func (o *Options) setDefaults() {
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = 5 * time.Second
+	}
+	if o.CallTimeout <= 0 {
+		o.CallTimeout = 5 * time.Second
+	}
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 100 * time.Millisecond
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = max(30*time.Second, o.MinBackoff)
+	}
+	if o.RefreshInterval <= 0 {
+		o.RefreshInterval = 30 * time.Second
+	}
+	if o.MaxDomains <= 0 {
+		o.MaxDomains = DefaultMaxDomains
+	}
+	if o.Logger == nil {
+		o.Logger = log.NewNopLogger()
+	}
+	if o.dialer == nil {
+		o.dialer = dialers.NewLocal(dialers.WithSocket(o.Socket), dialers.WithLocalTimeout(o.DialTimeout))
+	}
+}
+
+// Source keeps the VMs of one libvirtd's domains.
+type Source struct {
+	opts   Options
+	fleet  *fleet.Fleet
+	logger log.Logger
+
+	mu   sync.Mutex
+	doms map[string]*domain // by UUID
+	full bool               // a domain was left out at MaxDomains (logged once)
+}
+
+var _ source.Source = (*Source)(nil)
+
+// domain is one libvirt domain the source keeps.
+type domain struct {
+	vm   *fleet.VM
+	name string
+}
+
+// New returns a source for the libvirtd at opts.Socket, whose domains
+// live in f.
+func New(f *fleet.Fleet, opts Options) *Source {
+	opts.setDefaults()
+	return &Source{opts: opts, fleet: f, doms: make(map[string]*domain),
+		logger: log.With(opts.Logger, "libvirt", opts.Socket)}
+}
+
+// stableSession is how long a connection must last for the backoff to
+// start again from the minimum.
+const stableSession = 10 * time.Second
+
+// Run connects, follows the domains, and reconnects when libvirtd goes
+// away (a restart ends every subscription), until ctx ends. While it is
+// not connected, every domain shows qmp_up 0.
+func (s *Source) Run(ctx context.Context) error {
+	failures := 0
+	for {
+		start := time.Now()
+		err := s.session(ctx)
+		s.markAllDown(time.Now())
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) >= stableSession {
+			failures = 0
+		} else {
+			failures++
+		}
+		lg := level.Debug(s.logger)
+		if failures <= 1 {
+			lg = level.Warn(s.logger)
+		}
+		lg.Log("msg", "libvirt connection lost or failed; reconnecting", "consecutive_failures", failures, "err", err)
+		t := time.NewTimer(s.backoff(failures))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		case <-t.C:
+		}
+		s.reap(time.Now())
+	}
+}
+
+// backoff doubles from MinBackoff up to MaxBackoff, with jitter.
+func (s *Source) backoff(n int) time.Duration {
+	d := s.opts.MinBackoff
+	for i := 1; i < n && d < s.opts.MaxBackoff; i++ {
+		d *= 2
+	}
+	d = min(d, s.opts.MaxBackoff)
+	return d/2 + rand.N(d/2+1)
+}
+
+// eventIDs are the domain events the source subscribes to: those
+// translate turns into QMP events.
+var eventIDs = []libvirt.DomainEventID{
+	libvirt.DomainEventIDLifecycle, libvirt.DomainEventIDReboot, libvirt.DomainEventIDRtcChange,
+	libvirt.DomainEventIDWatchdog, libvirt.DomainEventIDTrayChange, libvirt.DomainEventIDBalloonChange,
+	libvirt.DomainEventIDPmsuspend, libvirt.DomainEventIDPmsuspendDisk, libvirt.DomainEventIDPmwakeup,
+	libvirt.DomainEventIDDeviceRemoved,
+}
+
+// session is one connection: subscribe, read every domain, then follow
+// events and refresh until the connection ends or ctx does.
+func (s *Source) session(ctx context.Context) error {
+	c := &conn{dialer: guardedDialer{inner: s.opts.dialer}, timeout: s.opts.CallTimeout, dead: make(chan struct{})}
+	l := libvirt.NewWithDialer(c)
+	if err := c.call(l.Connect); err != nil {
+		return fmt.Errorf("connecting to %s: %w", s.opts.Socket, err)
+	}
+	disconnected := l.Disconnected()
+	sctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		c.close() // ends every subscription: their channels close
+		wg.Wait()
+	}()
+	var version uint64
+	if err := c.call(func() (err error) { version, err = l.ConnectGetVersion(); return err }); err != nil {
+		return err
+	}
+	ses := &session{s: s, l: l, c: c, version: qemuVersion(version), wake: make(chan struct{}, 1)}
+	for _, id := range eventIDs {
+		var ch <-chan any
+		err := c.call(func() (err error) { ch, err = l.SubscribeEvents(sctx, id, libvirt.OptDomain{}); return err })
+		if err != nil {
+			return fmt.Errorf("subscribing to libvirt's %v events: %w", id, err)
+		}
+		wg.Go(func() {
+			for msg := range ch {
+				ses.handle(msg)
+			}
+		})
+	}
+	if err := ses.readAll(); err != nil {
+		return err
+	}
+	level.Info(s.logger).Log("msg", "libvirt connected", "qemu_version", ses.version, "domains", s.count())
+	tick := time.NewTicker(s.opts.RefreshInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-disconnected:
+			return errors.New("libvirtd closed the connection")
+		case <-c.dead:
+			return c.err()
+		case <-tick.C:
+			if err := ses.readAll(); err != nil {
+				return err
+			}
+			s.reap(time.Now())
+		case <-ses.wake:
+			if err := ses.readPending(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// session is one connection's state.
+type session struct {
+	s       *Source
+	l       *libvirt.Libvirt
+	c       *conn
+	version string // QEMU's, from libvirt
+
+	mu      sync.Mutex
+	pending map[string]libvirt.Domain // domains to read again, by UUID
+	wake    chan struct{}
+}
+
+// handle folds one event into its domain's VM. It runs on go-libvirt's
+// event goroutines, so it never calls libvirt: a domain to read again is
+// left to the session's loop.
+func (ses *session) handle(msg any) {
+	now := time.Now()
+	t, ok := translate(msg, now)
+	if !ok {
+		return
+	}
+	d := ses.s.ensure(t.dom, ses.version, now)
+	if t.resync || d == nil {
+		ses.readLater(t.dom)
+	}
+	if d == nil {
+		return
+	}
+	st := d.vm.Lock()
+	if t.event.Name != "" {
+		st.Apply(t.event) // the queries it may ask for are the session's reads
+	}
+	if t.status != "" {
+		st.SetStatus(t.status)
+	}
+	if t.stopped {
+		st.MarkDown(now)
+	}
+	d.vm.Unlock()
+}
+
+// readLater asks the session's loop to read dom's state.
+func (ses *session) readLater(dom libvirt.Domain) {
+	ses.mu.Lock()
+	if ses.pending == nil {
+		ses.pending = make(map[string]libvirt.Domain)
+	}
+	if len(ses.pending) < ses.s.opts.MaxDomains {
+		ses.pending[uuidString(dom.UUID)] = dom
+	}
+	ses.mu.Unlock()
+	select {
+	case ses.wake <- struct{}{}:
+	default:
+	}
+}
+
+// readPending reads the domains events asked for.
+func (ses *session) readPending() error {
+	ses.mu.Lock()
+	doms := ses.pending
+	ses.pending = nil
+	ses.mu.Unlock()
+	for _, dom := range doms {
+		if err := ses.read(dom); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// readAll lists the running domains and reads each; the domains kept
+// that are not running any more are marked down.
+func (ses *session) readAll() error {
+	var doms []libvirt.Domain
+	err := ses.c.call(func() (err error) {
+		doms, _, err = ses.l.ConnectListAllDomains(1, libvirt.ConnectListDomainsActive)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	running := make(map[string]bool, len(doms))
+	for _, dom := range doms {
+		running[uuidString(dom.UUID)] = true
+		if err := ses.read(dom); err != nil {
+			return err
+		}
+	}
+	now := time.Now()
+	for _, d := range ses.s.snapshot() {
+		if st := d.vm.LockRead(); !running[st.Info.UUID] && st.Up {
+			d.vm.Unlock()
+			d.vm.Lock().MarkDown(now)
+		}
+		d.vm.Unlock()
+	}
+	return nil
+}
+
+// read reads one domain's run state; a domain that is gone is marked
+// down.
+func (ses *session) read(dom libvirt.Domain) error {
+	var state, reason int32
+	err := ses.c.call(func() (err error) { state, reason, err = ses.l.DomainGetState(dom, 0); return err })
+	now := time.Now()
+	if libvirt.IsNotFound(err) {
+		state, err = int32(libvirt.DomainShutoff), nil
+	}
+	if err != nil {
+		return err
+	}
+	status, active := runState(state, reason)
+	d := ses.s.ensure(dom, ses.version, now)
+	if d == nil {
+		return nil
+	}
+	st := d.vm.Lock()
+	if active {
+		st.MarkUp()
+		st.SetStatus(status)
+	} else {
+		st.MarkDown(now)
+	}
+	d.vm.Unlock()
+	return nil
+}
+
+// ensure returns the domain's VM, adding it to the fleet if it is new
+// and there is room, and brings its identity up to date; nil when there
+// is no room.
+func (s *Source) ensure(dom libvirt.Domain, version string, now time.Time) *domain {
+	uuid := uuidString(dom.UUID)
+	s.mu.Lock()
+	d := s.doms[uuid]
+	if d == nil {
+		d = s.addLocked(dom, uuid, now)
+	}
+	s.mu.Unlock()
+	if d == nil {
+		return nil
+	}
+	st := d.vm.Lock()
+	if !st.Synced || st.Info.Name != vmstate.CleanLabel(dom.Name) || st.Info.Version != version {
+		st.SetInfo(vmstate.Info{Name: dom.Name, UUID: uuid, Version: version})
+	}
+	d.vm.Unlock()
+	return d
+}
+
+// addLocked adds a new domain, making room at MaxDomains by forgetting
+// the one gone longest. Called with s.mu held.
+func (s *Source) addLocked(dom libvirt.Domain, uuid string, now time.Time) *domain {
+	if len(s.doms) >= s.opts.MaxDomains && !s.forgetOldestLocked() {
+		if !s.full {
+			s.full = true
+			level.Warn(s.logger).Log("msg", "too many libvirt domains, all running; leaving new ones out", "max_domains", s.opts.MaxDomains, "domain", dom.Name)
+		}
+		return nil
+	}
+	vm, err := s.fleet.Add("libvirt\x00"+uuid, fleet.Meta{DefaultName: vmstate.CleanLabel(dom.Name), Labels: s.opts.Labels,
+		HideWhenStale: true, Address: "libvirt:" + dom.Name}, now)
+	if err != nil {
+		level.Error(s.logger).Log("msg", "cannot keep libvirt domain", "domain", dom.Name, "err", err)
+		return nil
+	}
+	d := &domain{vm: vm, name: dom.Name}
+	s.doms[uuid] = d
+	return d
+}
+
+// forgetOldestLocked forgets the domain that has been down longest, and
+// reports whether there was one. Called with s.mu held.
+func (s *Source) forgetOldestLocked() bool {
+	var oldest string
+	var since time.Time
+	for uuid, d := range s.doms {
+		st := d.vm.LockRead()
+		down, at := !st.Up, st.DownSince
+		d.vm.Unlock()
+		if down && (oldest == "" || at.Before(since)) {
+			oldest, since = uuid, at
+		}
+	}
+	if oldest == "" {
+		return false
+	}
+	s.fleet.Remove(s.doms[oldest].vm)
+	delete(s.doms, oldest)
+	return true
+}
+
+// reap forgets the domains that have been down for the fleet's
+// StaleAfter: their series go.
+func (s *Source) reap(now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for uuid, d := range s.doms {
+		stale := d.vm.LockRead().Stale(now, s.fleet.StaleAfter())
+		d.vm.Unlock()
+		if stale {
+			s.fleet.Remove(d.vm)
+			delete(s.doms, uuid)
+		}
+	}
+}
+
+func (s *Source) snapshot() []*domain {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*domain, 0, len(s.doms))
+	for _, d := range s.doms {
+		out = append(out, d)
+	}
+	return out
+}
+
+func (s *Source) count() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.doms)
+}
+
+// markAllDown marks every domain down: the connection to libvirtd is
+// gone, so nothing is known of them until it is back.
+func (s *Source) markAllDown(now time.Time) {
+	for _, d := range s.snapshot() {
+		d.vm.Lock().MarkDown(now)
+		d.vm.Unlock()
+	}
+}
+
+// conn is one connection's socket, with the timer that bounds each call
+// (go-libvirt's calls take no context: a call that does not return in
+// time closes the socket, which ends it).
+type conn struct {
+	dialer  guardedDialer
+	timeout time.Duration
+
+	mu    sync.Mutex
+	nc    net.Conn
+	cause error
+	dead  chan struct{}
+	once  sync.Once
+}
+
+// Dial implements socket.Dialer for go-libvirt.
+func (c *conn) Dial() (net.Conn, error) {
+	nc, err := c.dialer.Dial()
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	c.nc = nc
+	c.mu.Unlock()
+	return nc, nil
+}
+
+// call runs fn, closing the socket if it takes longer than the timeout.
+func (c *conn) call(fn func() error) error {
+	t := time.AfterFunc(c.timeout, func() { c.fail(fmt.Errorf("libvirt did not answer within %s", c.timeout)) })
+	err := fn()
+	if !t.Stop() {
+		return c.err()
+	}
+	return err
+}
+
+func (c *conn) fail(err error) {
+	c.mu.Lock()
+	if c.cause == nil {
+		c.cause = err
+	}
+	nc := c.nc
+	c.mu.Unlock()
+	if nc != nil {
+		nc.Close()
+	}
+	c.once.Do(func() { close(c.dead) })
+}
+
+func (c *conn) close() { c.fail(errors.New("connection closed")) }
+
+func (c *conn) err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cause
+}
