@@ -74,7 +74,8 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	var out []prometheus.Metric
 	var keys keyCache
 	for _, vm := range vms {
-		s := sink{vm: vm.label, extra: vm.v.Meta().Labels, out: out[:0], c: c, k: &keys}
+		meta := vm.v.Meta()
+		s := sink{vm: vm.label, extra: meta.Labels, libvirt: meta.Libvirt, out: out[:0], c: c, k: &keys}
 		s.emit(vmMetrics, vm.v.LockRead())
 		vm.v.Unlock()
 		out = s.out
@@ -161,9 +162,12 @@ type sink struct {
 	text *textScratch
 	// k keeps sorted keys for the VM being emitted (reset by emit).
 	k *keyCache
+	// libvirt: the VM is seen through libvirt (fleet.Meta.Libvirt).
+	libvirt bool
 }
 
-// emit sends every sample of metrics for st, metric by metric.
+// emit sends every sample of metrics for st, metric by metric; a VM
+// seen through libvirt gets none of the QMP-only metrics.
 func (s *sink) emit(metrics []*Metric, st *vmstate.State) {
 	s.k.have = 0
 	for i, m := range metrics {
@@ -171,7 +175,9 @@ func (s *sink) emit(metrics []*Metric, st *vmstate.State) {
 		if s.text != nil {
 			s.text.start(i)
 		}
-		m.values(st, s)
+		if !(m.qmpOnly && s.libvirt) {
+			m.values(st, s)
+		}
 	}
 }
 

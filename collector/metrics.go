@@ -26,6 +26,10 @@ type Metric struct {
 	// values sends the metric's samples for one VM: one s.add per
 	// series, with one label value per entry of Labels. It only reads st.
 	values func(st *vmstate.State, s *sink)
+	// qmpOnly: only a QMP session of the exporter's own knows the values
+	// (its connection, or events libvirt does not relay yet), so the
+	// metric is absent for VMs seen through libvirt.
+	qmpOnly bool
 }
 
 const (
@@ -71,19 +75,19 @@ var vmMetrics = []*Metric{
 				}
 			}
 		}},
-	{Name: "qmp_connection_attempts_total", Type: counter, Source: "session state",
+	{Name: "qmp_connection_attempts_total", qmpOnly: true, Type: counter, Source: "session state",
 		Help:   "Attempts to open a QMP session (connect, handshake, initial sync) to the VM's monitor.",
 		values: func(st *vmstate.State, s *sink) { s.add(float64(st.Attempts)) }},
-	{Name: "qmp_connection_failures_total", Type: counter, Source: "session state",
+	{Name: "qmp_connection_failures_total", qmpOnly: true, Type: counter, Source: "session state",
 		Help:   "QMP session attempts that failed before the session was established (refused or missing socket, no greeting, failed handshake or sync).",
 		values: func(st *vmstate.State, s *sink) { s.add(float64(st.Failures)) }},
-	{Name: "qmp_protocol_errors_total", Type: counter, Source: "session state",
+	{Name: "qmp_protocol_errors_total", qmpOnly: true, Type: counter, Source: "session state",
 		Help:   "Messages from the VM's monitor that were dropped because they were malformed JSON, replies with an unknown id, or neither reply nor event.",
 		values: func(st *vmstate.State, s *sink) { s.add(float64(st.ProtocolErrors)) }},
 	{Name: "qmp_event_data_errors_total", Type: counter, Source: "every event",
 		Help:   "QMP events whose data lacked a member the event must carry or was not a JSON object; the event is still counted in qmp_events_total.",
 		values: func(st *vmstate.State, s *sink) { s.add(float64(st.DataErrors)) }},
-	{Name: "qmp_command_timeouts_total", Type: counter, Source: "session state",
+	{Name: "qmp_command_timeouts_total", qmpOnly: true, Type: counter, Source: "session state",
 		Help:   "Queries the VM did not answer within --qmp.command-timeout; each one drops the session as hung.",
 		values: func(st *vmstate.State, s *sink) { s.add(float64(st.CommandTimeouts)) }},
 	{Name: "qmp_dropped_label_sets_total", Type: counter, Labels: []string{"kind"}, Source: "all per-object metrics",
@@ -127,7 +131,7 @@ var vmMetrics = []*Metric{
 				s.add(boolValue(st.Vserports[k]), k)
 			}
 		}},
-	{Name: "qmp_dumps_total", Type: counter, Labels: []string{"result"}, Source: "DUMP_COMPLETED",
+	{Name: "qmp_dumps_total", qmpOnly: true, Type: counter, Labels: []string{"result"}, Source: "DUMP_COMPLETED",
 		Help: "Guest memory dumps finished (DUMP_COMPLETED), by result.",
 		values: func(st *vmstate.State, s *sink) {
 			for i, r := range vmstate.DumpResults {
@@ -140,7 +144,7 @@ var vmMetrics = []*Metric{
 
 	// Block devices; the device label is the guest device's qdev id, or
 	// its QOM path when it has none.
-	{Name: "qmp_block_io_errors_total", Type: counter, Labels: []string{"device", "operation", "action"}, Source: "BLOCK_IO_ERROR",
+	{Name: "qmp_block_io_errors_total", qmpOnly: true, Type: counter, Labels: []string{"device", "operation", "action"}, Source: "BLOCK_IO_ERROR",
 		Help: "Block I/O errors (BLOCK_IO_ERROR) by guest device, operation and the action QEMU took (stop pauses the VM in io-error)." + rateLimitNote,
 		values: func(st *vmstate.State, s *sink) {
 			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
@@ -151,7 +155,7 @@ var vmMetrics = []*Metric{
 				}
 			})
 		}},
-	{Name: "qmp_block_io_nospace_errors_total", Type: counter, Labels: []string{"device"}, Source: "BLOCK_IO_ERROR",
+	{Name: "qmp_block_io_nospace_errors_total", qmpOnly: true, Type: counter, Labels: []string{"device"}, Source: "BLOCK_IO_ERROR",
 		Help: "Block I/O errors caused by the host running out of space (BLOCK_IO_ERROR with nospace), by guest device.",
 		values: func(st *vmstate.State, s *sink) {
 			s.eachDevice(st, func(name string, d *vmstate.BlockDev) { s.add(float64(d.Nospace), name) })
@@ -176,7 +180,7 @@ var vmMetrics = []*Metric{
 				}
 			})
 		}},
-	{Name: "qmp_block_image_corruptions_total", Type: counter, Labels: []string{"device"}, Source: "BLOCK_IMAGE_CORRUPTED",
+	{Name: "qmp_block_image_corruptions_total", qmpOnly: true, Type: counter, Labels: []string{"device"}, Source: "BLOCK_IMAGE_CORRUPTED",
 		Help: "Times an image was marked corrupt (BLOCK_IMAGE_CORRUPTED), by guest device.",
 		values: func(st *vmstate.State, s *sink) {
 			s.eachDevice(st, func(name string, d *vmstate.BlockDev) { s.add(float64(d.Corruptions), name) })
@@ -237,7 +241,7 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_block_jobs_finished_total", Type: counter, Labels: []string{"type", "result"}, Source: "BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED",
 		Help:   "Jobs that finished, by type and result: completed, failed (BLOCK_JOB_COMPLETED with an error) or cancelled.",
 		values: func(st *vmstate.State, s *sink) { pairs(st.JobsDone, s) }},
-	{Name: "qmp_block_job_errors_total", Type: counter, Labels: []string{"operation", "action"}, Source: "BLOCK_JOB_ERROR",
+	{Name: "qmp_block_job_errors_total", qmpOnly: true, Type: counter, Labels: []string{"operation", "action"}, Source: "BLOCK_JOB_ERROR",
 		Help: "I/O errors met by jobs (BLOCK_JOB_ERROR), by operation and the action taken.",
 		values: func(st *vmstate.State, s *sink) {
 			for oi, op := range vmstate.IOOperations {
@@ -301,7 +305,7 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_migration_setup_time_seconds", Type: gauge, Source: "query-migrate",
 		Help:   "Time the current or last migration spent in setup.",
 		values: migrationFigure(func(m *vmstate.Migration) (float64, bool) { return m.SetupTime, m.SetupTime >= 0 })},
-	{Name: "qmp_migrations_total", Type: counter, Labels: []string{"result"}, Source: "MIGRATION, query-migrate",
+	{Name: "qmp_migrations_total", qmpOnly: true, Type: counter, Labels: []string{"result"}, Source: "MIGRATION, query-migrate",
 		Help: "Outgoing migrations this exporter saw end, by result (completed, failed, cancelled).",
 		values: func(st *vmstate.State, s *sink) {
 			for i, r := range vmstate.MigrationResults {
@@ -344,6 +348,8 @@ var listenerConnections = &Metric{Name: "qmp_listener_connections_total", Type: 
 // MetricInfo describes one metric the exporter serves.
 type MetricInfo struct {
 	Name, Type, Source, Help string
+	// Libvirt says whether VMs seen through libvirt have the metric.
+	Libvirt bool
 	// Labels are all the metric's variable labels, vm first for per-VM
 	// metrics (a VM's configured labels come on top).
 	Labels []string
@@ -355,7 +361,7 @@ type MetricInfo struct {
 func Metrics() []MetricInfo {
 	out := make([]MetricInfo, 0, len(vmMetrics)+1)
 	for _, m := range vmMetrics {
-		out = append(out, MetricInfo{Name: m.Name, Type: m.Type, Source: m.Source, Help: m.Help,
+		out = append(out, MetricInfo{Name: m.Name, Type: m.Type, Source: m.Source, Help: m.Help, Libvirt: !m.qmpOnly,
 			Labels: append([]string{"vm"}, m.Labels...)})
 	}
 	l := listenerConnections

@@ -16,10 +16,14 @@ const (
 // metricsTable renders the README's table of collector metrics.
 func metricsTable() string {
 	var b strings.Builder
-	b.WriteString("| Metric | Type | Labels | Source (QMP event or command) | Description |\n")
-	b.WriteString("| --- | --- | --- | --- | --- |\n")
+	b.WriteString("| Metric | Type | Labels | Source (QMP event or command) | libvirt | Description |\n")
+	b.WriteString("| --- | --- | --- | --- | --- | --- |\n")
 	for _, m := range Metrics() {
-		b.WriteString("| `" + m.Name + "` | " + m.Type + " | " + "`" + strings.Join(m.Labels, "`, `") + "`" + " | " + m.Source + " | " + strings.ReplaceAll(m.Help, "|", "\\|") + " |\n")
+		lv := "yes"
+		if !m.Libvirt {
+			lv = "—"
+		}
+		b.WriteString("| `" + m.Name + "` | " + m.Type + " | " + "`" + strings.Join(m.Labels, "`, `") + "`" + " | " + m.Source + " | " + lv + " | " + strings.ReplaceAll(m.Help, "|", "\\|") + " |\n")
 	}
 	return b.String()
 }

@@ -182,7 +182,8 @@ func render(v *fleet.VM, vm string, st *vmstate.State) *renderedVM {
 	s.base = textTemplates
 	clear(s.tmpl)
 	s.vm = appendEscaped(s.vm[:0], vm, true)
-	e := sink{vm: vm, extra: v.Meta().Labels, text: s, k: &s.keys}
+	meta := v.Meta()
+	e := sink{vm: vm, extra: meta.Labels, libvirt: meta.Libvirt, text: s, k: &s.keys}
 	e.emit(textFamilies, st)
 	s.off[len(textFamilies)] = uint32(len(s.buf))
 	r := &renderedVM{gen: v.Gen(), vm: vm, data: slices.Clone(s.buf), off: slices.Clone(s.off)}

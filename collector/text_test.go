@@ -147,7 +147,23 @@ func TestTextWriterMatchesCollectorFleet(t *testing.T) {
 		}
 		i++
 	})
+	// A VM seen through libvirt, without the QMP-only metrics.
+	v, err := f.Add("libvirt\x00lv", fleet.Meta{DefaultName: "lv", Libvirt: true}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := v.Lock()
+	st.MarkUp()
+	st.Apply(qmp.Event{Name: "STOP"})
+	v.Unlock()
 	checkTextMatchesCollector(t, f)
+	var b bytes.Buffer
+	if _, err := NewTextWriter(f).WriteTo(&b); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(b.String(), `qmp_events_total{event="STOP",vm="lv"} 1`) || strings.Contains(b.String(), `qmp_connection_attempts_total{vm="lv"}`) {
+		t.Errorf("the libvirt VM's series are wrong:\n%s", b.String())
+	}
 }
 
 // TestTextWriterRendersOnlyChangedVMs checks the cache: a VM whose state

@@ -34,12 +34,17 @@ type Meta struct {
 	DefaultName string
 	// Labels are added to every series of the VM.
 	Labels map[string]string
+	// Address says where the VM is reached, for logs.
+	Address string
 	// HideWhenStale: the VM's series are hidden once it has been
 	// unreachable for Options.StaleAfter (a discovered socket may linger
 	// after QEMU was killed; a VM that dialled in may never come back).
 	HideWhenStale bool
-	// Address says where the VM is reached, for logs.
-	Address string
+	// Libvirt marks a VM seen through libvirt rather than through a QMP
+	// session of the exporter's own: what only such a session knows (its
+	// connection counters, and the events libvirt does not relay) is
+	// absent for it, not zero.
+	Libvirt bool
 }
 
 // LogName is the configured name, else the default one: what logs call
