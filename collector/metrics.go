@@ -144,18 +144,10 @@ var vmMetrics = []*Metric{
 
 	// Block devices; the device label is the guest device's qdev id, or
 	// its QOM path when it has none.
-	{Name: "qmp_block_io_errors_total", qmpOnly: true, Type: counter, Labels: []string{"device", "operation", "action"}, Source: "BLOCK_IO_ERROR",
-		Help: "Block I/O errors (BLOCK_IO_ERROR) by guest device, operation and the action QEMU took (stop pauses the VM in io-error)." + rateLimitNote,
-		values: func(st *vmstate.State, s *sink) {
-			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
-				for oi, op := range vmstate.IOOperations {
-					for ai, act := range vmstate.IOActions {
-						s.add(float64(d.IOErrors[oi][ai]), name, op, act)
-					}
-				}
-			})
-		}},
-	{Name: "qmp_block_io_nospace_errors_total", qmpOnly: true, Type: counter, Labels: []string{"device"}, Source: "BLOCK_IO_ERROR",
+	{Name: "qmp_block_io_errors_total", Type: counter, Labels: []string{"device", "operation", "action"}, Source: "BLOCK_IO_ERROR",
+		Help:   "Block I/O errors (BLOCK_IO_ERROR) by guest device, operation (unknown for libvirt domains: libvirt does not say read or write) and the action QEMU took (stop pauses the VM in io-error)." + rateLimitNote,
+		values: ioErrors},
+	{Name: "qmp_block_io_nospace_errors_total", Type: counter, Labels: []string{"device"}, Source: "BLOCK_IO_ERROR",
 		Help: "Block I/O errors caused by the host running out of space (BLOCK_IO_ERROR with nospace), by guest device.",
 		values: func(st *vmstate.State, s *sink) {
 			s.eachDevice(st, func(name string, d *vmstate.BlockDev) { s.add(float64(d.Nospace), name) })
@@ -424,6 +416,28 @@ func counts(m map[string]uint64, s *sink) {
 	for _, k := range sortedInto(&s.k.strs, m) {
 		s.add(float64(m[k]), k)
 	}
+}
+
+// ioErrors is qmp_block_io_errors_total: for each device, every
+// operation and action from 0, operation unknown for a libvirt domain
+// (libvirt never says which) and read and write otherwise; an unknown
+// operation of another VM shows once counted.
+func ioErrors(st *vmstate.State, s *sink) {
+	unknown := len(vmstate.IOOperations)
+	s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
+		for oi := range d.IOErrors {
+			op := vmstate.OperationUnknown
+			if oi < unknown {
+				op = vmstate.IOOperations[oi]
+			}
+			if (oi < unknown) == s.libvirt && d.IOErrors[oi] == [3]uint64{} {
+				continue
+			}
+			for ai, act := range vmstate.IOActions {
+				s.add(float64(d.IOErrors[oi][ai]), name, op, act)
+			}
+		}
+	})
 }
 
 func orUnknown(v string) string {

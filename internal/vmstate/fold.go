@@ -378,6 +378,9 @@ func foldIOError(s *State, f *qmp.Fields) (Need, bool) {
 	op, _ := f.StringBytes("operation")
 	act, _ := f.StringBytes("action")
 	oi, ai := indexOf(IOOperations, op), indexOf(IOActions, act)
+	if oi < 0 && string(op) == OperationUnknown {
+		oi = len(IOOperations)
+	}
 	if oi < 0 || ai < 0 {
 		return 0, false
 	}

@@ -496,3 +496,16 @@ func BenchmarkFold(b *testing.B) {
 		})
 	}
 }
+
+// TestIOErrorOfUnknownOperation: a BLOCK_IO_ERROR whose source cannot
+// say read or write (libvirt's) counts under the unknown operation; any
+// other operation that is not QEMU's is still malformed.
+func TestIOErrorOfUnknownOperation(t *testing.T) {
+	s := New()
+	s.Apply(qmp.Event{Name: "BLOCK_IO_ERROR", Data: []byte(`{"device": "", "qom-path": "/machine/peripheral/virtio-disk0", "operation": "unknown", "action": "report", "nospace": true}`)})
+	s.Apply(qmp.Event{Name: "BLOCK_IO_ERROR", Data: []byte(`{"device": "", "qom-path": "/machine/peripheral/virtio-disk0", "operation": "erase", "action": "report"}`)})
+	d := s.Devices["virtio-disk0"]
+	if d == nil || d.IOErrors[len(IOOperations)] != [3]uint64{0, 1, 0} || d.Nospace != 1 || s.DataErrors != 1 {
+		t.Fatalf("device %+v, data errors %d; want one unknown-operation report, one nospace, one data error", d, s.DataErrors)
+	}
+}

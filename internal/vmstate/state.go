@@ -37,6 +37,11 @@ var (
 	DumpResults      = []string{"completed", "failed"}
 )
 
+// OperationUnknown is the operation of a BLOCK_IO_ERROR whose source
+// does not say whether it was a read or a write (libvirt's I/O error
+// events do not): its counts are the last row of BlockDev.IOErrors.
+const OperationUnknown = "unknown"
+
 func indexOf(list []string, v []byte) int {
 	for i, s := range list {
 		if s == string(v) {
@@ -108,7 +113,7 @@ const (
 // BlockDev is the state of one guest block device, labelled by its qdev id
 // or QOM path.
 type BlockDev struct {
-	IOErrors       [2][3]uint64 // by IOOperations × IOActions
+	IOErrors       [3][3]uint64 // by IOOperations then OperationUnknown × IOActions
 	Nospace        uint64
 	IOStatus       string // "" when query-block does not report it
 	Tray           int8   // -1 unknown (not removable), 0 closed, 1 open

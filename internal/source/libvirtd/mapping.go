@@ -1,12 +1,14 @@
 package libvirtd
 
 import (
+	"encoding/xml"
 	"fmt"
 	"strconv"
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
 
+	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
 	"github.com/qmp-exporter/qmp_exporter/qmp"
 )
 
@@ -84,6 +86,58 @@ var watchdogActions = map[libvirt.DomainEventWatchdogAction]string{
 	libvirt.DomainEventWatchdogInjectnmi: "inject-nmi",
 }
 
+// ioErrorActions are QEMU's BlockErrorAction names of libvirt's I/O
+// error actions.
+var ioErrorActions = map[libvirt.DomainEventIOErrorAction]string{
+	libvirt.DomainEventIoErrorNone:   "ignore",
+	libvirt.DomainEventIoErrorPause:  "stop",
+	libvirt.DomainEventIoErrorReport: "report",
+}
+
+// domainXML is the part of a domain's live XML the source reads: its
+// disks, with the alias libvirt gave each (QEMU's qdev id) and, for a
+// removable one, its tray.
+type domainXML struct {
+	Disks []struct {
+		Device string `xml:"device,attr"`
+		Target struct {
+			Tray string `xml:"tray,attr"`
+		} `xml:"target"`
+		Alias struct {
+			Name string `xml:"name,attr"`
+		} `xml:"alias"`
+	} `xml:"devices>disk"`
+}
+
+// maxXMLBytes bounds the domain XML the source parses.
+const maxXMLBytes = 1 << 20
+
+// blockEntries reads a domain's disks from its live XML as query-block
+// would list them: qdev id, removable or not, tray.
+func blockEntries(desc string) ([]vmstate.BlockEntry, error) {
+	if len(desc) > maxXMLBytes {
+		return nil, fmt.Errorf("domain XML of %d bytes, more than %d", len(desc), maxXMLBytes)
+	}
+	var x domainXML
+	if err := xml.Unmarshal([]byte(desc), &x); err != nil {
+		return nil, fmt.Errorf("reading the domain XML: %w", err)
+	}
+	var out []vmstate.BlockEntry
+	for _, d := range x.Disks {
+		if d.Alias.Name == "" {
+			continue
+		}
+		e := vmstate.BlockEntry{Qdev: d.Alias.Name}
+		if d.Device == "cdrom" || d.Device == "floppy" {
+			e.Removable = true
+			open := d.Target.Tray == "open"
+			e.TrayOpen = &open
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}
+
 // translation is what one libvirt event means for its domain.
 type translation struct {
 	dom libvirt.Domain
@@ -119,6 +173,16 @@ func translate(msg any, now time.Time) (t translation, ok bool) {
 			return translation{}, false
 		}
 		return translation{dom: m.Msg.Dom, event: ev("WATCHDOG", `{"action": "`+a+`"}`)}, true
+	case *libvirt.DomainEventCallbackIOErrorReasonMsg:
+		// libvirt does not say read or write; its actions are QEMU's
+		// BlockErrorAction under other names.
+		act, known := ioErrorActions[libvirt.DomainEventIOErrorAction(m.Msg.Action)]
+		if !known {
+			return translation{}, false
+		}
+		return translation{dom: m.Msg.Dom, event: ev("BLOCK_IO_ERROR", fmt.Sprintf(
+			`{"device": "", "qom-path": %s, "operation": %q, "action": %q, "nospace": %t, "reason": %s}`,
+			strconv.Quote("/machine/peripheral/"+m.Msg.DevAlias), vmstate.OperationUnknown, act, m.Msg.Reason == "enospc", strconv.Quote(m.Msg.Reason)))}, true
 	case *libvirt.DomainEventCallbackTrayChangeMsg:
 		open := libvirt.DomainEventTrayChangeReason(m.Msg.Reason) == libvirt.DomainEventTrayChangeOpen
 		return translation{dom: m.Msg.Dom, event: ev("DEVICE_TRAY_MOVED",

@@ -53,6 +53,8 @@ func TestTranslateFoldsLikeQEMU(t *testing.T) {
 		Tray      int8
 		Balloon   uint64
 		RTC       int64
+		IOErrors  [3]uint64 // virtio-disk0's, operation unknown, by action
+		Nospace   uint64
 	}
 	for _, tc := range []struct {
 		name string
@@ -77,6 +79,8 @@ func TestTranslateFoldsLikeQEMU(t *testing.T) {
 		{"rtc", &libvirt.DomainEventCallbackRtcChangeMsg{Msg: libvirt.DomainEventRtcChangeMsg{Dom: dom, Offset: -3600}},
 			view{Event: "RTC_CHANGE", RTC: -3600}},
 		{"reboot", &libvirt.DomainEventCallbackRebootMsg{Msg: libvirt.DomainEventRebootMsg{Dom: dom}}, view{Event: "RESET"}},
+		{"I/O error, paused", &libvirt.DomainEventCallbackIOErrorReasonMsg{Msg: libvirt.DomainEventIOErrorReasonMsg{Dom: dom, DevAlias: "virtio-disk0", SrcPath: "/var/lib/x.img", Action: int32(libvirt.DomainEventIoErrorPause), Reason: "enospc"}},
+			view{Event: "BLOCK_IO_ERROR", IOErrors: [3]uint64{0, 0, 1}, Nospace: 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tr, ok := translate(tc.msg, time.Unix(1700000000, 0))
@@ -108,6 +112,9 @@ func TestTranslateFoldsLikeQEMU(t *testing.T) {
 			if d := st.Devices["ide0-1-0"]; d != nil {
 				got.Tray = d.Tray
 			}
+			if d := st.Devices["virtio-disk0"]; d != nil {
+				got.IOErrors, got.Nospace = d.IOErrors[len(vmstate.IOOperations)], d.Nospace
+			}
 			if tc.want.Tray == 0 {
 				tc.want.Tray = -1
 			}
@@ -128,5 +135,29 @@ func TestUUIDAndVersion(t *testing.T) {
 	}
 	if got := qemuVersion(7002022); got != "7.2.22" {
 		t.Errorf("qemuVersion = %s", got)
+	}
+}
+
+func TestBlockEntries(t *testing.T) {
+	got, err := blockEntries(`<domain type='qemu'><name>web</name><devices>
+  <disk type='file' device='disk'><target dev='vda' bus='virtio'/><alias name='virtio-disk0'/></disk>
+  <disk type='file' device='cdrom'><target dev='hdc' bus='ide' tray='open'/><alias name='ide0-1-0'/></disk>
+  <disk type='file' device='cdrom'><target dev='hdd' bus='ide'/><alias name='ide0-1-1'/></disk>
+  <disk type='file' device='disk'><target dev='vdb' bus='virtio'/></disk>
+</devices></domain>`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	open, closed := true, false
+	want := []vmstate.BlockEntry{
+		{Qdev: "virtio-disk0"},
+		{Qdev: "ide0-1-0", Removable: true, TrayOpen: &open},
+		{Qdev: "ide0-1-1", Removable: true, TrayOpen: &closed},
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if _, err := blockEntries("<domain"); err == nil {
+		t.Error("a broken XML gave no error")
 	}
 }

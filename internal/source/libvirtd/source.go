@@ -166,7 +166,7 @@ func (s *Source) backoff(n int) time.Duration {
 // translate turns into QMP events.
 var eventIDs = []libvirt.DomainEventID{
 	libvirt.DomainEventIDLifecycle, libvirt.DomainEventIDReboot, libvirt.DomainEventIDRtcChange,
-	libvirt.DomainEventIDWatchdog, libvirt.DomainEventIDTrayChange, libvirt.DomainEventIDBalloonChange,
+	libvirt.DomainEventIDWatchdog, libvirt.DomainEventIDIoErrorReason, libvirt.DomainEventIDTrayChange, libvirt.DomainEventIDBalloonChange,
 	libvirt.DomainEventIDPmsuspend, libvirt.DomainEventIDPmsuspendDisk, libvirt.DomainEventIDPmwakeup,
 	libvirt.DomainEventIDDeviceRemoved,
 }
@@ -331,12 +331,11 @@ func (ses *session) readAll() error {
 	return nil
 }
 
-// read reads one domain's run state; a domain that is gone is marked
-// down.
+// read reads one domain's run state and, while it runs, its disks; a
+// domain that is gone is marked down.
 func (ses *session) read(dom libvirt.Domain) error {
 	var state, reason int32
 	err := ses.c.call(func() (err error) { state, reason, err = ses.l.DomainGetState(dom, 0); return err })
-	now := time.Now()
 	if libvirt.IsNotFound(err) {
 		state, err = int32(libvirt.DomainShutoff), nil
 	}
@@ -344,6 +343,22 @@ func (ses *session) read(dom libvirt.Domain) error {
 		return err
 	}
 	status, active := runState(state, reason)
+	var disks []vmstate.BlockEntry
+	if active {
+		var desc string
+		err := ses.c.call(func() (err error) { desc, err = ses.l.DomainGetXMLDesc(dom, 0); return err })
+		switch {
+		case libvirt.IsNotFound(err):
+			active = false
+		case err != nil:
+			return err
+		default:
+			if disks, err = blockEntries(desc); err != nil {
+				level.Warn(ses.s.logger).Log("msg", "cannot read a domain's disks", "domain", dom.Name, "err", err)
+			}
+		}
+	}
+	now := time.Now()
 	d := ses.s.ensure(dom, ses.version, now)
 	if d == nil {
 		return nil
@@ -352,6 +367,9 @@ func (ses *session) read(dom libvirt.Domain) error {
 	if active {
 		st.MarkUp()
 		st.SetStatus(status)
+		if disks != nil {
+			st.SetBlock(disks)
+		}
 	} else {
 		st.MarkDown(now)
 	}
