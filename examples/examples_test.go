@@ -73,6 +73,15 @@ func TestConfigs(t *testing.T) {
 				t.Error("the libvirt recipe needs no VM list or glob")
 			}
 		},
+		"libvirt-readonly.yml": func(t *testing.T, c *config.Config) {
+			if c.Libvirt.Socket != "/run/libvirt/libvirt-sock-ro" {
+				t.Errorf("libvirt.socket = %q, want libvirt's read-only socket", c.Libvirt.Socket)
+			}
+			if len(c.VMs) != 0 || len(c.Discovery.SocketGlobs) != 0 || len(c.Listen) != 0 {
+				t.Error("the read-only libvirt recipe needs no VM list, glob or listener")
+			}
+			wantStale(t, c, 10*time.Minute)
+		},
 		"proxmox.yml": func(t *testing.T, c *config.Config) {
 			wantListener(t, c, 0) // Proxmox runs QEMU as root
 			if len(c.VMs) != 0 || len(c.Discovery.SocketGlobs) != 0 {

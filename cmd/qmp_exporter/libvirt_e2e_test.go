@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/qmp-exporter/qmp_exporter/internal/exporterproc"
+	"github.com/qmp-exporter/qmp_exporter/internal/virtlab"
+)
+
+// TestLibvirtEndToEnd runs the real binary against a real, private
+// libvirtd through its read-only socket: a guestless domain is suspended,
+// resumed, reset, its cdrom tray opened and closed, libvirtd restarted,
+// the domain destroyed and started again, and /metrics must follow each
+// step under the QMP names and the same series a QMP socket gives. At the
+// end no domain is tainted: the exporter changed nothing.
+func TestLibvirtEndToEnd(t *testing.T) {
+	ctx, cancel, bin := qemuE2E(t, 4*time.Minute)
+	defer cancel()
+	d := virtlab.StartT(t, virtlab.Options{})
+	dom, err := d.DefineAndStart(ctx, virtlab.DomainOptions{Name: "virtlab-web", CDROM: true, VNC: true, Balloon: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startExporter(t, ctx, bin, "--libvirt.socket="+d.SocketRO(), "--qmp.refresh-interval=2s", "--qmp.max-backoff=1s", "--log.level=debug")
+	vm := `vm="virtlab-web"`
+	has := func(series string, v float64) func(exporterproc.Metrics) bool {
+		return func(m exporterproc.Metrics) bool { return m.Has(series, v) }
+	}
+	m := e.wait("the domain up and running", func(m exporterproc.Metrics) bool {
+		return m.Has(`qmp_up{`+vm+`}`, 1) && m.Has(`qmp_vm_status{status="running",`+vm+`}`, 1) && hasInfo(m, dom.UUID(), vm) &&
+			// The disks of the domain XML, their counters from 0.
+			m.Has(`qmp_tray_open{device="ide0-1-0",`+vm+`}`, 0) &&
+			m.Has(`qmp_block_io_errors_total{action="report",device="ide0-1-0",operation="unknown",`+vm+`}`, 0)
+	})
+	// What only a QMP session of the exporter's own knows is absent.
+	for _, series := range []string{`qmp_connection_attempts_total{` + vm + `}`, `qmp_protocol_errors_total{` + vm + `}`} {
+		if v, ok := m.Value(series); ok {
+			t.Errorf("%s = %v for a libvirt domain, want it absent", series, v)
+		}
+	}
+
+	step := func(what string, do func(context.Context) error, series string, v float64) {
+		t.Helper()
+		if err := do(ctx); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		e.wait(what, has(series, v))
+	}
+	step("suspend", dom.Suspend, `qmp_vm_status{status="paused",`+vm+`}`, 1)
+	e.wait("STOP counted", has(`qmp_events_total{event="STOP",`+vm+`}`, 1))
+	step("resume", dom.Resume, `qmp_events_total{event="RESUME",`+vm+`}`, 1)
+	e.wait("running again", has(`qmp_vm_status{status="running",`+vm+`}`, 1))
+	// QEMU resets once for virsh reset, then SeaBIOS resets the machine
+	// again; libvirt relays one reboot event for the first and one for
+	// the guest's resets (QEMU sent two of those, a fraction of a
+	// millisecond apart).
+	if err := dom.Reset(ctx); err != nil {
+		t.Fatal(err)
+	}
+	resets := e.wait("reset", func(m exporterproc.Metrics) bool {
+		v, _ := m.Value(`qmp_events_total{event="RESET",` + vm + `}`)
+		return v >= 1
+	})[`qmp_events_total{event="RESET",`+vm+`}`]
+	// libvirt ejects by opening the tray, removing the medium and closing
+	// it again: two DEVICE_TRAY_MOVED, and the tray shown closed.
+	if err := dom.EjectCDROM(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e.wait("the tray opened and closed", func(m exporterproc.Metrics) bool {
+		return m.Has(`qmp_events_total{event="DEVICE_TRAY_MOVED",`+vm+`}`, 2) && m.Has(`qmp_tray_open{device="ide0-1-0",`+vm+`}`, 0)
+	})
+
+	if err := d.Restart(ctx); err != nil {
+		t.Fatalf("restarting libvirtd: %v", err)
+	}
+	e.wait("back after the libvirtd restart, counters kept", func(m exporterproc.Metrics) bool {
+		return m.Has(`qmp_up{`+vm+`}`, 1) && m.Has(`qmp_events_total{event="STOP",`+vm+`}`, 1) &&
+			m.Has(`qmp_vm_status{status="running",`+vm+`}`, 1)
+	})
+
+	step("destroy", dom.Destroy, `qmp_up{`+vm+`}`, 0)
+	step("start again", dom.Start, `qmp_up{`+vm+`}`, 1)
+	e.wait("the same VM, counters continued", func(m exporterproc.Metrics) bool {
+		v, _ := m.Value(`qmp_events_total{event="RESET",` + vm + `}`)
+		return v >= resets && m.Has(`qmp_events_total{event="STOP",`+vm+`}`, 1) && m.Has(`qmp_vm_status{status="running",`+vm+`}`, 1)
+	})
+
+	if taint, tainted, err := dom.Tainted(ctx); err != nil || tainted {
+		t.Errorf("domain tainted=%v (%q), err %v: the exporter must change nothing", tainted, taint, err)
+	}
+	if logs := e.exp.Logs(); strings.Contains(logs, "not on the read-only allow-list") {
+		t.Errorf("the exporter tried a call off its allow-list:\n%s", logs)
+	}
+}
+
+// hasInfo reports whether qmp_vm_info shows the domain's UUID and a QEMU
+// version, which is whatever QEMU libvirt runs.
+func hasInfo(m exporterproc.Metrics, uuid, vm string) bool {
+	for series, v := range m {
+		if v == 1 && strings.HasPrefix(series, `qmp_vm_info{package="",qemu_version="`) &&
+			!strings.Contains(series, `qemu_version="",`) && strings.HasSuffix(series, `,uuid="`+uuid+`",`+vm+`}`) {
+			return true
+		}
+	}
+	return false
+}

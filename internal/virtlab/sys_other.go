@@ -1,0 +1,16 @@
+//go:build !linux
+
+package virtlab
+
+import (
+	"errors"
+	"os"
+	"syscall"
+)
+
+func sysProcAttr() *syscall.SysProcAttr { return nil }
+
+// tryLock fails: virtlab runs libvirt's Linux daemons only.
+func tryLock(*os.File) (bool, error) {
+	return false, errors.New("virtlab: only supported on Linux")
+}
