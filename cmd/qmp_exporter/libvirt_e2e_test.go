@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -106,4 +107,39 @@ func hasInfo(m exporterproc.Metrics, uuid, vm string) bool {
 		}
 	}
 	return false
+}
+
+// TestLibvirtTwentyDomains: twenty domains at once all show up, each with
+// its own series, and those destroyed go down while the others stay up.
+func TestLibvirtTwentyDomains(t *testing.T) {
+	ctx, cancel, bin := qemuE2E(t, 5*time.Minute)
+	defer cancel()
+	d := virtlab.StartT(t, virtlab.Options{})
+	e := startExporter(t, ctx, bin, "--libvirt.socket="+d.SocketRO(), "--qmp.max-backoff=1s")
+	const n = 20
+	var doms []*virtlab.Domain
+	for i := range n {
+		dom, err := d.DefineAndStart(ctx, virtlab.DomainOptions{Name: fmt.Sprintf("virtlab-many-%02d", i), MemoryMiB: 16})
+		if err != nil {
+			t.Fatal(err)
+		}
+		doms = append(doms, dom)
+	}
+	up := func(m exporterproc.Metrics, v float64, doms []*virtlab.Domain) bool {
+		for _, dom := range doms {
+			if !m.Has(`qmp_up{vm="`+dom.Name()+`"}`, v) {
+				return false
+			}
+		}
+		return true
+	}
+	e.wait("all twenty domains up", func(m exporterproc.Metrics) bool { return up(m, 1, doms) })
+	for _, dom := range doms[:n/2] {
+		if err := dom.Destroy(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.wait("the destroyed half down, the rest up", func(m exporterproc.Metrics) bool {
+		return up(m, 0, doms[:n/2]) && up(m, 1, doms[n/2:])
+	})
 }
