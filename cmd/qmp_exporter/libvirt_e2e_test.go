@@ -3,11 +3,14 @@ package main
 import (
 	"context"
 	"fmt"
+	"net"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/qmp-exporter/qmp_exporter/internal/exporterproc"
+	"github.com/qmp-exporter/qmp_exporter/internal/qemulab"
 	"github.com/qmp-exporter/qmp_exporter/internal/virtlab"
 )
 
@@ -72,6 +75,28 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	}
 	e.wait("the tray opened and closed", func(m exporterproc.Metrics) bool {
 		return m.Has(`qmp_events_total{event="DEVICE_TRAY_MOVED",`+vm+`}`, 2) && m.Has(`qmp_tray_open{device="ide0-1-0",`+vm+`}`, 0)
+	})
+
+	// A VNC client: libvirt relays QEMU's connect, initialize and
+	// disconnect of the domain's display.
+	display, err := d.Virsh(ctx, "domdisplay", dom.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := vncAddress(display)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := qemulab.VNCHandshakeAt(ctx, "tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.wait("a VNC session", func(m exporterproc.Metrics) bool {
+		return m.Has(`qmp_vnc_clients{`+vm+`}`, 1) && m.Has(`qmp_vnc_sessions_total{`+vm+`}`, 1) && m.Has(`qmp_vnc_connections_total{`+vm+`}`, 1)
+	})
+	client.Close()
+	e.wait("the VNC client gone", func(m exporterproc.Metrics) bool {
+		return m.Has(`qmp_vnc_clients{`+vm+`}`, 0) && m.Has(`qmp_vnc_handshake_failures_total{`+vm+`}`, 0)
 	})
 
 	if err := d.Restart(ctx); err != nil {
@@ -142,4 +167,16 @@ func TestLibvirtTwentyDomains(t *testing.T) {
 	e.wait("the destroyed half down, the rest up", func(m exporterproc.Metrics) bool {
 		return up(m, 0, doms[:n/2]) && up(m, 1, doms[n/2:])
 	})
+}
+
+// vncAddress turns virsh domdisplay's vnc://HOST:DISPLAY into the TCP
+// address of the display (port 5900 + DISPLAY).
+func vncAddress(display string) (string, error) {
+	rest, ok := strings.CutPrefix(strings.TrimSpace(display), "vnc://")
+	host, num, found := strings.Cut(rest, ":")
+	n, err := strconv.Atoi(num)
+	if !ok || !found || err != nil {
+		return "", fmt.Errorf("virsh domdisplay said %q, not vnc://HOST:DISPLAY", display)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(5900+n)), nil
 }

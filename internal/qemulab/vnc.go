@@ -18,8 +18,14 @@ import (
 // returned connection makes it emit VNC_DISCONNECTED. The whole handshake is
 // bounded by ctx; the returned connection has no deadline set.
 func VNCHandshake(ctx context.Context, path string) (net.Conn, error) {
+	return VNCHandshakeAt(ctx, "unix", path)
+}
+
+// VNCHandshakeAt is VNCHandshake for a VNC server at any address, such
+// as the TCP port libvirt gives a domain's VNC display.
+func VNCHandshakeAt(ctx context.Context, network, address string) (net.Conn, error) {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
+	c, err := d.DialContext(ctx, network, address)
 	if err != nil {
 		return nil, fmt.Errorf("qemulab: vnc: %w", err)
 	}

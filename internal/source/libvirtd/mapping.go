@@ -98,6 +98,10 @@ var ioErrorActions = map[libvirt.DomainEventIOErrorAction]string{
 // disks, with the alias libvirt gave each (QEMU's qdev id) and, for a
 // removable one, its tray.
 type domainXML struct {
+	Graphics []struct {
+		Type string `xml:"type,attr"`
+		Port string `xml:"port,attr"`
+	} `xml:"devices>graphics"`
 	Disks []struct {
 		Device string `xml:"device,attr"`
 		Target struct {
@@ -112,9 +116,8 @@ type domainXML struct {
 // maxXMLBytes bounds the domain XML the source parses.
 const maxXMLBytes = 1 << 20
 
-// blockEntries reads a domain's disks from its live XML as query-block
-// would list them: qdev id, removable or not, tray.
-func blockEntries(desc string) ([]vmstate.BlockEntry, error) {
+// readXML reads what the source uses of a domain's live XML.
+func readXML(desc string) (*domainXML, error) {
 	if len(desc) > maxXMLBytes {
 		return nil, fmt.Errorf("domain XML of %d bytes, more than %d", len(desc), maxXMLBytes)
 	}
@@ -122,6 +125,31 @@ func blockEntries(desc string) ([]vmstate.BlockEntry, error) {
 	if err := xml.Unmarshal([]byte(desc), &x); err != nil {
 		return nil, fmt.Errorf("reading the domain XML: %w", err)
 	}
+	return &x, nil
+}
+
+// vncPort returns the port of the domain's VNC display, and whether it
+// has one ("" while libvirt has not given it one yet).
+func (x *domainXML) vncPort() (string, bool) {
+	for _, g := range x.Graphics {
+		if g.Type == "vnc" {
+			return g.Port, true
+		}
+	}
+	return "", false
+}
+
+// blockEntries reads a domain's disks from its live XML as query-block
+// would list them: qdev id, removable or not, tray.
+func blockEntries(desc string) ([]vmstate.BlockEntry, error) {
+	x, err := readXML(desc)
+	if err != nil {
+		return nil, err
+	}
+	return x.blockEntries(), nil
+}
+
+func (x *domainXML) blockEntries() []vmstate.BlockEntry {
 	var out []vmstate.BlockEntry
 	for _, d := range x.Disks {
 		if d.Alias.Name == "" {
@@ -135,7 +163,27 @@ func blockEntries(desc string) ([]vmstate.BlockEntry, error) {
 		}
 		out = append(out, e)
 	}
-	return out, nil
+	return out
+}
+
+// vncEvents are the QMP events of libvirt's graphics phases.
+var vncEvents = map[libvirt.DomainEventGraphicsPhase]string{
+	libvirt.DomainEventGraphicsConnect:    "VNC_CONNECTED",
+	libvirt.DomainEventGraphicsInitialize: "VNC_INITIALIZED",
+	libvirt.DomainEventGraphicsDisconnect: "VNC_DISCONNECTED",
+}
+
+// vncEvent translates a graphics event of a VNC display: libvirt passes
+// the client's and server's addresses, as QEMU's VNC events have them.
+func vncEvent(m libvirt.DomainEventGraphicsMsg, now time.Time) (qmp.Event, bool) {
+	name, ok := vncEvents[libvirt.DomainEventGraphicsPhase(m.Phase)]
+	if !ok {
+		return qmp.Event{}, false
+	}
+	addr := func(a libvirt.DomainEventGraphicsAddress) string {
+		return fmt.Sprintf(`{"host": %s, "service": %s}`, strconv.Quote(a.Node), strconv.Quote(a.Service))
+	}
+	return qmp.Event{Name: name, Time: now, Data: []byte(`{"server": ` + addr(m.Local) + `, "client": ` + addr(m.Remote) + `}`)}, true
 }
 
 // translation is what one libvirt event means for its domain.

@@ -161,3 +161,30 @@ func TestBlockEntries(t *testing.T) {
 		t.Error("a broken XML gave no error")
 	}
 }
+
+// TestVNCEvents folds a VNC client's three graphics phases: one
+// connection, one session, no client left, no failed handshake.
+func TestVNCEvents(t *testing.T) {
+	st := vmstate.New()
+	st.MarkUp()
+	st.VNC.Set(1, 0)
+	local := libvirt.DomainEventGraphicsAddress{Node: "127.0.0.1", Service: "5900"}
+	remote := libvirt.DomainEventGraphicsAddress{Node: "127.0.0.1", Service: "41234"}
+	for _, phase := range []libvirt.DomainEventGraphicsPhase{libvirt.DomainEventGraphicsConnect, libvirt.DomainEventGraphicsInitialize, libvirt.DomainEventGraphicsDisconnect} {
+		ev, ok := vncEvent(libvirt.DomainEventGraphicsMsg{Phase: int32(phase), Local: local, Remote: remote}, time.Now())
+		if !ok {
+			t.Fatalf("phase %d not translated", phase)
+		}
+		st.Apply(ev)
+	}
+	if d := st.VNC; d.Clients != 0 || d.Connections != 1 || d.Sessions != 1 || d.Failed != 0 || st.DataErrors != 0 {
+		t.Errorf("VNC %+v, data errors %d", d, st.DataErrors)
+	}
+	x, err := readXML(`<domain><devices><graphics type='spice' port='5901'/><graphics type='vnc' port='5900' autoport='yes'/></devices></domain>`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if port, ok := x.vncPort(); !ok || port != "5900" {
+		t.Errorf("vncPort = %q, %v", port, ok)
+	}
+}

@@ -105,6 +105,12 @@ var _ source.Source = (*Source)(nil)
 type domain struct {
 	vm   *fleet.VM
 	name string
+	// vnc and vncPort: the domain's VNC display, from its XML (under the
+	// VM's lock). Graphics events of another display (SPICE) are not
+	// followed: libvirt does not say which channel of a SPICE session
+	// they are.
+	vnc     bool
+	vncPort string
 }
 
 // New returns a source for the libvirtd at opts.Socket, whose domains
@@ -168,7 +174,7 @@ var eventIDs = []libvirt.DomainEventID{
 	libvirt.DomainEventIDLifecycle, libvirt.DomainEventIDReboot, libvirt.DomainEventIDRtcChange,
 	libvirt.DomainEventIDWatchdog, libvirt.DomainEventIDIoErrorReason, libvirt.DomainEventIDTrayChange, libvirt.DomainEventIDBalloonChange,
 	libvirt.DomainEventIDPmsuspend, libvirt.DomainEventIDPmsuspendDisk, libvirt.DomainEventIDPmwakeup,
-	libvirt.DomainEventIDDeviceRemoved,
+	libvirt.DomainEventIDDeviceRemoved, libvirt.DomainEventIDGraphics,
 }
 
 // session is one connection: subscribe, read every domain, then follow
@@ -248,6 +254,10 @@ type session struct {
 // left to the session's loop.
 func (ses *session) handle(msg any) {
 	now := time.Now()
+	if g, ok := msg.(*libvirt.DomainEventCallbackGraphicsMsg); ok {
+		ses.graphics(g.Msg, now)
+		return
+	}
 	t, ok := translate(msg, now)
 	if !ok {
 		return
@@ -267,7 +277,30 @@ func (ses *session) handle(msg any) {
 		st.SetStatus(t.status)
 	}
 	if t.stopped {
-		st.MarkDown(now)
+		stopped(st, now)
+	}
+	d.vm.Unlock()
+}
+
+// stopped records that the domain's QEMU is gone: down, and no client on
+// its display any more. (A lost connection to libvirtd only marks the
+// domains down: their QEMUs and clients may well be there still.)
+func stopped(st *vmstate.State, now time.Time) {
+	st.MarkDown(now)
+	st.VNC.Set(st.VNC.Enabled, 0)
+}
+
+// graphics folds a graphics event of the domain's VNC display.
+func (ses *session) graphics(m libvirt.DomainEventGraphicsMsg, now time.Time) {
+	d := ses.s.ensure(m.Dom, ses.version, now)
+	if d == nil {
+		return
+	}
+	st := d.vm.Lock()
+	if d.vnc && (d.vncPort == "" || d.vncPort == m.Local.Service) {
+		if ev, ok := vncEvent(m, now); ok {
+			st.Apply(ev)
+		}
 	}
 	d.vm.Unlock()
 }
@@ -324,7 +357,7 @@ func (ses *session) readAll() error {
 	for _, d := range ses.s.snapshot() {
 		if st := d.vm.LockRead(); !running[st.Info.UUID] && st.Up {
 			d.vm.Unlock()
-			d.vm.Lock().MarkDown(now)
+			stopped(d.vm.Lock(), now)
 		}
 		d.vm.Unlock()
 	}
@@ -343,7 +376,7 @@ func (ses *session) read(dom libvirt.Domain) error {
 		return err
 	}
 	status, active := runState(state, reason)
-	var disks []vmstate.BlockEntry
+	var x *domainXML
 	if active {
 		var desc string
 		err := ses.c.call(func() (err error) { desc, err = ses.l.DomainGetXMLDesc(dom, 0); return err })
@@ -353,8 +386,8 @@ func (ses *session) read(dom libvirt.Domain) error {
 		case err != nil:
 			return err
 		default:
-			if disks, err = blockEntries(desc); err != nil {
-				level.Warn(ses.s.logger).Log("msg", "cannot read a domain's disks", "domain", dom.Name, "err", err)
+			if x, err = readXML(desc); err != nil {
+				level.Warn(ses.s.logger).Log("msg", "cannot read a domain's XML", "domain", dom.Name, "err", err)
 			}
 		}
 	}
@@ -367,11 +400,22 @@ func (ses *session) read(dom libvirt.Domain) error {
 	if active {
 		st.MarkUp()
 		st.SetStatus(status)
-		if disks != nil {
-			st.SetBlock(disks)
+		if x != nil {
+			if disks := x.blockEntries(); disks != nil {
+				st.SetBlock(disks)
+			}
+			// libvirt does not say how many clients a display has now:
+			// the count is what the events since the exporter started
+			// told.
+			d.vncPort, d.vnc = x.vncPort()
+			if d.vnc {
+				st.VNC.Set(1, st.VNC.Clients)
+			} else {
+				st.VNC.Set(0, 0)
+			}
 		}
 	} else {
-		st.MarkDown(now)
+		stopped(st, now)
 	}
 	d.vm.Unlock()
 	return nil
