@@ -56,6 +56,14 @@ var vmMetrics = []*Metric{
 				s.add(1, st.Info.UUID, st.Info.Version, st.Info.Package)
 			}
 		}},
+	{Name: "qmp_openstack_instance_info", Type: gauge, Labels: []string{"instance_name", "flavor", "project_id", "project_name", "user_id", "user_name"},
+		Source: "libvirt domain XML (nova:instance)",
+		Help:   "OpenStack Nova's metadata of the instance a libvirt domain runs (its name, flavor, project and user), to join on vm; always 1, absent for other VMs.",
+		values: func(st *vmstate.State, s *sink) {
+			if o := st.OpenStack; o != nil {
+				s.add(1, o.Name, o.Flavor, o.ProjectID, o.Project, o.UserID, o.User)
+			}
+		}},
 	{Name: "qmp_events_total", Type: counter, Labels: []string{"event"}, Source: "every event",
 		Help: "QMP events observed by this exporter, by QEMU's event name. Counts survive reconnects; events QEMU emitted while no session was up are not seen." + rateLimitNote,
 		values: func(st *vmstate.State, s *sink) {

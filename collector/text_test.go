@@ -155,6 +155,7 @@ func TestTextWriterMatchesCollectorFleet(t *testing.T) {
 	st := v.Lock()
 	st.MarkUp()
 	st.Apply(qmp.Event{Name: "STOP"})
+	st.SetOpenStack(&vmstate.OpenStackInstance{Name: "web \"1\"", Flavor: "m1.small", Project: "shop", User: "alice"})
 	v.Unlock()
 	checkTextMatchesCollector(t, f)
 	var b bytes.Buffer

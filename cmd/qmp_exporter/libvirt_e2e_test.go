@@ -46,6 +46,14 @@ func TestLibvirtEndToEnd(t *testing.T) {
 		}
 	}
 
+	// Nova writes its instance metadata into the domain XML; the exporter
+	// reads it at the next refresh.
+	if out, err := d.Virsh(ctx, "metadata", dom.Name(), "--live", "--uri", "http://openstack.org/xmlns/libvirt/nova/1.1", "--key", "nova",
+		"--set", `<instance><name>web-1</name><flavor name="m1.small"/><owner><user uuid="u-1">alice</user><project uuid="p-1">shop</project></owner></instance>`); err != nil {
+		t.Fatalf("setting Nova's metadata: %v\n%s", err, out)
+	}
+	e.wait("Nova's metadata", has(`qmp_openstack_instance_info{flavor="m1.small",instance_name="web-1",project_id="p-1",project_name="shop",user_id="u-1",user_name="alice",`+vm+`}`, 1))
+
 	step := func(what string, do func(context.Context) error, series string, v float64) {
 		t.Helper()
 		if err := do(ctx); err != nil {

@@ -254,6 +254,8 @@ type State struct {
 	// maps, no longer the shared zeroPanics and zeroWatchdog.
 	ownPanics, ownWatchdog bool
 	RTCKnown               bool
+	BalloonOK              bool // Balloon is known
+	HVBalloonOK            bool // HVBalloon is known
 
 	// Block devices and their name maps.
 	Devices   map[string]*BlockDev
@@ -263,17 +265,41 @@ type State struct {
 	JobsDone  map[[2]string]uint64 // job type, result (completed, failed, cancelled)
 	// endedJob is the id and type of the last job an end event forgot,
 	// for the JOB_STATUS_CHANGE that follows it.
-	endedJob    [2]string
-	JobErrors   [2][3]uint64 // by IOOperations × IOActions
-	Balloon     uint64       // valid when BalloonOK
-	HVBalloon   [2]uint64    // committed, available; valid when HVBalloonOK
-	BalloonOK   bool
-	HVBalloonOK bool
+	endedJob  [2]string
+	JobErrors [2][3]uint64 // by IOOperations × IOActions
+	Balloon   uint64       // valid when BalloonOK
+	HVBalloon [2]uint64    // committed, available; valid when HVBalloonOK
 
 	Migration     Migration
 	MigrationEnds [3]uint64 // by MigrationResults
 
 	VNC, Spice Display
+
+	// OpenStack is what OpenStack Nova wrote of the instance into its
+	// libvirt domain's XML; nil for other VMs.
+	OpenStack *OpenStackInstance
+}
+
+// OpenStackInstance is the instance metadata Nova keeps in a domain's
+// XML (<nova:instance>): the names operators know an instance by.
+type OpenStackInstance struct {
+	Name, Flavor       string
+	ProjectID, Project string
+	UserID, User       string
+}
+
+// SetOpenStack records Nova's metadata of the instance (nil: none), made
+// safe as label values.
+func (s *State) SetOpenStack(o *OpenStackInstance) {
+	if o == nil {
+		s.OpenStack = nil
+		return
+	}
+	c := OpenStackInstance{Name: CleanLabel(o.Name), Flavor: CleanLabel(o.Flavor), ProjectID: CleanLabel(o.ProjectID),
+		Project: CleanLabel(o.Project), UserID: CleanLabel(o.UserID), User: CleanLabel(o.User)}
+	if s.OpenStack == nil || *s.OpenStack != c {
+		s.OpenStack = &c
+	}
 }
 
 // New returns the state of a VM nothing is known about yet. Its

@@ -98,6 +98,22 @@ var ioErrorActions = map[libvirt.DomainEventIOErrorAction]string{
 // disks, with the alias libvirt gave each (QEMU's qdev id) and, for a
 // removable one, its tray.
 type domainXML struct {
+	Nova *struct {
+		Name   string `xml:"name"`
+		Flavor struct {
+			Name string `xml:"name,attr"`
+		} `xml:"flavor"`
+		Owner struct {
+			User struct {
+				UUID string `xml:"uuid,attr"`
+				Name string `xml:",chardata"`
+			} `xml:"user"`
+			Project struct {
+				UUID string `xml:"uuid,attr"`
+				Name string `xml:",chardata"`
+			} `xml:"project"`
+		} `xml:"owner"`
+	} `xml:"metadata>instance"` // Nova's <nova:instance>
 	Graphics []struct {
 		Type string `xml:"type,attr"`
 		Port string `xml:"port,attr"`
@@ -126,6 +142,16 @@ func readXML(desc string) (*domainXML, error) {
 		return nil, fmt.Errorf("reading the domain XML: %w", err)
 	}
 	return &x, nil
+}
+
+// openStack returns the Nova metadata of the domain, nil without any.
+func (x *domainXML) openStack() *vmstate.OpenStackInstance {
+	n := x.Nova
+	if n == nil {
+		return nil
+	}
+	return &vmstate.OpenStackInstance{Name: n.Name, Flavor: n.Flavor.Name,
+		ProjectID: n.Owner.Project.UUID, Project: n.Owner.Project.Name, UserID: n.Owner.User.UUID, User: n.Owner.User.Name}
 }
 
 // vncPort returns the port of the domain's VNC display, and whether it

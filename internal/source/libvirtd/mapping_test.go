@@ -188,3 +188,35 @@ func TestVNCEvents(t *testing.T) {
 		t.Errorf("vncPort = %q, %v", port, ok)
 	}
 }
+
+// TestOpenStackMetadata reads the <nova:instance> Nova writes into a
+// domain's XML.
+func TestOpenStackMetadata(t *testing.T) {
+	x, err := readXML(`<domain type='kvm'><name>instance-0000002a</name>
+  <metadata>
+    <nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.1">
+      <nova:package version="27.1.0"/>
+      <nova:name>web-1</nova:name>
+      <nova:creationTime>2026-11-30 10:00:00</nova:creationTime>
+      <nova:flavor name="m1.small"><nova:memory>2048</nova:memory><nova:vcpus>1</nova:vcpus></nova:flavor>
+      <nova:owner>
+        <nova:user uuid="5e5cc0ac-0000-4000-8000-000000000001">alice</nova:user>
+        <nova:project uuid="8a1d2c3e-0000-4000-8000-000000000002">shop</nova:project>
+      </nova:owner>
+      <nova:root type="image" uuid="c0ffee00-0000-4000-8000-000000000003"/>
+    </nova:instance>
+  </metadata>
+  <devices/></domain>`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &vmstate.OpenStackInstance{Name: "web-1", Flavor: "m1.small",
+		ProjectID: "8a1d2c3e-0000-4000-8000-000000000002", Project: "shop",
+		UserID: "5e5cc0ac-0000-4000-8000-000000000001", User: "alice"}
+	if diff := cmp.Diff(want, x.openStack()); diff != "" {
+		t.Errorf("(-want +got):\n%s", diff)
+	}
+	if x, err := readXML(`<domain><devices/></domain>`); err != nil || x.openStack() != nil {
+		t.Errorf("a domain without Nova's metadata gave %+v, %v", x.openStack(), err)
+	}
+}

@@ -407,6 +407,7 @@ func (ses *session) read(dom libvirt.Domain) error {
 			// libvirt does not say how many clients a display has now:
 			// the count is what the events since the exporter started
 			// told.
+			st.SetOpenStack(x.openStack())
 			d.vncPort, d.vnc = x.vncPort()
 			if d.vnc {
 				st.VNC.Set(1, st.VNC.Clients)
