@@ -37,6 +37,8 @@ func TestLibvirtEndToEnd(t *testing.T) {
 		return m.Has(`qmp_up{`+vm+`}`, 1) && m.Has(`qmp_vm_status{status="running",`+vm+`}`, 1) && hasInfo(m, dom.UUID(), vm) &&
 			// The disks of the domain XML, their counters from 0.
 			m.Has(`qmp_tray_open{device="ide0-1-0",`+vm+`}`, 0) &&
+			// The balloon, as libvirt's memory statistics give it.
+			m[`qmp_balloon_actual_bytes{`+vm+`}`] > 0 &&
 			m.Has(`qmp_block_io_errors_total{action="report",device="ide0-1-0",operation="unknown",`+vm+`}`, 0)
 	})
 	// What only a QMP session of the exporter's own knows is absent.
@@ -166,7 +168,10 @@ func TestLibvirtTwentyDomains(t *testing.T) {
 		}
 		return true
 	}
-	e.wait("all twenty domains up", func(m exporterproc.Metrics) bool { return up(m, 1, doms) })
+	m := e.wait("all twenty domains up", func(m exporterproc.Metrics) bool { return up(m, 1, doms) })
+	if v, ok := m.Value(`qmp_balloon_actual_bytes{vm="` + doms[0].Name() + `"}`); ok {
+		t.Errorf("a domain without a balloon shows qmp_balloon_actual_bytes %v, want it absent", v)
+	}
 	for _, dom := range doms[:n/2] {
 		if err := dom.Destroy(ctx); err != nil {
 			t.Fatal(err)

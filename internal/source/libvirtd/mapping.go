@@ -114,6 +114,9 @@ type domainXML struct {
 			} `xml:"project"`
 		} `xml:"owner"`
 	} `xml:"metadata>instance"` // Nova's <nova:instance>
+	Balloon *struct {
+		Model string `xml:"model,attr"`
+	} `xml:"devices>memballoon"`
 	Graphics []struct {
 		Type string `xml:"type,attr"`
 		Port string `xml:"port,attr"`
@@ -153,6 +156,10 @@ func (x *domainXML) openStack() *vmstate.OpenStackInstance {
 	return &vmstate.OpenStackInstance{Name: n.Name, Flavor: n.Flavor.Name,
 		ProjectID: n.Owner.Project.UUID, Project: n.Owner.Project.Name, UserID: n.Owner.User.UUID, User: n.Owner.User.Name}
 }
+
+// hasBalloon reports whether the domain has a balloon device (libvirt
+// adds one unless the XML says model='none').
+func (x *domainXML) hasBalloon() bool { return x.Balloon != nil && x.Balloon.Model != "none" }
 
 // vncPort returns the port of the domain's VNC display, and whether it
 // has one ("" while libvirt has not given it one yet).

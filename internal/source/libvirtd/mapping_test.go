@@ -220,3 +220,16 @@ func TestOpenStackMetadata(t *testing.T) {
 		t.Errorf("a domain without Nova's metadata gave %+v, %v", x.openStack(), err)
 	}
 }
+
+func TestHasBalloon(t *testing.T) {
+	for xml, want := range map[string]bool{
+		`<domain><devices><memballoon model='virtio'/></devices></domain>`: true,
+		`<domain><devices><memballoon model='none'/></devices></domain>`:   false,
+		`<domain><devices/></domain>`:                                      false,
+	} {
+		x, err := readXML(xml)
+		if err != nil || x.hasBalloon() != want {
+			t.Errorf("%s: hasBalloon = %v (err %v), want %v", xml, x.hasBalloon(), err, want)
+		}
+	}
+}

@@ -391,6 +391,22 @@ func (ses *session) read(dom libvirt.Domain) error {
 			}
 		}
 	}
+	balloon, haveBalloon := uint64(0), false
+	if active && x != nil && x.hasBalloon() {
+		var stats []libvirt.DomainMemoryStat
+		err := ses.c.call(func() (err error) {
+			stats, err = ses.l.DomainMemoryStats(dom, uint32(libvirt.DomainMemoryStatNr), 0)
+			return err
+		})
+		if err != nil && !libvirt.IsNotFound(err) {
+			return err
+		}
+		for _, m := range stats {
+			if libvirt.DomainMemoryStatTags(m.Tag) == libvirt.DomainMemoryStatActualBalloon {
+				balloon, haveBalloon = m.Val*1024, true
+			}
+		}
+	}
 	now := time.Now()
 	d := ses.s.ensure(dom, ses.version, now)
 	if d == nil {
@@ -408,6 +424,7 @@ func (ses *session) read(dom libvirt.Domain) error {
 			// the count is what the events since the exporter started
 			// told.
 			st.SetOpenStack(x.openStack())
+			st.SetBalloon(balloon, haveBalloon)
 			d.vncPort, d.vnc = x.vncPort()
 			if d.vnc {
 				st.VNC.Set(1, st.VNC.Clients)
