@@ -109,6 +109,15 @@ func TestLibvirtEndToEnd(t *testing.T) {
 		return m.Has(`qmp_vnc_clients{`+vm+`}`, 0) && m.Has(`qmp_vnc_handshake_failures_total{`+vm+`}`, 0)
 	})
 
+	// libvirtd away for a while: its domains are not known to be up.
+	if err := d.StopLibvirtd(ctx); err != nil {
+		t.Fatalf("stopping libvirtd: %v", err)
+	}
+	e.wait("down while libvirtd is away", has(`qmp_up{`+vm+`}`, 0))
+	if err := d.StartLibvirtd(ctx); err != nil {
+		t.Fatalf("starting libvirtd: %v", err)
+	}
+	e.wait("up again", has(`qmp_up{`+vm+`}`, 1))
 	if err := d.Restart(ctx); err != nil {
 		t.Fatalf("restarting libvirtd: %v", err)
 	}
