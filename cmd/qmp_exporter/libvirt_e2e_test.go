@@ -202,3 +202,65 @@ func vncAddress(display string) (string, error) {
 	}
 	return net.JoinHostPort(host, strconv.Itoa(5900+n)), nil
 }
+
+// TestLibvirtGuestFailures: guests that panic, let their watchdog fire
+// and write to a full disk, under a real libvirtd, each seen through the
+// read-only socket as the QMP events libvirt's events stand for, with the
+// run state libvirt reports.
+func TestLibvirtGuestFailures(t *testing.T) {
+	ctx, cancel, bin := qemuE2E(t, 4*time.Minute)
+	defer cancel()
+	d := virtlab.StartT(t, virtlab.Options{})
+	// A domain the exporter sees first, so that it is subscribed before
+	// the guests below act (about 150 ms after they start).
+	witness, err := d.DefineAndStart(ctx, virtlab.DomainOptions{Name: "virtlab-witness"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := startExporter(t, ctx, bin, "--libvirt.socket="+d.SocketRO(), "--qmp.refresh-interval=2s", "--qmp.max-backoff=1s")
+	e.wait("subscribed", func(m exporterproc.Metrics) bool { return m.Has(`qmp_up{vm="`+witness.Name()+`"}`, 1) })
+
+	for _, tc := range []struct {
+		name   string
+		guest  virtlab.GuestAction
+		opts   virtlab.DomainOptions
+		series []string // each must be 1
+	}{
+		{"panic", virtlab.GuestPanic, virtlab.DomainOptions{Panic: true, OnCrash: "preserve"}, []string{
+			`qmp_guest_panics_total{action="pause",info="none",vm="virtlab-panic"}`,
+			`qmp_vm_status{status="guest-panicked",vm="virtlab-panic"}`,
+		}},
+		{"watchdog", virtlab.GuestWatchdog, virtlab.DomainOptions{Watchdog: "pause", WatchdogModel: virtlab.WatchdogIB700}, []string{
+			`qmp_watchdog_actions_total{action="pause",vm="virtlab-watchdog"}`,
+			`qmp_vm_status{status="watchdog",vm="virtlab-watchdog"}`,
+		}},
+		{"disk", virtlab.GuestDiskWrite, virtlab.DomainOptions{FullDisk: true}, []string{
+			`qmp_block_io_errors_total{action="stop",device="ide0-0-0",operation="unknown",vm="virtlab-disk"}`,
+			`qmp_block_io_nospace_errors_total{device="ide0-0-0",vm="virtlab-disk"}`,
+			`qmp_vm_status{status="io-error",vm="virtlab-disk"}`,
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			image, err := d.GuestImage(tc.guest)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tc.opts.Name, tc.opts.Kernel = "virtlab-"+tc.name, image
+			dom, err := d.DefineAndStart(ctx, tc.opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.wait(tc.name, func(m exporterproc.Metrics) bool {
+				for _, s := range tc.series {
+					if !m.Has(s, 1) {
+						return false
+					}
+				}
+				return true
+			})
+			if taint, tainted, err := dom.Tainted(ctx); err != nil || tainted {
+				t.Errorf("domain tainted=%v (%q), err %v", tainted, taint, err)
+			}
+		})
+	}
+}

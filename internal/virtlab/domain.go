@@ -14,10 +14,10 @@ import (
 	"time"
 )
 
-// NamePrefix starts the domain names DefineAndStart generates. Start
-// destroys and undefines every domain whose name starts with it, left
-// behind by a test run that crashed before Close; give a domain another
-// name only if a leftover of it is harmless.
+// NamePrefix starts the domain names Define generates. Start destroys and
+// undefines every domain whose name starts with it, left behind by a test
+// run that crashed before Close; give a domain another name only if a
+// leftover of it is harmless.
 const NamePrefix = "virtlab-"
 
 // CDROMTarget is the target device of the CD-ROM drive of
@@ -35,9 +35,9 @@ const (
 // SeaBIOS idles happily in it.
 const DefaultMemoryMiB = 32
 
-// DomainOptions describes a domain for DefineAndStart. The zero value is a
-// domain with no devices but those libvirt always adds (USB controller,
-// PS/2 input, IDE controller) and no memory balloon.
+// DomainOptions describes a domain for Define and DefineAndStart. The zero
+// value is a domain with no devices but those libvirt always adds (USB
+// controller, PS/2 input, IDE controller) and no memory balloon.
 type DomainOptions struct {
 	// Name is the domain's name; empty means NamePrefix and eight random
 	// hex digits.
@@ -51,25 +51,53 @@ type DomainOptions struct {
 	// VNC adds VNC graphics on 127.0.0.1 with an automatic port (5900 and
 	// up), and with it a cirrus-vga video device.
 	VNC bool
-	// Watchdog, if set, adds an i6300esb watchdog with this action:
-	// "reset", "shutdown", "poweroff", "pause", "dump", "inject-nmi" or
-	// "none". The guest (SeaBIOS) never arms it, so it never fires.
+	// Watchdog, if set, adds a watchdog of model WatchdogModel with this
+	// action: "reset", "shutdown", "poweroff", "pause", "dump",
+	// "inject-nmi" or "none". SeaBIOS never arms it; GuestWatchdog arms
+	// an ib700.
 	Watchdog string
-	// Panic adds an ISA pvpanic device (<panic model='isa'/>).
+	// WatchdogModel is the Watchdog's model; empty means "i6300esb" (PCI).
+	// GuestWatchdog programs WatchdogIB700 (ISA) only.
+	WatchdogModel string
+	// Panic adds an ISA pvpanic device (<panic model='isa'/>), port
+	// 0x505, which GuestPanic and GuestCrashLoaded write to.
 	Panic bool
+	// OnCrash is what libvirt does when the guest panics (<on_crash>):
+	// empty means "destroy", libvirt's own default, which leaves the
+	// domain "shut off (crashed)"; "preserve" leaves it "crashed
+	// (panicked)" with its QEMU still there (vCPUs stopped). Others:
+	// "restart", "rename-restart", "coredump-destroy",
+	// "coredump-restart".
+	OnCrash string
 	// Balloon adds a virtio memory balloon. Without it the domain gets
 	// <memballoon model='none'/>, since libvirt adds a balloon to a domain
 	// that names none.
 	Balloon bool
+	// Kernel, if set, is the path of a multiboot kernel the domain boots
+	// instead of idling in SeaBIOS (<os><kernel>), e.g. from
+	// Daemon.GuestImage. QEMU, running as libvirt-qemu, reads it at each
+	// start: keep it in the Daemon's media directory.
+	Kernel string
+	// FullDisk adds a raw IDE disk, target FullDiskTarget, that fails
+	// every write with ENOSPC (an image on a tmpfs of its own that is
+	// full; Close unmounts it), with error_policy and rerror_policy
+	// "stop": a write (GuestDiskWrite) leaves the domain "paused (I/O
+	// error)". Domain.FullDisk returns the image's path.
+	FullDisk bool
 }
 
-// Domain is a persistent domain that DefineAndStart defined. Its methods
-// run virsh against the Daemon's read-write socket and are bounded by
-// their context.
+// WatchdogIB700 is the ISA watchdog model (DomainOptions.WatchdogModel)
+// that GuestWatchdog arms.
+const WatchdogIB700 = "ib700"
+
+// Domain is a persistent domain that Define or DefineAndStart defined. Its
+// methods run virsh against the Daemon's read-write socket and are bounded
+// by their context.
 type Domain struct {
-	d    *Daemon
-	name string
-	uuid string
+	d        *Daemon
+	name     string
+	uuid     string
+	fullDisk string // the image of DomainOptions.FullDisk
 }
 
 // Name returns the domain's name.
@@ -99,8 +127,8 @@ func (d *Daemon) NewMedia(name string) (string, error) {
 	return p, nil
 }
 
-// Domains returns the domains DefineAndStart defined, oldest first,
-// including those a test has destroyed or undefined since.
+// Domains returns the domains Define and DefineAndStart defined, oldest
+// first, including those a test has destroyed or undefined since.
 func (d *Daemon) Domains() []*Domain {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -112,9 +140,26 @@ func (d *Daemon) Domains() []*Domain {
 // transient (virsh create) so that it survives Destroy: State then reports
 // "shut off (destroyed)" and Start boots it again with the same UUID, as
 // for a production VM. Close destroys and undefines it. The start takes
-// about a second and a half with TCG; the domain then runs SeaBIOS, which
-// finds nothing to boot and idles.
+// about a second with TCG; the domain then runs SeaBIOS, which finds
+// nothing to boot and idles, or boots DomainOptions.Kernel. A guest that
+// acts at once (GuestImage) may do so before an event listener started
+// after DefineAndStart is ready: use Define, then Domain.Start.
 func (d *Daemon) DefineAndStart(ctx context.Context, opts DomainOptions) (*Domain, error) {
+	x, err := d.Define(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := x.Start(ctx); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// Define defines a persistent domain (virsh define) without starting it,
+// bounded by ctx: State "shut off (unknown)". Start it with Domain.Start,
+// e.g. once an event listener is ready for what its guest does at once.
+// Close destroys and undefines it.
+func (d *Daemon) Define(ctx context.Context, opts DomainOptions) (*Domain, error) {
 	name := opts.Name
 	if name == "" {
 		var b [4]byte
@@ -132,14 +177,21 @@ func (d *Daemon) DefineAndStart(ctx context.Context, opts DomainOptions) (*Domai
 	if opts.MemoryMiB < 0 {
 		return nil, fmt.Errorf("virtlab: negative MemoryMiB %d", opts.MemoryMiB)
 	}
+	x := &Domain{d: d, name: name}
+	if opts.FullDisk {
+		img, err := d.newFullDisk(name)
+		if err != nil {
+			return nil, err
+		}
+		x.fullDisk = img
+	}
 	xmlPath := filepath.Join(d.dir, "domains", name+".xml")
-	if err := os.WriteFile(xmlPath, []byte(d.domainXML(name, opts)), 0o644); err != nil {
+	if err := os.WriteFile(xmlPath, []byte(d.domainXML(name, opts, x.fullDisk)), 0o644); err != nil {
 		return nil, fmt.Errorf("virtlab: %w", err)
 	}
 	if _, err := d.Virsh(ctx, "define", xmlPath); err != nil {
 		return nil, err
 	}
-	x := &Domain{d: d, name: name}
 	d.mu.Lock()
 	d.domains = append(d.domains, x)
 	d.mu.Unlock()
@@ -148,21 +200,31 @@ func (d *Daemon) DefineAndStart(ctx context.Context, opts DomainOptions) (*Domai
 		return nil, err
 	}
 	x.uuid = uuid
-	if err := x.Start(ctx); err != nil {
-		return nil, err
-	}
 	return x, nil
 }
 
 // domainXML renders the domain definition: TCG, the "pc" machine (i440FX),
-// SeaBIOS and no disk, so nothing boots and the domain idles.
-func (d *Daemon) domainXML(name string, opts DomainOptions) string {
+// SeaBIOS and no bootable disk, so without a kernel nothing boots and the
+// domain idles. fullDisk is the image of opts.FullDisk.
+func (d *Daemon) domainXML(name string, opts DomainOptions, fullDisk string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "<domain type='qemu'>\n  <name>%s</name>\n", esc(name))
 	fmt.Fprintf(&b, "  <memory unit='MiB'>%d</memory>\n  <vcpu>1</vcpu>\n", opts.MemoryMiB)
-	b.WriteString("  <os><type arch='x86_64' machine='pc'>hvm</type></os>\n")
-	b.WriteString("  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>destroy</on_crash>\n")
+	b.WriteString("  <os>\n    <type arch='x86_64' machine='pc'>hvm</type>\n")
+	if opts.Kernel != "" {
+		fmt.Fprintf(&b, "    <kernel>%s</kernel>\n", esc(opts.Kernel))
+	}
+	b.WriteString("  </os>\n")
+	onCrash := opts.OnCrash
+	if onCrash == "" {
+		onCrash = "destroy"
+	}
+	fmt.Fprintf(&b, "  <on_poweroff>destroy</on_poweroff>\n  <on_reboot>restart</on_reboot>\n  <on_crash>%s</on_crash>\n", esc(onCrash))
 	b.WriteString("  <devices>\n")
+	if fullDisk != "" {
+		fmt.Fprintf(&b, "    <disk type='file' device='disk'>\n      <driver name='qemu' type='raw' error_policy='stop' rerror_policy='stop'/>\n      <source file='%s'/>\n      <target dev='%s' bus='ide'/>\n    </disk>\n",
+			esc(fullDisk), FullDiskTarget)
+	}
 	if opts.CDROM {
 		fmt.Fprintf(&b, "    <disk type='file' device='cdrom'>\n      <driver name='qemu' type='raw'/>\n      <source file='%s'/>\n      <target dev='%s' bus='ide'/>\n      <readonly/>\n    </disk>\n",
 			esc(d.Media()), CDROMTarget)
@@ -171,7 +233,11 @@ func (d *Daemon) domainXML(name string, opts DomainOptions) string {
 		b.WriteString("    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>\n")
 	}
 	if opts.Watchdog != "" {
-		fmt.Fprintf(&b, "    <watchdog model='i6300esb' action='%s'/>\n", esc(opts.Watchdog))
+		model := opts.WatchdogModel
+		if model == "" {
+			model = "i6300esb"
+		}
+		fmt.Fprintf(&b, "    <watchdog model='%s' action='%s'/>\n", esc(model), esc(opts.Watchdog))
 	}
 	if opts.Panic {
 		b.WriteString("    <panic model='isa'/>\n")

@@ -24,3 +24,16 @@ func tryLock(f *os.File) (bool, error) {
 	}
 	return err == nil, err
 }
+
+// mountTmpfs mounts a tmpfs named source on dir with the tmpfs options
+// opts (e.g. "size=65536,mode=0755"), not executable nor setuid.
+func mountTmpfs(source, dir, opts string) error {
+	return syscall.Mount(source, dir, "tmpfs", syscall.MS_NOSUID|syscall.MS_NODEV|syscall.MS_NOEXEC, opts)
+}
+
+// unmount detaches the file system mounted on dir at once; it goes away
+// when nothing uses it any more (MNT_DETACH). EINVAL: nothing is mounted
+// there.
+func unmount(dir string) error {
+	return syscall.Unmount(dir, syscall.MNT_DETACH)
+}

@@ -14,3 +14,9 @@ func sysProcAttr() *syscall.SysProcAttr { return nil }
 func tryLock(*os.File) (bool, error) {
 	return false, errors.New("virtlab: only supported on Linux")
 }
+
+func mountTmpfs(string, string, string) error {
+	return errors.New("virtlab: only supported on Linux")
+}
+
+func unmount(string) error { return errors.New("virtlab: only supported on Linux") }

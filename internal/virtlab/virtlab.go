@@ -155,7 +155,8 @@ type Daemon struct {
 	mu       sync.Mutex
 	libvirtd *proc     // nil while stopped
 	virtlogd *proc     // nil if an already running virtlogd is shared
-	domains  []*Domain // defined by DefineAndStart, removed by Close
+	domains  []*Domain // defined by Define, removed by Close
+	mounts   []string  // the full disks' tmpfs mounts, unmounted by Close
 	closed   bool
 	lastOut  string // the output's tail, kept when Close removes the file
 
@@ -171,7 +172,8 @@ type Daemon struct {
 // ctx allows: only one Daemon may run on a machine at a time (see the
 // package documentation). It refuses to run beside a libvirtd that uses the
 // default socket directory. It destroys and undefines domains whose names
-// start with NamePrefix, left behind by a test run that crashed.
+// start with NamePrefix, left behind by a test run that crashed, and
+// unmounts the tmpfs mounts of such a run's full disks.
 //
 // Everything is bounded by ctx; the daemons live until Close. On failure
 // everything started is stopped, and the error includes the daemons'
@@ -251,7 +253,10 @@ func (d *Daemon) start(ctx context.Context, parent string) error {
 	if err := d.StartLibvirtd(ctx); err != nil {
 		return err
 	}
-	return d.removeStale(ctx)
+	if err := d.removeStale(ctx); err != nil {
+		return err
+	}
+	return unmountLeftovers()
 }
 
 // safePath matches paths that need no escaping in a libvirt URI.
@@ -607,8 +612,9 @@ func (d *Daemon) LibvirtdPid() int {
 }
 
 // Dir returns the Daemon's directory: libvirtd.conf, the pid files,
-// daemons.log, run/ (the sockets), media/ and domains/ (the XML given to
-// virsh define). Close removes it.
+// daemons.log, run/ (the sockets), media/ (CD-ROM and guest images),
+// domains/ (the XML given to virsh define) and full/NAME (the tmpfs mount
+// of a domain's full disk). Close removes it.
 func (d *Daemon) Dir() string { return d.dir }
 
 // SocketRO returns the path of libvirtd's read-only socket, open to every
@@ -719,11 +725,12 @@ func (d *Daemon) outputHint() string {
 	return s
 }
 
-// Close destroys and undefines the domains DefineAndStart made (starting
-// libvirtd again for that if it is stopped), stops libvirtd and the virtlogd
-// it started (SIGTERM, then SIGKILL), removes the domains' logs and the
-// Daemon's directory, and releases the machine-wide lock. It is idempotent
-// and returns the first error of its first call. Output keeps working.
+// Close destroys and undefines the domains Define made (starting libvirtd
+// again for that if it is stopped), stops libvirtd and the virtlogd it
+// started (SIGTERM, then SIGKILL), removes the domains' logs, unmounts the
+// full disks' tmpfs mounts, removes the Daemon's directory, and releases
+// the machine-wide lock. It is idempotent and returns the first error of
+// its first call. Output keeps working.
 func (d *Daemon) Close() error {
 	d.closeOnce.Do(func() { d.closeErr = d.close() })
 	return d.closeErr
@@ -770,6 +777,10 @@ func (d *Daemon) close() error {
 		if err := os.Remove(x.LogPath()); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, fmt.Errorf("virtlab: close: %w", err))
 		}
+	}
+	// Before RemoveAll, which must not descend into a mounted tmpfs.
+	if err := d.unmountAll(); err != nil {
+		errs = append(errs, fmt.Errorf("virtlab: close: %w", err))
 	}
 	d.mu.Lock()
 	d.lastOut = d.readOutput()
