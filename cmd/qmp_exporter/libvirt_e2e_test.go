@@ -189,6 +189,11 @@ func TestLibvirtTwentyDomains(t *testing.T) {
 	e.wait("the destroyed half down, the rest up", func(m exporterproc.Metrics) bool {
 		return up(m, 0, doms[:n/2]) && up(m, 1, doms[n/2:])
 	})
+	for _, dom := range doms {
+		if taint, tainted, err := dom.Tainted(ctx); err != nil || tainted {
+			t.Errorf("%s tainted=%v (%q), err %v", dom.Name(), tainted, taint, err)
+		}
+	}
 }
 
 // vncAddress turns virsh domdisplay's vnc://HOST:DISPLAY into the TCP
