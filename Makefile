@@ -73,7 +73,7 @@ test_summary = awk '/^ *--- PASS/ {p++} /^ *--- FAIL/ {f++} /^ *--- SKIP/ {s++} 
 
 .DEFAULT_GOAL := all
 
-.PHONY: all build test style vet staticcheck test-race fuzz-short checkmetrics \
+.PHONY: all build binary crossbuild tarball test style vet staticcheck test-race fuzz-short checkmetrics \
 	checkrules test-dashboards \
 	test-short gobench lint govulncheck demo clean help
 
@@ -81,11 +81,42 @@ test_summary = awk '/^ *--- PASS/ {p++} /^ *--- FAIL/ {f++} /^ *--- SKIP/ {s++} 
 all: test build
 
 # build: the exporter with version information, in .build/<os>-<arch>/ and ./.
-build:
+build: binary
+	cp $(BUILD_DIR)/$(BINARY) ./$(BINARY)
+
+# binary: the exporter in .build/<os>-<arch>/ only. Static, as .promu.yml
+# says (cgo off, the pure-Go resolver and user lookup), so that it runs in
+# the busybox image and on any Linux of its architecture.
+binary:
 	@echo ">> building $(BUILD_DIR)/$(BINARY) $(VERSION) ($(REVISION))"
 	@mkdir -p $(BUILD_DIR)
-	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BUILD_DIR)/$(BINARY) ./cmd/qmp_exporter
-	cp $(BUILD_DIR)/$(BINARY) ./$(BINARY)
+	CGO_ENABLED=0 GOOS=$(GOOS) GOARCH=$(GOARCH) $(GO) build -trimpath -tags netgo,osusergo \
+		-ldflags '$(LDFLAGS)' -o $(BUILD_DIR)/$(BINARY) ./cmd/qmp_exporter
+
+# PLATFORMS are those of crossbuild and tarball (.promu.yml's crossbuild).
+PLATFORMS ?= linux/amd64 linux/arm64
+
+# crossbuild: a static binary for each of PLATFORMS, in .build/<os>-<arch>/.
+crossbuild:
+	@for p in $(PLATFORMS); do \
+		$(MAKE) --no-print-directory binary GOOS=$${p%/*} GOARCH=$${p#*/}; \
+	done
+
+# tarball: for each of PLATFORMS, .build/tarballs/qmp_exporter-VERSION.OS-ARCH.tar.gz
+# (the binary, LICENSE and the example configurations, in a directory of the
+# same name, the Prometheus layout) and sha256sums.txt beside them.
+TARBALL_DIR := $(BUILD_ROOT)/tarballs
+tarball: crossbuild
+	@rm -rf $(TARBALL_DIR) && mkdir -p $(TARBALL_DIR)
+	@for p in $(PLATFORMS); do \
+		name=$(BINARY)-$(VERSION).$${p%/*}-$${p#*/}; dir=$(TARBALL_DIR)/$$name; \
+		mkdir -p $$dir/examples && \
+		cp $(BUILD_ROOT)/$${p%/*}-$${p#*/}/$(BINARY) LICENSE $$dir/ && \
+		cp examples/*.yml $$dir/examples/ && \
+		tar -C $(TARBALL_DIR) --owner=0 --group=0 -czf $(TARBALL_DIR)/$$name.tar.gz $$name && \
+		rm -rf $$dir && echo ">> $(TARBALL_DIR)/$$name.tar.gz"; \
+	done
+	cd $(TARBALL_DIR) && sha256sum *.tar.gz > sha256sums.txt
 
 # test: the CI gate; each step runs only if the previous ones passed.
 test: style vet staticcheck checkrules test-dashboards test-race fuzz-short checkmetrics
