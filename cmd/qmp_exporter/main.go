@@ -147,17 +147,38 @@ type errExit int
 
 func (e errExit) Error() string { return fmt.Sprintf("exit %d", int(e)) }
 
-func newLogger(w io.Writer, lvl, format string) (log.Logger, slog.Level) {
-	var logger log.Logger
+// newLogger returns the exporter's go-kit logger (each line with ts,
+// caller and level) and a *slog.Logger for exporter-toolkit that writes
+// through the same writer, format and level filter. The slog bridge adds
+// a record's level, caller and time itself, so it logs to the logger
+// before ts and caller are added, and its time is written as ts: every
+// line carries each field once, whoever wrote it.
+func newLogger(w io.Writer, lvl, format string) (log.Logger, *slog.Logger) {
+	var base log.Logger
 	if format == "json" {
-		logger = log.NewJSONLogger(log.NewSyncWriter(w))
+		base = log.NewJSONLogger(log.NewSyncWriter(w))
 	} else {
-		logger = log.NewLogfmtLogger(log.NewSyncWriter(w))
+		base = log.NewLogfmtLogger(log.NewSyncWriter(w))
 	}
-	logger = level.NewFilter(logger, level.Allow(level.ParseDefault(lvl, level.InfoValue())))
-	logger = log.With(logger, "ts", log.DefaultTimestampUTC, "caller", log.DefaultCaller)
+	base = level.NewFilter(base, level.Allow(level.ParseDefault(lvl, level.InfoValue())))
+	logger := log.With(base, "ts", log.DefaultTimestampUTC, "caller", log.DefaultCaller)
 	sl := map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}[lvl]
-	return logger, sl
+	return logger, slog.New(slogkit.NewGoKitHandler(timeAsTS(base), sl))
+}
+
+// timeAsTS writes the slog bridge's time field as ts, in the format of
+// log.DefaultTimestampUTC.
+func timeAsTS(next log.Logger) log.Logger {
+	return log.LoggerFunc(func(kv ...any) error {
+		for i := 0; i+1 < len(kv); i += 2 {
+			if kv[i] == slog.TimeKey {
+				if t, ok := kv[i+1].(time.Time); ok {
+					kv[i], kv[i+1] = "ts", t.UTC().Format(time.RFC3339Nano)
+				}
+			}
+		}
+		return next.Log(kv...)
+	})
 }
 
 // run is the exporter's life: flags, logger, configuration, sources,
@@ -172,8 +193,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "%s: error: %v, try --help\n", exporterName, err)
 		return 2
 	}
-	logger, slevel := newLogger(stderr, f.logLevel, f.logFormat)
-	slogger := slog.New(slogkit.NewGoKitHandler(logger, slevel))
+	logger, slogger := newLogger(stderr, f.logLevel, f.logFormat)
 
 	conf := &configuration{f: f}
 	if f.configCheck {
