@@ -361,7 +361,11 @@ func (x *Domain) Undefine(ctx context.Context) error { return x.run(ctx, "undefi
 // tray-change "opened", then "closed" (it closes the empty tray again). It
 // fails ("doesn't have media") when the drive is empty.
 func (x *Domain) EjectCDROM(ctx context.Context) error {
-	return x.run(ctx, "change-media", x.name, CDROMTarget, "--eject", "--live")
+	// --force: right after a reset, SeaBIOS may hold the tray locked
+	// while it probes the drive; without it QEMU only asks the guest to
+	// open the tray, and libvirt gives up with "Tray ... is not open"
+	// (seen once in make test).
+	return x.run(ctx, "change-media", x.name, CDROMTarget, "--eject", "--live", "--force")
 }
 
 // InsertCDROM puts the image at path into the running domain's empty
