@@ -25,11 +25,28 @@
 //     fleet.
 package source
 
-import "context"
+import (
+	"context"
+	"math/rand/v2"
+	"time"
+)
 
 // Source keeps a set of VMs in the fleet current until ctx ends. Run
 // returns once every goroutine the source started has stopped; a source
 // that could not do its work at all returns why.
 type Source interface {
 	Run(ctx context.Context) error
+}
+
+// Backoff is the wait before the next attempt after n consecutive
+// failures (n ≥ 1): it doubles from lo up to hi, and is drawn at random
+// from the upper half of that, so that many VMs restarted together (or
+// every source after one daemon's restart) do not retry in lock step.
+func Backoff(lo, hi time.Duration, n int) time.Duration {
+	d := lo
+	for i := 1; i < n && d < hi; i++ {
+		d *= 2
+	}
+	d = min(d, hi)
+	return d/2 + rand.N(d/2+1)
 }

@@ -17,7 +17,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"sync"
 	"time"
@@ -158,14 +157,9 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 }
 
-// backoff doubles from MinBackoff up to MaxBackoff, with jitter.
+// backoff is source.Backoff between MinBackoff and MaxBackoff.
 func (s *Source) backoff(n int) time.Duration {
-	d := s.opts.MinBackoff
-	for i := 1; i < n && d < s.opts.MaxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, s.opts.MaxBackoff)
-	return d/2 + rand.N(d/2+1)
+	return source.Backoff(s.opts.MinBackoff, s.opts.MaxBackoff, n)
 }
 
 // eventIDs are the domain events the source subscribes to: those

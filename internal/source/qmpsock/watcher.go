@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +14,7 @@ import (
 	"github.com/go-kit/log/level"
 
 	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
+	"github.com/qmp-exporter/qmp_exporter/internal/source"
 	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
 	"github.com/qmp-exporter/qmp_exporter/qmp"
 )
@@ -132,16 +132,9 @@ func (t Target) DefaultNameOrName() string {
 	return t.DefaultName()
 }
 
-// jitteredBackoff doubles from MinBackoff up to MaxBackoff and picks a
-// random wait in the upper half of that, so that a thousand VMs restarted
-// together do not redial in lock step.
+// jitteredBackoff is source.Backoff between MinBackoff and MaxBackoff.
 func (w *watcher) jitteredBackoff(n int) time.Duration {
-	d := w.opts.MinBackoff
-	for i := 1; i < n && d < w.opts.MaxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, w.opts.MaxBackoff)
-	return d/2 + rand.N(d/2+1)
+	return source.Backoff(w.opts.MinBackoff, w.opts.MaxBackoff, n)
 }
 
 // maxEarlyEvents bounds the events kept from before a session's sync.
