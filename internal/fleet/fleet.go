@@ -10,6 +10,7 @@
 package fleet
 
 import (
+	"cmp"
 	"fmt"
 	"slices"
 	"strconv"
@@ -45,15 +46,6 @@ type Meta struct {
 	// connection counters, and the events libvirt does not relay) is
 	// absent for it, not zero.
 	Libvirt bool
-}
-
-// LogName is the configured name, else the default one: what logs call
-// the VM before QEMU has said its name.
-func (m Meta) LogName() string {
-	if m.Name != "" {
-		return m.Name
-	}
-	return m.DefaultName
 }
 
 // Options configure a Fleet.
@@ -134,15 +126,7 @@ func (f *Fleet) sorted() []*VM {
 	for _, v := range f.vms {
 		vms = append(vms, v)
 	}
-	slices.SortFunc(vms, func(a, b *VM) int {
-		switch {
-		case a.key < b.key:
-			return -1
-		case a.key > b.key:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(vms, func(a, b *VM) int { return cmp.Compare(a.key, b.key) })
 	return vms
 }
 

@@ -70,8 +70,11 @@ func (o *Options) setDefaults() {
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = 100 * time.Millisecond
 	}
+	if o.MaxBackoff <= 0 {
+		o.MaxBackoff = 30 * time.Second
+	}
 	if o.MaxBackoff < o.MinBackoff {
-		o.MaxBackoff = max(30*time.Second, o.MinBackoff)
+		o.MaxBackoff = o.MinBackoff
 	}
 	if o.RefreshInterval <= 0 {
 		o.RefreshInterval = 30 * time.Second
@@ -257,7 +260,7 @@ func (ses *session) handle(msg any) {
 		return
 	}
 	d := ses.s.ensure(t.dom, ses.version, now)
-	if t.resync || d == nil {
+	if t.resync {
 		ses.readLater(t.dom)
 	}
 	if d == nil {
@@ -349,11 +352,13 @@ func (ses *session) readAll() error {
 	}
 	now := time.Now()
 	for _, d := range ses.s.snapshot() {
-		if st := d.vm.LockRead(); !running[st.Info.UUID] && st.Up {
-			d.vm.Unlock()
-			stopped(d.vm.Lock(), now)
-		}
+		st := d.vm.LockRead()
+		gone := st.Up && !running[st.Info.UUID]
 		d.vm.Unlock()
+		if gone {
+			stopped(d.vm.Lock(), now)
+			d.vm.Unlock()
+		}
 	}
 	return nil
 }
@@ -447,11 +452,15 @@ func (s *Source) ensure(dom libvirt.Domain, version string, now time.Time) *doma
 	if d == nil {
 		return nil
 	}
-	st := d.vm.Lock()
-	if !st.Synced || st.Info.Name != vmstate.CleanLabel(dom.Name) || st.Info.Version != version {
-		st.SetInfo(vmstate.Info{Name: dom.Name, UUID: uuid, Version: version})
-	}
+	// Read first: an unchanged identity must not mark the VM changed,
+	// or every refresh would render every domain's series again.
+	st := d.vm.LockRead()
+	changed := !st.Synced || st.Info.Name != vmstate.CleanLabel(dom.Name) || st.Info.Version != version
 	d.vm.Unlock()
+	if changed {
+		d.vm.Lock().SetInfo(vmstate.Info{Name: dom.Name, UUID: uuid, Version: version})
+		d.vm.Unlock()
+	}
 	return d
 }
 
