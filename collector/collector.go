@@ -277,3 +277,26 @@ func sortedPairs[V any](buf *[][2]string, m map[[2]string]V) [][2]string {
 	*buf = keys
 	return keys
 }
+
+// EventLogCollector exposes qmp_event_log_dropped_total, read through
+// dropped (journal.LogFile.Dropped).
+type EventLogCollector struct {
+	dropped func() uint64
+	desc    *prometheus.Desc
+}
+
+var _ prometheus.Collector = (*EventLogCollector)(nil)
+
+// NewEventLogCollector returns an EventLogCollector reading dropped.
+func NewEventLogCollector(dropped func() uint64) *EventLogCollector {
+	m := eventLogDropped
+	return &EventLogCollector{dropped: dropped, desc: prometheus.NewDesc(m.Name, m.Help, nil, nil)}
+}
+
+// Describe sends the counter's description.
+func (c *EventLogCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect sends the counter.
+func (c *EventLogCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(c.dropped()))
+}

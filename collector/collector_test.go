@@ -161,7 +161,7 @@ func benchFleet(n int) *fleet.Fleet {
 		}
 		st := v.Lock()
 		st.SetInfo(vmstate.Info{Name: name, UUID: fmt.Sprintf("5c0ffee0-0d15-4a7b-9e3c-%012d", n+i), Version: "7.2.22"})
-		st.MarkUp()
+		st.MarkUp(time.Now())
 		st.SetStatus("running")
 		for _, e := range []string{"STOP", "RESUME", "RESET", "RTC_CHANGE", "VNC_CONNECTED", "VNC_DISCONNECTED"} {
 			st.Apply(qmp.Event{Name: e, Time: time.Unix(1700000000, 5000)})

@@ -50,7 +50,7 @@ func FuzzExposition(f *testing.F) {
 		}
 		st := v.Lock()
 		st.SetBlock([]vmstate.BlockEntry{{Device: "ide0-hd1", Qdev: "disk1"}, {Qdev: "/machine/peripheral/disk0"}})
-		st.MarkUp()
+		st.MarkUp(time.Now())
 		st.Apply(qmp.Event{Name: name, Data: data})
 		st.Apply(qmp.Event{Name: name, Data: data})
 		v.Unlock()

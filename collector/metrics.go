@@ -345,6 +345,15 @@ var vmMetrics = []*Metric{
 var listenerConnections = &Metric{Name: "qmp_listener_connections_total", Type: counter, Labels: []string{"listener", "result"}, Source: "listener sockets (QEMU dialling in)",
 	Help: "Connections QEMUs opened to a listener socket, by result: accepted (identified and attached to its VM), refused (peer uid not allowed, too many handshakes at once in all or from one process, or the limit of dialled-in VMs reached while all are connected) or failed (handshake or identification failed)."}
 
+// eventLogDropped counts what --events.log-file could not take; it exists
+// only with an event log, and its value comes from EventLogCollector.
+var eventLogDropped = &Metric{Name: "qmp_event_log_dropped_total", Type: counter, Source: "--events.log-file",
+	Help: "Events not written to the event log (--events.log-file) because its queue was full or the file could not be written. The events are still counted in the VMs' metrics and kept on /events."}
+
+// exporterMetrics are the metrics that are not per VM, after vmMetrics in
+// README order; their values come from collectors of their own.
+var exporterMetrics = []*Metric{listenerConnections, eventLogDropped}
+
 // MetricInfo describes one metric the exporter serves.
 type MetricInfo struct {
 	Name, Type, Source, Help string
@@ -359,13 +368,15 @@ type MetricInfo struct {
 // README order, from their one definition: for documentation and for
 // the checks of dashboards and alert rules.
 func Metrics() []MetricInfo {
-	out := make([]MetricInfo, 0, len(vmMetrics)+1)
+	out := make([]MetricInfo, 0, len(vmMetrics)+len(exporterMetrics))
 	for _, m := range vmMetrics {
 		out = append(out, MetricInfo{Name: m.Name, Type: m.Type, Source: m.Source, Help: m.Help, Libvirt: !m.qmpOnly,
 			Labels: append([]string{"vm"}, m.Labels...)})
 	}
-	l := listenerConnections
-	return append(out, MetricInfo{Name: l.Name, Type: l.Type, Source: l.Source, Help: l.Help, Labels: slices.Clone(l.Labels)})
+	for _, m := range exporterMetrics {
+		out = append(out, MetricInfo{Name: m.Name, Type: m.Type, Source: m.Source, Help: m.Help, Labels: slices.Clone(m.Labels)})
+	}
+	return out
 }
 
 func boolValue(b bool) float64 {

@@ -23,7 +23,7 @@ func metricsTable() string {
 		if !m.Libvirt {
 			lv = "—"
 		}
-		b.WriteString("| `" + m.Name + "` | " + m.Type + " | " + "`" + strings.Join(m.Labels, "`, `") + "`" + " | " + m.Source + " | " + lv + " | " + strings.ReplaceAll(m.Help, "|", "\\|") + " |\n")
+		b.WriteString("| `" + m.Name + "` | " + m.Type + " | " + labels(m.Labels) + " | " + m.Source + " | " + lv + " | " + strings.ReplaceAll(m.Help, "|", "\\|") + " |\n")
 	}
 	return b.String()
 }
@@ -53,4 +53,11 @@ func TestREADMEMetricsTable(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("README metrics table is stale; run go test ./collector -update (-want +got):\n%s", diff)
 	}
+}
+
+func labels(ls []string) string {
+	if len(ls) == 0 {
+		return "—"
+	}
+	return "`" + strings.Join(ls, "`, `") + "`"
 }

@@ -153,7 +153,7 @@ func TestTextWriterMatchesCollectorFleet(t *testing.T) {
 		t.Fatal(err)
 	}
 	st := v.Lock()
-	st.MarkUp()
+	st.MarkUp(time.Now())
 	st.Apply(qmp.Event{Name: "STOP"})
 	st.SetOpenStack(&vmstate.OpenStackInstance{Name: "web \"1\"", Flavor: "m1.small", Project: "shop", User: "alice"})
 	v.Unlock()
@@ -176,7 +176,7 @@ func TestTextWriterRendersOnlyChangedVMs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v.Lock().MarkUp()
+	v.Lock().MarkUp(time.Now())
 	v.Unlock()
 	tw := NewTextWriter(f)
 	scrape := func() (string, *renderedVM) {

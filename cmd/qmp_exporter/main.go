@@ -14,6 +14,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
+	"math"
 	"net/http"
 	"os"
 	"os/signal"
@@ -24,6 +25,7 @@ import (
 	"time"
 
 	"github.com/alecthomas/kingpin/v2"
+	"github.com/alecthomas/units"
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
 	"github.com/prometheus/client_golang/prometheus"
@@ -38,6 +40,8 @@ import (
 	"github.com/qmp-exporter/qmp_exporter/collector"
 	"github.com/qmp-exporter/qmp_exporter/config"
 	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
+	"github.com/qmp-exporter/qmp_exporter/internal/journal"
+	"github.com/qmp-exporter/qmp_exporter/internal/pages"
 	"github.com/qmp-exporter/qmp_exporter/internal/source/libvirtd"
 	"github.com/qmp-exporter/qmp_exporter/internal/source/qmpsock"
 )
@@ -72,6 +76,9 @@ type flags struct {
 	metricsPath    string
 	noExporterMet  bool
 	maxRequests    int
+	eventsKeep     int
+	eventsMemory   units.Base2Bytes
+	eventsLogFile  string
 	logLevel       string
 	logFormat      string
 	web            *web.FlagConfig
@@ -124,6 +131,12 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
 		BoolVar(&f.noExporterMet)
 	app.Flag("web.max-requests", "Maximum number of concurrent scrapes; 0 means no limit.").
 		Default("40").IntVar(&f.maxRequests)
+	app.Flag("events.keep", "Recent events kept per VM, with their data, for the /vms and /events pages.").
+		Default(strconv.Itoa(journal.DefaultKeep)).IntVar(&f.eventsKeep)
+	app.Flag("events.max-memory", "Most memory the recent events of all VMs may take (their data, and about 100 bytes each): over it, the VMs holding the most lose their oldest events first.").
+		Default("64MiB").BytesVar(&f.eventsMemory)
+	app.Flag("events.log-file", "Write every event as one JSON object per line to this file (- for standard output), for Loki and other log stores. Reopened on SIGHUP, for logrotate. Events the file cannot take in time are dropped and counted in qmp_event_log_dropped_total, never delaying the VMs.").
+		PlaceHolder("PATH").StringVar(&f.eventsLogFile)
 	app.Flag("log.level", "Only log messages with the given severity or above. One of: [debug, info, warn, error]").
 		Default("info").EnumVar(&f.logLevel, "debug", "info", "warn", "error")
 	app.Flag("log.format", "Output format of log messages. One of: [logfmt, json]").
@@ -206,6 +219,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	if err == nil && f.libvirtMax < 1 {
 		err = fmt.Errorf("--libvirt.max-domains must be at least 1, got %d", f.libvirtMax)
 	}
+	if err == nil && f.eventsKeep < 1 {
+		err = fmt.Errorf("--events.keep must be at least 1, got %d", f.eventsKeep)
+	}
 	if err != nil {
 		level.Error(logger).Log("msg", "cannot start", "err", err)
 		return 1
@@ -221,16 +237,25 @@ func run(args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	vms := fleet.New(fleet.Options{StaleAfter: conf.staleAfter, Logger: logger})
+	events, eventLog, stopLog, err := newJournal(f, logger)
+	if err != nil {
+		level.Error(logger).Log("msg", "cannot open the event log", "err", err)
+		return 1
+	}
+	defer stopLog() // after the sources stopped: their last events are written
+	vms := fleet.New(fleet.Options{StaleAfter: conf.staleAfter, Logger: logger, Journal: events})
 	src, stopSources, err := startSources(f, conf, initial, vms, logger)
 	if err != nil {
 		return 1
 	}
 	defer stopSources()
 
-	productReg, exporterReg := newRegistries(f, src)
+	productReg, exporterReg := newRegistries(f, src, eventLog)
 	conf.reloaded = newReloadMetrics(productReg)
 	conf.src, conf.logger = src, logger
+	if eventLog != nil {
+		conf.reopen = eventLog.Reopen
+	}
 	stopReload := conf.reloadOnSIGHUP()
 	defer stopReload()
 
@@ -349,14 +374,39 @@ func startSources(f *flags, conf *configuration, initial []qmpsock.Target, vms *
 // (version, listeners, reloads) and the one of the process's (Go and
 // process collectors, empty with --web.disable-exporter-metrics). The
 // VMs' series are not in either: collector.TextWriter writes them.
-func newRegistries(f *flags, src *qmpsock.Source) (product, exporter *prometheus.Registry) {
+func newRegistries(f *flags, src *qmpsock.Source, eventLog *journal.LogFile) (product, exporter *prometheus.Registry) {
 	product = prometheus.NewRegistry()
 	product.MustRegister(versioncollector.NewCollector(exporterName), collector.NewListenerCollector(src.EachListenerCount))
+	if eventLog != nil {
+		product.MustRegister(collector.NewEventLogCollector(eventLog.Dropped))
+	}
 	exporter = prometheus.NewRegistry()
 	if !f.noExporterMet {
 		exporter.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	}
 	return product, exporter
+}
+
+// newJournal returns the journal of recent events and, with
+// --events.log-file, the event log it feeds, with the function that
+// stops the log's writer after writing what is queued.
+func newJournal(f *flags, logger log.Logger) (*journal.Journal, *journal.LogFile, func(), error) {
+	opts := journal.Options{Keep: f.eventsKeep, MaxBytes: int(min(int64(f.eventsMemory), math.MaxInt))}
+	if f.eventsLogFile == "" {
+		return journal.New(opts), nil, func() {}, nil
+	}
+	l, err := journal.OpenLog(f.eventsLogFile, 0, logger)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	opts.Log = l.Send
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.Run(ctx)
+	}()
+	return journal.New(opts), l, func() { cancel(); <-done }, nil
 }
 
 // newMux serves /metrics, the health and reload endpoints and the landing
@@ -379,6 +429,9 @@ func newMux(f *flags, vms *fleet.Fleet, product, exporter *prometheus.Registry, 
 
 	mux := http.NewServeMux()
 	mux.Handle(f.metricsPath, handler)
+	p := pages.New(vms)
+	mux.HandleFunc("/vms", p.ServeVMs)
+	mux.HandleFunc("/events", p.ServeEvents)
 	mux.HandleFunc("/-/healthy", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "Healthy\n") })
 	mux.HandleFunc("/-/ready", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "Ready\n") })
 	mux.HandleFunc("/-/reload", conf.serveReload)
@@ -389,6 +442,8 @@ func newMux(f *flags, vms *fleet.Fleet, product, exporter *prometheus.Registry, 
 			Version:     version.Info(),
 			Links: []web.LandingLinks{
 				{Address: f.metricsPath, Text: "Metrics"},
+				{Address: "/vms", Text: "VMs"},
+				{Address: "/events", Text: "Recent events"},
 				{Address: "/-/healthy", Text: "Health"},
 			},
 		})

@@ -32,6 +32,8 @@ type configuration struct {
 	src      *qmpsock.Source
 	logger   log.Logger
 	reloaded reloadMetrics
+	// reopen, when set, reopens the event log on SIGHUP (logrotate).
+	reopen func()
 
 	mu sync.Mutex // serializes reloads
 }
@@ -150,6 +152,9 @@ func (c *configuration) reloadOnSIGHUP() (stop func()) {
 			case <-done:
 				return
 			case <-hup:
+				if c.reopen != nil {
+					c.reopen()
+				}
 				_ = c.reload()
 			}
 		}

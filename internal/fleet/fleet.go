@@ -20,7 +20,9 @@ import (
 	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
 
+	"github.com/qmp-exporter/qmp_exporter/internal/journal"
 	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
+	"github.com/qmp-exporter/qmp_exporter/qmp"
 )
 
 // Meta is how a source describes a VM when it adds it: what names it and
@@ -46,6 +48,28 @@ type Meta struct {
 	// connection counters, and the events libvirt does not relay) is
 	// absent for it, not zero.
 	Libvirt bool
+	// Kind says how the VM is reached, for pages and the event log.
+	Kind Kind
+}
+
+// Kind is how a VM is reached.
+type Kind uint8
+
+// The kinds of VM; their String is what pages and the event log show.
+const (
+	Socket   Kind = iota // a QMP socket the exporter dials (configured or discovered)
+	Listener             // a QEMU that dialled in to a listener socket
+	Libvirt              // a libvirt domain
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Listener:
+		return "listener"
+	case Libvirt:
+		return "libvirt"
+	}
+	return "socket"
 }
 
 // Options configure a Fleet.
@@ -55,6 +79,8 @@ type Options struct {
 	StaleAfter time.Duration
 	// Logger receives the fleet's warnings; nil discards them.
 	Logger log.Logger
+	// Journal, when set, keeps each VM's recent events (VM.Apply).
+	Journal *journal.Journal
 }
 
 // Fleet is the set of VMs. Its methods are safe for concurrent use.
@@ -97,6 +123,9 @@ func (f *Fleet) Add(key string, meta Meta, now time.Time) (*VM, error) {
 	}
 	v := &VM{key: key, meta: meta, st: vmstate.New()}
 	v.st.DownSince = now
+	if f.opts.Journal != nil {
+		v.events = f.opts.Journal.NewRing(meta.Kind.String())
+	}
 	f.vms[key] = v
 	return v, nil
 }
@@ -109,6 +138,9 @@ func (f *Fleet) Remove(v *VM) {
 		delete(f.vms, v.key)
 	}
 	delete(f.warned, v)
+	if v.events != nil {
+		v.events.Close()
+	}
 }
 
 // Len returns the number of VMs.
@@ -208,8 +240,9 @@ type VM struct {
 	// gen changes whenever the VM is locked through Lock, which every
 	// writer uses: a scrape renders a VM's series again only when it
 	// moved.
-	gen uint64
-	st  vmstate.State
+	gen    uint64
+	events *journal.Ring // nil without a journal
+	st     vmstate.State
 }
 
 // Meta returns what the VM's source said of it.
@@ -230,6 +263,21 @@ func (v *VM) LockRead() *vmstate.State {
 	v.mu.Lock()
 	return &v.st
 }
+
+// Apply folds ev into the VM's state and keeps it among the VM's recent
+// events, returning the queries the fold asks for (vmstate.State.Apply).
+// Call it between Lock and Unlock; a source folds every event it
+// receives through here, once.
+func (v *VM) Apply(ev qmp.Event) vmstate.Need {
+	n := v.st.Apply(ev)
+	if v.events != nil {
+		v.events.Add(journal.Event{Name: ev.Name, Data: ev.Data, Time: ev.Time}, time.Now(), v.label(), v.st.Info.UUID)
+	}
+	return n
+}
+
+// Events returns the VM's recent events, or nil when the fleet keeps none.
+func (v *VM) Events() *journal.Ring { return v.events }
 
 // Unlock releases the lock Lock or LockRead took.
 func (v *VM) Unlock() { v.mu.Unlock() }

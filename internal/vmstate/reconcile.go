@@ -1,6 +1,7 @@
 package vmstate
 
 import (
+	"math"
 	"strconv"
 	"strings"
 )
@@ -246,7 +247,7 @@ func (s *State) SetBalloon(actual uint64, ok bool) {
 // is not available), and the number of connected clients or channels.
 func (d *Display) Set(enabled int8, clients int) {
 	d.Enabled = enabled
-	d.Clients = clients
+	d.Clients = int32(min(clients, math.MaxInt32))
 	if enabled != 1 {
 		d.pending = nil
 	}

@@ -140,10 +140,8 @@ type Job struct {
 // Migration is the outgoing migration as far as query-migrate and the
 // MIGRATION events tell.
 type Migration struct {
-	Known            bool // a status is known this session
 	Status           string
 	Pass             uint64
-	HaveRAM          bool // the RAM figures below are known
 	Transferred      uint64
 	Remaining, Total uint64
 	DirtyRate        float64 // pages per second
@@ -171,6 +169,11 @@ type Migration struct {
 	// "events" migration capability is on and a migration announces
 	// itself; a STOP or RESUME then need not re-read query-migrate.
 	eventsSeen bool
+
+	// Known and HaveRAM sit with the other booleans, so that the struct
+	// packs (see State).
+	Known   bool // a status is known this session
+	HaveRAM bool // the RAM figures above are known
 }
 
 // MaxUnfinalPolls bounds the polls for the final figures of a completed
@@ -201,8 +204,8 @@ type GuestReason struct {
 
 // Display is the state of VNC or SPICE.
 type Display struct {
-	Enabled     int8 // -1 unknown (query failed or absent), 0 off, 1 on
-	Clients     int
+	Enabled     int8  // -1 unknown (query failed or absent), 0 off, 1 on
+	Clients     int32 // int32 beside Enabled: the struct packs (see State)
 	Connections uint64
 	Sessions    uint64
 	Failed      uint64              // clients gone before INITIALIZED
@@ -221,13 +224,13 @@ type Display struct {
 // the struct packs into a smaller allocation: with fleet.VM around it, 768
 // bytes instead of 896 per VM (a host keeps one per VM; see fleet.VM).
 type State struct {
-	Up     bool
-	Synced bool   // Info is valid
 	Status string // current RunState; "" while unknown
 	Info   Info
 	// DownSince is when the VM was last seen up, or when its source
 	// started looking for it; zero while it is up.
 	DownSince time.Time
+	// UpSince is when the current session began; zero while down.
+	UpSince time.Time
 
 	Events     map[string]*EventStat
 	Unlabelled uint64
@@ -253,6 +256,8 @@ type State struct {
 	// ownPanics and ownWatchdog: Panics and Watchdog are this VM's own
 	// maps, no longer the shared zeroPanics and zeroWatchdog.
 	ownPanics, ownWatchdog bool
+	Up                     bool
+	Synced                 bool // Info is valid
 	RTCKnown               bool
 	BalloonOK              bool // Balloon is known
 	HVBalloonOK            bool // HVBalloon is known
@@ -466,7 +471,7 @@ func (s *State) SetInfo(info Info) (replaced bool) {
 	if s.Synced && (s.Info.Name != info.Name || s.Info.UUID != info.UUID) {
 		replaced = true
 		fresh := New()
-		fresh.Up, fresh.DownSince = s.Up, s.DownSince
+		fresh.Up, fresh.DownSince, fresh.UpSince = s.Up, s.DownSince, s.UpSince
 		fresh.Attempts, fresh.Failures, fresh.ProtocolErrors = s.Attempts, s.Failures, s.ProtocolErrors
 		*s = fresh
 	}
@@ -476,7 +481,10 @@ func (s *State) SetInfo(info Info) (replaced bool) {
 }
 
 // MarkUp records that the VM's session is established and synced.
-func (s *State) MarkUp() {
+func (s *State) MarkUp(now time.Time) {
+	if !s.Up {
+		s.UpSince = now
+	}
 	s.Up = true
 	s.DownSince = time.Time{}
 }
@@ -488,6 +496,7 @@ func (s *State) MarkDown(now time.Time) {
 		s.DownSince = now
 	}
 	s.Up = false
+	s.UpSince = time.Time{}
 	s.Status = ""
 	s.VNC.pending = nil
 	s.Spice.pending = nil

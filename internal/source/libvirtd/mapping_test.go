@@ -88,7 +88,7 @@ func TestTranslateFoldsLikeQEMU(t *testing.T) {
 				t.Fatalf("not translated, or for domain %q", tr.dom.Name)
 			}
 			st := vmstate.New()
-			st.MarkUp()
+			st.MarkUp(time.Now())
 			if tr.event.Name != "" {
 				st.Apply(tr.event)
 				if st.DataErrors != 0 {
@@ -166,7 +166,7 @@ func TestBlockEntries(t *testing.T) {
 // connection, one session, no client left, no failed handshake.
 func TestVNCEvents(t *testing.T) {
 	st := vmstate.New()
-	st.MarkUp()
+	st.MarkUp(time.Now())
 	st.VNC.Set(1, 0)
 	local := libvirt.DomainEventGraphicsAddress{Node: "127.0.0.1", Service: "5900"}
 	remote := libvirt.DomainEventGraphicsAddress{Node: "127.0.0.1", Service: "41234"}

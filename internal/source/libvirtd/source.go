@@ -268,7 +268,7 @@ func (ses *session) handle(msg any) {
 	}
 	st := d.vm.Lock()
 	if t.event.Name != "" {
-		st.Apply(t.event) // the queries it may ask for are the session's reads
+		d.vm.Apply(t.event) // the queries it may ask for are the session's reads
 	}
 	if t.status != "" {
 		st.SetStatus(t.status)
@@ -293,10 +293,10 @@ func (ses *session) graphics(m libvirt.DomainEventGraphicsMsg, now time.Time) {
 	if d == nil {
 		return
 	}
-	st := d.vm.Lock()
+	d.vm.Lock()
 	if d.vnc && (d.vncPort == "" || d.vncPort == m.Local.Service) {
 		if ev, ok := vncEvent(m, now); ok {
-			st.Apply(ev)
+			d.vm.Apply(ev)
 		}
 	}
 	d.vm.Unlock()
@@ -413,7 +413,7 @@ func (ses *session) read(dom libvirt.Domain) error {
 	}
 	st := d.vm.Lock()
 	if active {
-		st.MarkUp()
+		st.MarkUp(now)
 		st.SetStatus(status)
 		if x != nil {
 			if disks := x.blockEntries(); disks != nil {
@@ -426,7 +426,7 @@ func (ses *session) read(dom libvirt.Domain) error {
 			st.SetBalloon(balloon, haveBalloon)
 			d.vncPort, d.vnc = x.vncPort()
 			if d.vnc {
-				st.VNC.Set(1, st.VNC.Clients)
+				st.VNC.Set(1, int(st.VNC.Clients))
 			} else {
 				st.VNC.Set(0, 0)
 			}
@@ -475,7 +475,7 @@ func (s *Source) addLocked(dom libvirt.Domain, uuid string, now time.Time) *doma
 		return nil
 	}
 	vm, err := s.fleet.Add("libvirt\x00"+uuid, fleet.Meta{DefaultName: vmstate.CleanLabel(dom.Name), Labels: s.opts.Labels,
-		HideWhenStale: true, Address: "libvirt:" + dom.Name, Libvirt: true}, now)
+		HideWhenStale: true, Address: "libvirt:" + dom.Name, Libvirt: true, Kind: fleet.Libvirt}, now)
 	if err != nil {
 		level.Error(s.logger).Log("msg", "cannot keep libvirt domain", "domain", dom.Name, "err", err)
 		return nil

@@ -18,7 +18,7 @@ func TestMaxDomains(t *testing.T) {
 	now := time.Now()
 	a, b := s.ensure(dom("a", 1), "7.2.0", now), s.ensure(dom("b", 2), "7.2.0", now)
 	for _, d := range []*domain{a, b} {
-		d.vm.Lock().MarkUp()
+		d.vm.Lock().MarkUp(time.Now())
 		d.vm.Unlock()
 	}
 	if d := s.ensure(dom("c", 3), "7.2.0", now); d != nil || f.Len() != 2 {

@@ -39,7 +39,11 @@ func (t Target) key() string {
 
 // meta is how the target's VM is described to the fleet.
 func (t Target) meta() fleet.Meta {
-	return fleet.Meta{Name: t.Name, DefaultName: t.DefaultName(), Labels: t.Labels, HideWhenStale: t.Discovered, Address: t.Address}
+	kind := fleet.Socket
+	if t.Network == "dialin" {
+		kind = fleet.Listener
+	}
+	return fleet.Meta{Name: t.Name, DefaultName: t.DefaultName(), Labels: t.Labels, HideWhenStale: t.Discovered, Address: t.Address, Kind: kind}
 }
 
 // DefaultName is the name used when neither the configuration nor QEMU

@@ -336,7 +336,7 @@ func (w *watcher) work(s *session) {
 			return
 		}
 		st := w.vm.Lock()
-		st.MarkUp()
+		st.MarkUp(time.Now())
 		w.phase = stateConnected
 		name := st.Info.Name
 		s.established = true
@@ -571,7 +571,7 @@ func (w *watcher) onEvent(ev qmp.Event) {
 		w.early = append(w.early, ev)
 	}
 	before := st.DataErrors
-	n := st.Apply(ev)
+	n := w.vm.Apply(ev)
 	if w.noFollowUps {
 		n = 0
 	}
