@@ -354,3 +354,34 @@ func (b Healthy) serve(ctx context.Context, s *session) error {
 	wg.Wait()
 	return err
 }
+
+// Scripted answers like QEMU 7.2 with its Identity and, on its first
+// session, emits Events in order: a test chooses names and data that a
+// real QEMU would not send, such as markup for the pages' escaping.
+type Scripted struct {
+	Identity
+	Events []ScriptedEvent
+}
+
+// ScriptedEvent is one event a Scripted peer emits; Data is raw JSON, or
+// empty for none.
+type ScriptedEvent struct{ Name, Data string }
+
+func (b Scripted) eventsToSend() int { return len(b.Events) }
+
+func (b Scripted) serve(_ context.Context, s *session) error {
+	if err := s.negotiate(); err != nil {
+		return err
+	}
+	for s.eventsLeft() {
+		i, ok := s.takeEvent(len(b.Events))
+		if !ok {
+			break
+		}
+		if err := s.sendEvent(event(time.Now(), b.Events[i].Name, b.Events[i].Data)); err != nil {
+			s.giveBack()
+			return err
+		}
+	}
+	return s.answerLoop(b.Identity, nil)
+}

@@ -61,7 +61,7 @@ const maxCommandBytes = 64 << 10
 
 // Behaviour is how a Peer treats its clients: one of the types of this
 // package (NeverGreet, NoCapabilitiesReply, Garbage, InvalidUTF8,
-// UnknownID, HugeLine, HalfLineThenHang, Flood, Healthy, HangUp,
+// UnknownID, HugeLine, HalfLineThenHang, Flood, Healthy, Scripted, HangUp,
 // NewIdentity). A Behaviour is a
 // plain value; what must last across sessions is kept by the Peer.
 type Behaviour interface {
