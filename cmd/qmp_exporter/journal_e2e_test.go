@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -287,4 +288,65 @@ func compactJSON(raw json.RawMessage) []byte {
 		return raw
 	}
 	return b.Bytes()
+}
+
+// TestEventLogReopensOnSIGHUP: logrotate moves the event log away and
+// sends SIGHUP; the exporter writes on in a new file, and between the two
+// files no event is missing or repeated.
+func TestEventLogReopensOnSIGHUP(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end test")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	bin := buildExporter(t, ctx)
+	dir := t.TempDir()
+	const total = 300
+	peer, err := hostile.Serve(ctx, filepath.Join(dir, "vm.qmp"), hostile.Healthy{
+		Identity: hostile.Identity{Name: "rotated", UUID: "0badc0de-0000-4000-8000-000000000002"}, Events: total, Rate: 100})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	logPath := filepath.Join(dir, "events.log")
+	e := startExporter(t, ctx, bin, "--qmp.socket="+peer.Path(), "--events.log-file="+logPath)
+	e.wait("some events logged", func(m exporterproc.Metrics) bool {
+		v, _ := m.Value(`qmp_events_total{event="STOP",vm="rotated"}`)
+		return v >= 5
+	})
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.exp.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-peer.EventsDone():
+	case <-ctx.Done():
+		t.Fatal("the peer did not send its events")
+	}
+	m := e.wait("every event counted", func(m exporterproc.Metrics) bool { return eventsCounted(m) == total })
+	var old, cur []pageEvent
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		old, cur = readEventLog(t, logPath+".1"), readEventLog(t, logPath)
+		if len(old)+len(cur) >= total {
+			break
+		}
+	}
+	if len(old) == 0 || len(cur) == 0 || len(old)+len(cur) != total {
+		t.Fatalf("rotated file has %d events, new file %d; want both non-empty, %d in all (counted %v)", len(old), len(cur), total, eventsCounted(m))
+	}
+	if v, ok := m.Value(`qmp_event_log_dropped_total`); !ok || v != 0 {
+		t.Errorf("qmp_event_log_dropped_total = %v (present %v); want 0", v, ok)
+	}
+}
+
+// eventsCounted sums qmp_events_total over all its series.
+func eventsCounted(m exporterproc.Metrics) (n float64) {
+	for series, v := range m {
+		if strings.HasPrefix(series, "qmp_events_total{") {
+			n += v
+		}
+	}
+	return n
 }

@@ -67,6 +67,14 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	e.wait("STOP counted", has(`qmp_events_total{event="STOP",`+vm+`}`, 1))
 	step("resume", dom.Resume, `qmp_events_total{event="RESUME",`+vm+`}`, 1)
 	e.wait("running again", has(`qmp_vm_status{status="running",`+vm+`}`, 1))
+	// The journal keeps libvirt's events too, under their QMP names.
+	var events struct {
+		Events []pageEvent `json:"events"`
+	}
+	e.getJSON("/events?vm=virtlab-web&format=json", &events)
+	if len(events.Events) < 2 || events.Events[0].Event != "RESUME" || events.Events[1].Event != "STOP" || events.Events[0].Source != "libvirt" {
+		t.Errorf("/events of the domain = %+v; want RESUME then STOP first, from libvirt", events.Events)
+	}
 	// QEMU resets once for virsh reset, then SeaBIOS resets the machine
 	// again; libvirt relays one reboot event for the first and one for
 	// the guest's resets (QEMU sent two of those, a fraction of a
