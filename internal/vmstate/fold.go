@@ -456,7 +456,8 @@ func foldQuorumBad(s *State, f *qmp.Fields) (Need, bool) {
 // foldTray records a tray's position. The guest device is in id since
 // QEMU 2.8; before, only the BlockBackend name says which device moved,
 // and when it is empty (an anonymous BlockBackend) nothing does: no
-// device is made up for it, query-block tells every tray's position.
+// device is made up for it. (Nor can query-block tell: it names guest
+// devices only since 2.10.)
 func foldTray(s *State, f *qmp.Fields) (Need, bool) {
 	open, ok := f.Bool("tray-open")
 	if !ok {
@@ -465,7 +466,7 @@ func foldTray(s *State, f *qmp.Fields) (Need, bool) {
 	id, _ := f.StringBytes("id")
 	bb, _ := f.StringBytes("device")
 	if len(id) == 0 && len(bb) == 0 {
-		return NeedBlock, f.Has("device")
+		return 0, f.Has("device")
 	}
 	d, n := s.resolveDevice(f, "id")
 	if open {
