@@ -213,12 +213,16 @@ var vmMetrics = []*Metric{
 			})
 		}},
 	{Name: "qmp_block_quorum_bad_reports_total", Type: counter, Labels: []string{"device", "operation"}, Source: "QUORUM_REPORT_BAD",
-		Help: "Quorum children that returned bad data or failed (QUORUM_REPORT_BAD), by device and operation." + rateLimitNote,
+		Help: "Quorum children that returned bad data or failed (QUORUM_REPORT_BAD), by device and operation (unknown for QEMU before 2.6, which did not say)." + rateLimitNote,
 		values: func(st *vmstate.State, s *sink) {
 			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
-				for i, op := range vmstate.QuorumOps {
-					if d.QuorumBad[i] > 0 {
-						s.add(float64(d.QuorumBad[i]), name, op)
+				for i, n := range d.QuorumBad {
+					op := vmstate.OperationUnknown
+					if i < len(vmstate.QuorumOps) {
+						op = vmstate.QuorumOps[i]
+					}
+					if n > 0 {
+						s.add(float64(n), name, op)
 					}
 				}
 			})

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/go-logfmt/logfmt"
 
 	"github.com/qmp-exporter/qmp_exporter/internal/exporterproc"
+	"github.com/qmp-exporter/qmp_exporter/internal/qemulab"
 )
 
 // TestLogLinesCarryEachFieldOnce starts the real exporter in both log
@@ -63,6 +65,82 @@ func TestLogLinesCarryEachFieldOnce(t *testing.T) {
 				t.Errorf("exporter-toolkit's line is missing from:\n%s", exp.Logs())
 			}
 		})
+	}
+}
+
+// TestDialledInLogLines starts the real exporter with a listener and a
+// real QEMU that dials in with the libvirt recipe's chardev, kills QEMU,
+// and reads what the exporter logged of it: the watcher's lines name the
+// VM by its label (its -name, as its series do), not by its identity
+// (uuid:...), and their caller is the watcher's code, although a
+// dialled-in VM's lines pass through the listener's limiter; the
+// listener's own line names the listener.
+func TestDialledInLogLines(t *testing.T) {
+	ctx, cancel, bin := qemuE2E(t, time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	listen := filepath.Join(dir, "listen.sock")
+	exp, err := exporterproc.Start(ctx, bin, "--qmp.listen="+listen, "--qmp.command-timeout=2s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopped := false
+	stop := func() {
+		sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+		defer c()
+		if err := exp.Stop(sctx); err != nil {
+			t.Errorf("exporter did not stop cleanly: %v", err)
+		}
+		stopped = true
+	}
+	defer func() {
+		if !stopped {
+			stop()
+		}
+	}()
+	vm, err := qemulab.Start(ctx, qemulab.Options{Dir: filepath.Join(dir, "vm"), Name: "dialer",
+		UUID: "ba6b0000-0000-4000-8000-00000000d1a1", NoExporterMonitor: true,
+		ExtraArgs: recipeArgs(t, "libvirt/domain-snippet.xml", listen)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vm.Close() })
+	waitUp := func(v float64) {
+		t.Helper()
+		wctx, c := context.WithTimeout(ctx, 30*time.Second)
+		defer c()
+		if _, err := exp.WaitFor(wctx, "qmp_up of the VM that dialled in", func(m exporterproc.Metrics) bool {
+			return m.Has(`qmp_up{vm="dialer"}`, v)
+		}); err != nil {
+			t.Fatalf("%v\n%s", err, exp.Logs())
+		}
+	}
+	waitUp(1)
+	if err := vm.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	waitUp(0)
+	stop()
+
+	want := map[string][2]string{ // msg: vm, file of the caller
+		"vm dialled in":           {"", "listener.go"},
+		"qmp session established": {"dialer", "watcher.go"},
+		"qmp session lost":        {"dialer", "watcher.go"},
+	}
+	seen := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(exp.Logs()), "\n") {
+		msg, vmField, caller := logField(line, "msg"), logField(line, "vm"), logField(line, "caller")
+		w, ok := want[msg]
+		if !ok {
+			continue
+		}
+		seen[msg] = true
+		if file, _, _ := strings.Cut(caller, ":"); vmField != w[0] || file != w[1] {
+			t.Errorf("vm=%q caller=%q, want vm=%q and a caller in %s: %s", vmField, caller, w[0], w[1], line)
+		}
+	}
+	if len(seen) != len(want) {
+		t.Errorf("want a line of each of %v in:\n%s", want, exp.Logs())
 	}
 }
 

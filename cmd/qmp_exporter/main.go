@@ -41,6 +41,7 @@ import (
 	"github.com/qmp-exporter/qmp_exporter/config"
 	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
 	"github.com/qmp-exporter/qmp_exporter/internal/journal"
+	"github.com/qmp-exporter/qmp_exporter/internal/logging"
 	"github.com/qmp-exporter/qmp_exporter/internal/pages"
 	"github.com/qmp-exporter/qmp_exporter/internal/source/libvirtd"
 	"github.com/qmp-exporter/qmp_exporter/internal/source/qmpsock"
@@ -174,7 +175,10 @@ func newLogger(w io.Writer, lvl, format string) (log.Logger, *slog.Logger) {
 		base = log.NewLogfmtLogger(log.NewSyncWriter(w))
 	}
 	base = level.NewFilter(base, level.Allow(level.ParseDefault(lvl, level.InfoValue())))
-	logger := log.With(base, "ts", log.DefaultTimestampUTC, "caller", log.DefaultCaller)
+	// logging.Caller rather than log.DefaultCaller: the sources wrap this
+	// logger (a dialled-in VM's lines pass through the listener's
+	// limiter), and a fixed frame count would name the wrapper.
+	logger := log.With(base, "ts", log.DefaultTimestampUTC, "caller", log.Valuer(logging.Caller))
 	sl := map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}[lvl]
 	return logger, slog.New(slogkit.NewGoKitHandler(timeAsTS(base), sl))
 }

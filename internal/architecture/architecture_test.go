@@ -43,6 +43,8 @@ var rules = []rule{
 		"sources feed the fleet and know nothing of Prometheus or the configuration file"},
 	{"internal/source/libvirtd", []string{clientGolang, module + "/collector", module + "/config", module + "/internal/source/qmpsock"},
 		"sources feed the fleet and know nothing of Prometheus, the configuration file or each other"},
+	{"internal/logging", []string{ourPackages, clientGolang},
+		"the logging plumbing wraps go-kit log and knows nothing of the exporter"},
 	{"collector", []string{"net", "os", "syscall", module + "/qmp", module + "/internal/source", module + "/config", "github.com/fsnotify/"},
 		"the exposition reads VM state and touches no socket"},
 	{"config", []string{"github.com/fsnotify/", "net/http", ourPackages, clientGolang},

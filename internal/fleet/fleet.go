@@ -286,6 +286,12 @@ func (v *VM) Unlock() { v.mu.Unlock() }
 // changed. Call it with the lock held (inside Visible, for instance).
 func (v *VM) Gen() uint64 { return v.gen }
 
+// Label is the VM's vm label as far as the VM itself tells: its
+// configured name, else QEMU's -name, else its default name. Visible may
+// still change it to keep labels unique among the VMs of a scrape. Call it
+// with the lock held.
+func (v *VM) Label() string { return v.label() }
+
 // label is the configured name, else QEMU's -name, else the default.
 // Called with the lock held.
 func (v *VM) label() string {

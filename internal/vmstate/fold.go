@@ -196,18 +196,31 @@ var shutdownCauses = []string{
 	"subsystem-reset", "snapshot-load",
 }
 
-// guestReasonOf reads SHUTDOWN's and RESET's members. QEMU before 4.0
-// sent neither; such events count as guest=false, reason=unknown.
+// guestReasonOf reads SHUTDOWN's and RESET's members in each shape QEMU
+// has sent: no data before 2.10, guest alone from 2.10 (reason came in
+// 4.0), both since. A member the VM's QEMU did not have yet is no data
+// error: the reason is then unknown, and so is whether the guest asked
+// before 2.10, which counts as guest=false. A member of the wrong type is
+// an error, and so is data without guest, which no QEMU sends.
 func guestReasonOf(f *qmp.Fields) (GuestReason, bool) {
+	k := GuestReason{Reason: "unknown"}
 	if f.Len() == 0 {
-		return GuestReason{Reason: "unknown"}, true
+		return k, true
 	}
-	g, gok := f.Bool("guest")
-	r, rok := enumLabel(f, "reason", shutdownCauses)
-	if !gok || !rok {
-		return GuestReason{Reason: "unknown"}, false
+	g, ok := f.Bool("guest")
+	if !ok {
+		return k, false
 	}
-	return GuestReason{Guest: g, Reason: r}, true
+	k.Guest = g
+	if !f.Has("reason") {
+		return k, true
+	}
+	r, ok := enumLabel(f, "reason", shutdownCauses)
+	if !ok {
+		return k, false
+	}
+	k.Reason = r
+	return k, true
 }
 
 func foldShutdown(s *State, f *qmp.Fields) (Need, bool) {
@@ -423,25 +436,37 @@ func foldQuorumFailure(s *State, f *qmp.Fields) (Need, bool) {
 	return n, f.Has("reference") || f.Has("node-name")
 }
 
+// foldQuorumBad counts a bad child by operation. QEMU before 2.6 sent no
+// type, for failed reads and writes alike: those count under operation
+// unknown, the last slot of QuorumBad.
 func foldQuorumBad(s *State, f *qmp.Fields) (Need, bool) {
 	d, n := s.resolveDevice(f)
 	op, _ := f.StringBytes("type")
 	i := indexOf(QuorumOps, op)
 	if i < 0 {
-		// QEMU before 2.6 sent no type: all reports were reads.
 		if f.Has("type") {
 			return n, false
 		}
-		i = 0
+		i = len(QuorumOps)
 	}
 	d.QuorumBad[i]++
 	return n, true
 }
 
+// foldTray records a tray's position. The guest device is in id since
+// QEMU 2.8; before, only the BlockBackend name says which device moved,
+// and when it is empty (an anonymous BlockBackend) nothing does: no
+// device is made up for it. (Nor can query-block tell: it names guest
+// devices only since 2.10.)
 func foldTray(s *State, f *qmp.Fields) (Need, bool) {
 	open, ok := f.Bool("tray-open")
 	if !ok {
 		return 0, false
+	}
+	id, _ := f.StringBytes("id")
+	bb, _ := f.StringBytes("device")
+	if len(id) == 0 && len(bb) == 0 {
+		return 0, f.Has("device")
 	}
 	d, n := s.resolveDevice(f, "id")
 	if open {

@@ -15,11 +15,18 @@ var RunStates = []string{
 	"save-vm", "shutdown", "suspended", "watchdog", "guest-panicked", "colo",
 }
 
-// MigrationStates is QEMU's MigrationStatus enumeration (migration.json).
+// MigrationStates is QEMU's MigrationStatus enumeration (migration.json),
+// in schema order, as of 10.2: since 2.3 none, setup, cancelling,
+// cancelled, active, completed, failed; postcopy-active 2.5, colo 2.8,
+// pre-switchover and device 2.11, postcopy-paused and postcopy-recover
+// 3.0, wait-unplug 4.2, postcopy-recover-setup 9.1, postcopy-device 10.2.
+// A status of a newer QEMU still folds if it is spelled like an enum
+// value.
 var MigrationStates = []string{
-	"none", "setup", "cancelling", "cancelled", "active", "postcopy-active",
-	"postcopy-paused", "postcopy-recover-setup", "postcopy-recover",
-	"completed", "failed", "colo", "pre-switchover", "device", "wait-unplug",
+	"none", "setup", "cancelling", "cancelled", "active", "postcopy-device",
+	"postcopy-active", "postcopy-paused", "postcopy-recover-setup",
+	"postcopy-recover", "completed", "failed", "colo", "pre-switchover",
+	"device", "wait-unplug",
 }
 
 // Bounded label values that are exported at 0 as soon as the VM (or the
@@ -39,7 +46,9 @@ var (
 
 // OperationUnknown is the operation of a BLOCK_IO_ERROR whose source
 // does not say whether it was a read or a write (libvirt's I/O error
-// events do not): its counts are the last row of BlockDev.IOErrors.
+// events do not), and of a QUORUM_REPORT_BAD of QEMU before 2.6 (which
+// had no type): its counts are the last row of BlockDev.IOErrors and the
+// last slot of BlockDev.QuorumBad.
 const OperationUnknown = "unknown"
 
 func indexOf(list []string, v []byte) int {
@@ -121,7 +130,7 @@ type BlockDev struct {
 	CorruptFatal   int8 // -1 never reported
 	ThresholdHits  uint64
 	QuorumFailures uint64
-	QuorumBad      [3]uint64 // by QuorumOps
+	QuorumBad      [4]uint64 // by QuorumOps, then OperationUnknown (QEMU before 2.6)
 	// confirmed: query-block has listed this device. A device known only
 	// from events (a node with no guest device, such as a mirror target)
 	// is never removed by a query-block that does not list it.

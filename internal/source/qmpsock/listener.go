@@ -12,8 +12,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-kit/log"
 	"github.com/go-kit/log/level"
+	"github.com/qmp-exporter/qmp_exporter/internal/logging"
 	"github.com/qmp-exporter/qmp_exporter/internal/sockfile"
 	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
 
@@ -78,14 +78,16 @@ type listener struct {
 
 	mu      sync.Mutex
 	perPeer map[int32]int // handshakes in progress by peer pid
-	logs    logLimiter
+	// logs lets one line of a kind per listenerLogInterval through.
+	logs *logging.Limiter
 }
 
 func newListener(lo ListenOptions, cred func(net.Conn) (peerCredentials, error)) *listener {
 	if lo.MaxVMs <= 0 {
 		lo.MaxVMs = DefaultMaxDialledIn
 	}
-	return &listener{lo: lo, cred: cred, slots: make(chan struct{}, maxHandshakes), perPeer: make(map[int32]int)}
+	return &listener{lo: lo, cred: cred, slots: make(chan struct{}, maxHandshakes), perPeer: make(map[int32]int),
+		logs: logging.NewLimiter(listenerLogInterval)}
 }
 
 // Serve accepts connections on ln until ctx ends, identifies the VM on
@@ -230,7 +232,7 @@ func (s *Source) dialIn(ctx context.Context, nc net.Conn, l *listener, cred peer
 	if cred.pid > 0 {
 		key = "in\x00" + strconv.Itoa(int(cred.pid))
 	}
-	l.logEvery(level.Info(s.opts.Logger), key,
+	l.logs.Log(level.Info(s.opts.Logger), key,
 		"msg", "vm dialled in", "listener", l.lo.Name, "qemu_name", name.Name, "uuid", uuid.UUID, "pid", cred.pid, "identity", id)
 }
 
@@ -238,87 +240,8 @@ func (s *Source) dialIn(ctx context.Context, nc net.Conn, l *listener, cred peer
 // peer process per listenerLogInterval (so each broken client gets its
 // line, and none gets more); the next one says how many were left out.
 func (s *Source) listenerWarn(l *listener, kind string, pid int32, msg string, kv ...any) {
-	l.logEvery(level.Warn(s.opts.Logger), kind+"\x00"+strconv.Itoa(int(pid)),
+	l.logs.Log(level.Warn(s.opts.Logger), kind+"\x00"+strconv.Itoa(int(pid)),
 		append([]any{"msg", msg, "listener", l.lo.Name}, kv...)...)
-}
-
-// logEvery logs kv on lg unless a line with the same key was logged less
-// than listenerLogInterval ago; the line says how many were left out
-// since the last one.
-func (l *listener) logEvery(lg log.Logger, key string, kv ...any) {
-	ok, left := l.logs.allow(key, time.Now())
-	if !ok {
-		return
-	}
-	if left > 0 {
-		kv = append(kv[:len(kv):len(kv)], "not_logged_since", left)
-	}
-	_ = lg.Log(kv...)
-}
-
-// limitLogger returns a logger for the watcher of a VM that dialled in:
-// its lines pass through the listener's limiter, keyed by peer (the
-// process that first dialled in as the VM) and message. A QEMU is one
-// process per VM, so each VM still gets its lines, at most one of a kind
-// per listenerLogInterval; a process that dials in as a new VM on every
-// connection gets no more than that in all, rather than a warning for
-// every VM it makes up.
-func (l *listener) limitLogger(next log.Logger, peer string) log.Logger {
-	return log.LoggerFunc(func(kv ...any) error {
-		var msg string
-		for i := 0; i+1 < len(kv); i += 2 {
-			if kv[i] == "msg" {
-				msg, _ = kv[i+1].(string)
-			}
-		}
-		l.logEvery(next, "vm\x00"+peer+"\x00"+msg, kv...)
-		return nil
-	})
-}
-
-// logLimiter lets one log line per key through per listenerLogInterval
-// and counts the others.
-type logLimiter struct {
-	mu   sync.Mutex
-	last map[string]logSlot
-}
-
-type logSlot struct {
-	at      time.Time
-	dropped int
-}
-
-// maxLogKeys bounds the keys a logLimiter remembers (a few per peer
-// process): past it, the keys older than the interval are forgotten, and
-// while all are recent, lines with new keys are dropped.
-const maxLogKeys = 16384
-
-// allow reports whether a line with key may be logged now, and how many
-// were held back since the last one that was.
-func (ll *logLimiter) allow(key string, now time.Time) (bool, int) {
-	ll.mu.Lock()
-	defer ll.mu.Unlock()
-	if ll.last == nil {
-		ll.last = make(map[string]logSlot)
-	}
-	s, seen := ll.last[key]
-	if seen && now.Sub(s.at) < listenerLogInterval {
-		s.dropped++
-		ll.last[key] = s
-		return false, 0
-	}
-	if !seen && len(ll.last) >= maxLogKeys {
-		for k, v := range ll.last {
-			if now.Sub(v.at) >= listenerLogInterval {
-				delete(ll.last, k)
-			}
-		}
-		if len(ll.last) >= maxLogKeys {
-			return false, 0
-		}
-	}
-	ll.last[key] = logSlot{at: now}
-	return true, s.dropped
 }
 
 // dialInIdentity names the VM behind a dialled-in connection: its UUID if
@@ -363,7 +286,7 @@ func (s *Source) attach(id string, l *listener, cred peerCredentials, conn *qmp.
 			return false
 		}
 		if forgot != "" {
-			defer l.logEvery(level.Info(s.opts.Logger), "forgot",
+			defer l.logs.Log(level.Info(s.opts.Logger), "forgot",
 				"msg", "forgot the vm that dialled in and has been gone longest, to make room for a new one", "listener", l.lo.Name, "identity", forgot, "max_vms", l.lo.MaxVMs)
 		}
 		t := Target{Network: "dialin", Address: id, Labels: l.lo.Labels}
@@ -379,7 +302,14 @@ func (s *Source) attach(id string, l *listener, cred peerCredentials, conn *qmp.
 		if cred.pid > 0 {
 			peer = "pid:" + strconv.Itoa(int(cred.pid))
 		}
-		w.logger = l.limitLogger(w.logger, peer)
+		// The watcher's lines pass through the listener's limiter, keyed
+		// by peer (the process that first dialled in as the VM) and
+		// message. A QEMU is one process per VM, so each VM still gets
+		// its lines, at most one of a kind per listenerLogInterval; a
+		// process that dials in as a new VM on every connection gets no
+		// more than that in all, rather than a warning for every VM it
+		// makes up.
+		w.logger = l.logs.Keyed(w.logger, "vm\x00"+peer+"\x00")
 		w.dynamic = true
 		w.dialTimeout = 0
 		w.incoming = make(chan dialledIn, 1)

@@ -15,8 +15,10 @@ import (
 	"time"
 
 	"github.com/go-kit/log"
+	"github.com/go-logfmt/logfmt"
 
 	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
+	"github.com/qmp-exporter/qmp_exporter/internal/logging"
 	"github.com/qmp-exporter/qmp_exporter/qmp/qmptest"
 )
 
@@ -426,4 +428,48 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.b.String()
+}
+
+// TestDialInLogsNameTheVM: the lines of a dialled-in VM's watcher carry
+// the VM's label (its -name) once its sync has learnt it, not its
+// identity, and their caller is the watcher's code, although they pass
+// through the listener's limiter; the listener's own lines name the
+// listener.
+func TestDialInLogsNameTheVM(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var buf syncBuffer
+		lg := log.With(log.NewLogfmtLogger(&buf), "caller", log.Valuer(logging.Caller))
+		m := New(fleet.New(fleet.Options{}), Options{Logger: lg})
+		ln := startListener(t, m, ListenOptions{Name: "l"})
+		c, s := dialInFake(t, "web", "ba6b0000-2f0e-4d59-9d4b-7c1c7d0e2a11")
+		ln.connect(c, 8)
+		synctest.Wait()
+		s.Close()
+		synctest.Wait()
+		want := map[string][2]string{ // msg: vm, file of the caller
+			"vm dialled in":           {"", "listener.go"},
+			"qmp session established": {"web", "watcher.go"},
+			"qmp session lost":        {"web", "watcher.go"},
+		}
+		seen := map[string]bool{}
+		d := logfmt.NewDecoder(strings.NewReader(buf.String()))
+		for d.ScanRecord() {
+			f := map[string]string{}
+			for d.ScanKeyval() {
+				f[string(d.Key())] = string(d.Value())
+			}
+			w, ok := want[f["msg"]]
+			if !ok {
+				continue
+			}
+			seen[f["msg"]] = true
+			file, _, _ := strings.Cut(f["caller"], ":")
+			if f["vm"] != w[0] || file != w[1] {
+				t.Errorf("%q: vm=%q caller=%q, want vm=%q and a caller in %s", f["msg"], f["vm"], f["caller"], w[0], w[1])
+			}
+		}
+		if d.Err() != nil || len(seen) != len(want) {
+			t.Errorf("want one line of each of %v (%v) in:\n%s", want, d.Err(), buf.String())
+		}
+	})
 }

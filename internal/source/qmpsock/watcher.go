@@ -108,19 +108,36 @@ type watcher struct {
 	// live is the current session's connection (under the lock), so that a
 	// newer dialled-in connection can replace it.
 	live *qmp.Conn
+
+	// label is the VM's vm label once a sync has learnt it (its -name
+	// when no name is configured), for the vm field of the logs; nil
+	// before. Lines are logged from the watcher's goroutine and its
+	// worker alike, hence atomic.
+	label atomic.Pointer[string]
 }
 
 func newWatcher(t Target, vm *fleet.VM, opts Options, dial dialFunc) *watcher {
 	w := &watcher{
 		target:      t,
 		opts:        opts,
-		logger:      log.With(opts.Logger, "vm", t.DefaultNameOrName(), "address", t.Address),
 		dial:        dial,
 		vm:          vm,
 		dialTimeout: opts.DialTimeout,
 	}
+	w.logger = log.With(opts.Logger, "vm", log.Valuer(w.logName), "address", t.Address)
 	w.backoff = w.jitteredBackoff
 	return w
+}
+
+// logName is the vm field of the watcher's lines: the VM's label once a
+// sync has learnt it, so that the logs name a VM as its series do, and
+// the configured or default name before (for a VM that dialled in, its
+// identity).
+func (w *watcher) logName() any {
+	if l := w.label.Load(); l != nil {
+		return *l
+	}
+	return w.target.DefaultNameOrName()
 }
 
 // DefaultNameOrName is the configured name, else the default one; used in
@@ -436,7 +453,9 @@ func (w *watcher) sync(ctx context.Context, conn *qmp.Conn) error {
 		}
 	}
 	w.early, w.collectEarly = nil, false
+	label := w.vm.Label()
 	w.vm.Unlock()
+	w.label.Store(&label)
 	if replaced {
 		level.Info(w.logger).Log("msg", "a different VM answers on this socket; its counters start again", "qemu_name", name.Name, "uuid", uuid.UUID)
 	}
