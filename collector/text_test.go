@@ -131,8 +131,9 @@ func TestTextWriterMatchesCollector(t *testing.T) {
 }
 
 // TestTextWriterMatchesCollectorFleet compares the two on many VMs at once
-// (label collisions, duplicate UUIDs, VMs down), which is where the order
-// and uniqueness of series across VMs matter.
+// (label collisions, one VM reached twice, clones sharing a UUID, VMs
+// down), which is where the order and uniqueness of series across VMs
+// matter.
 func TestTextWriterMatchesCollectorFleet(t *testing.T) {
 	f := benchFleet(50)
 	i := 0
@@ -143,7 +144,11 @@ func TestTextWriterMatchesCollectorFleet(t *testing.T) {
 		case 2:
 			st.MarkDown(time.Now())
 		case 3:
-			st.Info.UUID = "5c0ffee0-0d15-4a7b-9e3c-000000000000" // same UUID: shown once
+			// Same UUID and name, no process known: one QEMU, shown once.
+			st.Info.Name, st.Info.UUID = "twin", "5c0ffee0-0d15-4a7b-9e3c-000000000000"
+		case 4:
+			// Same UUID, own names: clones, all shown.
+			st.Info.UUID = "5c0ffee0-0d15-4a7b-9e3c-0000000000c1"
 		}
 		i++
 	})

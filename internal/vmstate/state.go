@@ -222,7 +222,13 @@ type Display struct {
 // bytes instead of 896 per VM (a host keeps one per VM; see fleet.VM).
 type State struct {
 	Up     bool
-	Synced bool   // Info is valid
+	Synced bool // Info is valid
+	// PID is the QEMU process behind the current or last session, as the
+	// kernel reports the peer of a unix socket (SO_PEERCRED); 0 when it
+	// cannot be known (TCP, libvirt, a process outside the exporter's pid
+	// namespace). Set by the source; it tells two QEMUs with the same
+	// UUID and -name apart (see internal/fleet).
+	PID    int32
 	Status string // current RunState; "" while unknown
 	Info   Info
 	// DownSince is when the VM was last seen up, or when its source
@@ -466,7 +472,7 @@ func (s *State) SetInfo(info Info) (replaced bool) {
 	if s.Synced && (s.Info.Name != info.Name || s.Info.UUID != info.UUID) {
 		replaced = true
 		fresh := New()
-		fresh.Up, fresh.DownSince = s.Up, s.DownSince
+		fresh.Up, fresh.DownSince, fresh.PID = s.Up, s.DownSince, s.PID
 		fresh.Attempts, fresh.Failures, fresh.ProtocolErrors = s.Attempts, s.Failures, s.ProtocolErrors
 		*s = fresh
 	}
