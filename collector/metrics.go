@@ -12,13 +12,13 @@ import (
 // documentation and how its samples are read from a VM's state. The
 // README's metrics table, Describe and Collect, the text writer and the
 // dashboards' and alerts' checks of metric names all read these values;
-// a metric exists exactly when it is in vmMetrics (or is
-// listenerConnections), so none can be half registered.
+// a metric exists exactly when it is in vmMetrics or exporterMetrics, so
+// none can be half registered.
 type Metric struct {
 	Name string
 	Type string // "gauge" or "counter"
 	// Labels are the metric's labels after vm, which every per-VM series
-	// carries first.
+	// carries first (a metric of exporterMetrics has no vm).
 	Labels []string
 	// Source names the QMP events and commands the values come from.
 	Source string
@@ -340,10 +340,20 @@ var vmMetrics = []*Metric{
 		values: displayCounter(spice, func(d *vmstate.Display) uint64 { return d.Failed })},
 }
 
-// listenerConnections is the listeners' metric, the one that is not per
-// VM: it has no vm label, and its values come from ListenerCollector.
+// exporterMetrics are the metrics that are not per VM, in README order:
+// they have no vm label, and their values come from their own collectors
+// rather than from a VM's state.
+var exporterMetrics = []*Metric{listenerConnections, uuidConflicts}
+
+// listenerConnections is the listeners' metric; its values come from
+// ListenerCollector.
 var listenerConnections = &Metric{Name: "qmp_listener_connections_total", Type: counter, Labels: []string{"listener", "result"}, Source: "listener sockets (QEMU dialling in)",
 	Help: "Connections QEMUs opened to a listener socket, by result: accepted (identified and attached to its VM), refused (peer uid not allowed, too many handshakes at once in all or from one process, or the limit of dialled-in VMs reached while all are connected) or failed (handshake or identification failed)."}
+
+// uuidConflicts is the fleet's count of VMs sharing a UUID; its value
+// comes from FleetCollector.
+var uuidConflicts = &Metric{Name: "qmp_uuid_conflicts_total", Type: counter, Source: "query-uuid, query-name; SO_PEERCRED (the QEMU process behind a unix socket)",
+	Help: "VMs found sharing their UUID with a different VM (another -name, or another QEMU process behind a unix socket), checked at each scrape: both are shown, each under its own vm label. A VM counts once when a scrape first finds its conflict, and again if the conflict ends and starts again. One QEMU reached twice (same UUID and -name, and the same process where known) is shown once and not counted."}
 
 // MetricInfo describes one metric the exporter serves.
 type MetricInfo struct {
@@ -359,13 +369,15 @@ type MetricInfo struct {
 // README order, from their one definition: for documentation and for
 // the checks of dashboards and alert rules.
 func Metrics() []MetricInfo {
-	out := make([]MetricInfo, 0, len(vmMetrics)+1)
+	out := make([]MetricInfo, 0, len(vmMetrics)+len(exporterMetrics))
 	for _, m := range vmMetrics {
 		out = append(out, MetricInfo{Name: m.Name, Type: m.Type, Source: m.Source, Help: m.Help, Libvirt: !m.qmpOnly,
 			Labels: append([]string{"vm"}, m.Labels...)})
 	}
-	l := listenerConnections
-	return append(out, MetricInfo{Name: l.Name, Type: l.Type, Source: l.Source, Help: l.Help, Labels: slices.Clone(l.Labels)})
+	for _, m := range exporterMetrics {
+		out = append(out, MetricInfo{Name: m.Name, Type: m.Type, Source: m.Source, Help: m.Help, Labels: slices.Clone(m.Labels)})
+	}
+	return out
 }
 
 func boolValue(b bool) float64 {

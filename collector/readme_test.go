@@ -23,7 +23,11 @@ func metricsTable() string {
 		if !m.Libvirt {
 			lv = "—"
 		}
-		b.WriteString("| `" + m.Name + "` | " + m.Type + " | " + "`" + strings.Join(m.Labels, "`, `") + "`" + " | " + m.Source + " | " + lv + " | " + strings.ReplaceAll(m.Help, "|", "\\|") + " |\n")
+		labels := "—"
+		if len(m.Labels) > 0 {
+			labels = "`" + strings.Join(m.Labels, "`, `") + "`"
+		}
+		b.WriteString("| `" + m.Name + "` | " + m.Type + " | " + labels + " | " + m.Source + " | " + lv + " | " + strings.ReplaceAll(m.Help, "|", "\\|") + " |\n")
 	}
 	return b.String()
 }

@@ -244,6 +244,42 @@ func TestAppendValueAndEscaping(t *testing.T) {
 	}
 }
 
+// TestHandlerUUIDConflicts: two clones (one UUID, two names) are both on
+// /metrics, and the scrape that first shows them both already counts
+// their conflict in qmp_uuid_conflicts_total, which is 0 before.
+func TestHandlerUUIDConflicts(t *testing.T) {
+	f := fleet.New(fleet.Options{})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewFleetCollector(f))
+	h := NewHandler(NewTextWriter(f), reg, HandlerOpts{})
+	scrape := func() string {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		return rec.Body.String()
+	}
+	clone := func(name string) {
+		v, err := f.Add(name, fleet.Meta{DefaultName: name}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := v.Lock()
+		st.SetInfo(vmstate.Info{Name: name, UUID: "5c0ffee0-0d15-4a7b-9e3c-0000000000c1"})
+		st.MarkUp()
+		v.Unlock()
+	}
+	clone("web")
+	if got := scrape(); !strings.Contains(got, "\nqmp_uuid_conflicts_total 0\n") {
+		t.Errorf("one VM: want the counter at 0:\n%s", got)
+	}
+	clone("db")
+	got := scrape()
+	for _, want := range []string{`qmp_up{vm="db"} 1`, `qmp_up{vm="web"} 1`, "\nqmp_uuid_conflicts_total 1\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("two clones: missing %s in\n%s", want, got)
+		}
+	}
+}
+
 // TestHandler checks /metrics as served: text format, gzip when asked,
 // the registry's families after the VMs', and the bound on concurrent
 // scrapes.

@@ -228,7 +228,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	defer stopSources()
 
-	productReg, exporterReg := newRegistries(f, src)
+	productReg, exporterReg := newRegistries(f, src, vms)
 	conf.reloaded = newReloadMetrics(productReg)
 	conf.src, conf.logger = src, logger
 	stopReload := conf.reloadOnSIGHUP()
@@ -346,12 +346,13 @@ func startSources(f *flags, conf *configuration, initial []qmpsock.Target, vms *
 }
 
 // newRegistries returns the registry of the product's own metrics
-// (version, listeners, reloads) and the one of the process's (Go and
+// (version, listeners, UUID conflicts, reloads) and the one of the process's (Go and
 // process collectors, empty with --web.disable-exporter-metrics). The
 // VMs' series are not in either: collector.TextWriter writes them.
-func newRegistries(f *flags, src *qmpsock.Source) (product, exporter *prometheus.Registry) {
+func newRegistries(f *flags, src *qmpsock.Source, vms *fleet.Fleet) (product, exporter *prometheus.Registry) {
 	product = prometheus.NewRegistry()
-	product.MustRegister(versioncollector.NewCollector(exporterName), collector.NewListenerCollector(src.EachListenerCount))
+	product.MustRegister(versioncollector.NewCollector(exporterName), collector.NewListenerCollector(src.EachListenerCount),
+		collector.NewFleetCollector(vms))
 	exporter = prometheus.NewRegistry()
 	if !f.noExporterMet {
 		exporter.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
