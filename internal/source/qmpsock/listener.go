@@ -358,7 +358,8 @@ type dialledIn struct {
 // and cannot push out a VM that is connected.
 func (s *Source) attach(id, name string, l *listener, cred peerCredentials, conn *qmp.Conn, r *relay) (string, bool) {
 	s.mu.Lock()
-	key, mw := s.dialInKeyLocked(id, name, cred.pid)
+	pid := max(cred.pid, 0)
+	key, mw := s.dialInKeyLocked(id, name, pid)
 	id = strings.TrimPrefix(key, dialInKeyPrefix)
 	if mw == nil {
 		ok, forgot := s.makeRoomLocked(l.lo.MaxVMs)
@@ -402,6 +403,7 @@ func (s *Source) attach(id, name string, l *listener, cred peerCredentials, conn
 			s.start(mw)
 		}
 	}
+	mw.latest = handoff{conn: conn, pid: pid, name: name}
 	running := s.ctx != nil
 	s.mu.Unlock()
 	if !running {
@@ -416,7 +418,7 @@ func (s *Source) attach(id, name string, l *listener, cred peerCredentials, conn
 	w.vm.Unlock()
 	for {
 		select {
-		case w.incoming <- dialledIn{conn, r, max(cred.pid, 0)}:
+		case w.incoming <- dialledIn{conn, r, pid}:
 			if old != nil {
 				old.Close()
 			}
@@ -439,22 +441,23 @@ const dialInKeyPrefix = "dialin\x00"
 // dialInKeyLocked returns the key of the VM that a connection from QEMU
 // process pid (0: unknown) reporting -name name belongs to, and its
 // watcher, nil for a VM new to the Source. Its identity id (from the UUID,
-// see dialInIdentity) may already belong to a connected VM that is
-// another QEMU (a clone with the same -uuid): the connection is then
-// another VM, id#2 (or #3...). A connected VM is this connection's own
-// only when the name matches and no process is known on either side
-// (TCP): a QEMU that dials again while its old connection still looks
-// alive. Otherwise a connected VM keeps its connection, whatever its
-// process: a unix socket's peer is gone from it before the same QEMU can
-// dial again, so a second live connection is another QEMU, or a second
-// monitor of the same one, which becomes a VM of its own that the fleet
-// shows once, rather than the two connections pushing each other off at
-// every reconnect. A VM that is not connected is taken by its QEMU
-// coming back: the one with this name first, else the first one (a
-// renamed VM, whose state starts again, as on a socket). Called with
-// s.mu held.
+// see dialInIdentity) may already belong to a connected VM (its latest
+// connection still open, whether its watcher has taken it yet or not)
+// that is another QEMU, a clone with the same -uuid: the connection is
+// then another VM, id#2 (or #3...).
+//
+// A connected VM is this connection's own only when the name matches and
+// no process is known on either side (TCP): a QEMU that dials again while
+// its old connection still looks alive, which the new one replaces.
+// Otherwise a connected VM keeps its connection, whatever its process: a
+// unix socket's peer is gone from it before the same QEMU can dial again,
+// so a second open connection is another QEMU, or a second monitor of the
+// same one, which becomes a VM of its own that the fleet shows once,
+// rather than the two connections pushing each other off at every
+// reconnect. A VM that is not connected is taken by its QEMU coming back:
+// the one that had this name first, else the first one (a renamed VM,
+// whose state starts again, as on a socket). Called with s.mu held.
 func (s *Source) dialInKeyLocked(id, name string, pid int32) (string, *managed) {
-	name = vmstate.CleanLabel(name)
 	var idleKey string
 	var idle *managed
 	for n := 1; ; n++ {
@@ -469,13 +472,11 @@ func (s *Source) dialInKeyLocked(id, name string, pid int32) (string, *managed) 
 			}
 			return key, nil
 		}
-		st := mw.w.vm.LockRead()
-		live, sameName, noPID := mw.w.live != nil, st.Info.Name == name, st.PID <= 0 && pid <= 0
-		mw.w.vm.Unlock()
-		switch {
-		case live && sameName && noPID:
+		h := mw.latest
+		switch sameName := h.name == name; {
+		case h.alive() && sameName && h.pid == 0 && pid == 0:
 			return key, mw
-		case live:
+		case h.alive():
 		case sameName:
 			return key, mw
 		case idle == nil:

@@ -491,6 +491,52 @@ func TestDialInSharedUUID(t *testing.T) {
 	})
 }
 
+// TestDialInTwoMonitorsAtOnce: a QEMU whose two monitors dial in at the
+// same moment (QEMU opens its chardevs together at start-up) keeps both
+// connections, even when the second is attached before the watcher has
+// taken the first; the fleet shows the QEMU once.
+func TestDialInTwoMonitorsAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := New(fleet.New(fleet.Options{}), Options{})
+		startListener(t, m, ListenOptions{Name: "l"})
+		synctest.Wait()
+		l := newListener(ListenOptions{Name: "l"}, peerCred)
+		var mons []*qmptest.Server
+		var conns []*qmp.Conn
+		var relays []*relay
+		for range 2 {
+			c, s := dialInFake(t, "web", "77777777-2f0e-4d59-9d4b-7c1c7d0e2a11")
+			r := &relay{}
+			conn, err := qmp.NewConn(t.Context(), c, qmp.Options{OnEvent: r.event, OnProtocolError: r.protocolError})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mons, conns, relays = append(mons, s), append(conns, conn), append(relays, r)
+			defer conn.Close()
+		}
+		// Back to back: the first watcher has not run yet.
+		for i, conn := range conns {
+			if _, ok := m.attach("uuid:77777777-2f0e-4d59-9d4b-7c1c7d0e2a11", "web", l, peerCredentials{pid: 100}, conn, relays[i]); !ok {
+				t.Fatal("attach refused a monitor")
+			}
+		}
+		synctest.Wait()
+		for i, s := range mons {
+			select {
+			case <-s.Done():
+				t.Errorf("monitor %d's connection was closed", i+1)
+			default:
+			}
+		}
+		if got := scrape(t, m, "qmp_up"); strings.Count(got, "qmp_up{") != 1 || !strings.Contains(got, `qmp_up{vm="web"} 1`) {
+			t.Errorf("want the QEMU once, up:\n%s", got)
+		}
+		if n := m.fleet.Len(); n != 2 {
+			t.Errorf("%d VMs in the fleet, want 2 (one per monitor)", n)
+		}
+	})
+}
+
 // TestListenerLogsRateLimited: a client that connects and hangs up in a
 // loop is counted every time but logged once per listenerLogInterval,
 // and so are a VM that keeps dialling in again and a process that dials

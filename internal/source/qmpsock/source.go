@@ -141,6 +141,29 @@ type Source struct {
 type managed struct {
 	w      *watcher
 	cancel context.CancelFunc
+	// latest is the connection a listener last handed to the watcher of
+	// a VM that dialled in (see dialInKeyLocked).
+	latest handoff
+}
+
+// handoff is a dialled-in connection and what it said of its QEMU.
+type handoff struct {
+	conn *qmp.Conn
+	pid  int32 // SO_PEERCRED; 0 when unknown
+	name string
+}
+
+// alive reports whether the connection is still open.
+func (h handoff) alive() bool {
+	if h.conn == nil {
+		return false
+	}
+	select {
+	case <-h.conn.Done():
+		return false
+	default:
+		return true
+	}
 }
 
 // New returns a Source with no targets, whose VMs live in f.
