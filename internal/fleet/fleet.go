@@ -151,8 +151,8 @@ func (f *Fleet) sorted() ([]*VM, uint64) {
 func (f *Fleet) Visible(now time.Time, fn func(v *VM, label string, st *vmstate.State)) {
 	vms, walk := f.sorted()
 	used := make(map[string]bool)
-	first := make(map[string]shown) // UUID → the first VM shown with it
-	var more map[string][]shown     // UUID → the others shown with it (rare)
+	first := make(map[string]shown, len(vms)) // UUID → the first VM shown with it
+	var more map[string][]shown               // UUID → the others shown with it (rare)
 	var conflicts []conflict
 	for _, v := range vms {
 		v.mu.Lock()
