@@ -240,7 +240,7 @@ func (f *Fleet) noteConflicts(walk uint64, found []conflict) {
 	var now map[*VM]string
 	var started []conflict
 	for _, c := range found {
-		if _, ok := f.vms[c.v.key]; !ok {
+		if f.vms[c.v.key] != c.v {
 			continue // removed since the walk
 		}
 		if now == nil {

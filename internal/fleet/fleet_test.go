@@ -181,3 +181,22 @@ func TestDuplicateLoggedOnce(t *testing.T) {
 		t.Errorf("warning does not name the duplicate's address:\n%s", logs)
 	}
 }
+
+// TestUUIDConflictOfRemovedVM: a VM removed while a scrape walked the
+// fleet is not counted when that walk's conflicts are recorded, even if
+// another VM was added under its key meanwhile.
+func TestUUIDConflictOfRemovedVM(t *testing.T) {
+	f, _ := newTestFleet(t, qemu{"s1", "web", uuidA, 100, false}, qemu{"s2", "db", uuidA, 200, false})
+	vms, walk := f.sorted()
+	db := vms[1]
+	f.Remove(db)
+	again, err := f.Add(db.key, db.meta, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	set(again, qemu{"s2", "db", uuidA, 300, true})
+	f.noteConflicts(walk, []conflict{{v: db, uuid: uuidA, label: "db", other: "web"}})
+	if got := f.UUIDConflicts(); got != 0 {
+		t.Errorf("UUIDConflicts() = %d, want 0: a removed VM was counted", got)
+	}
+}
