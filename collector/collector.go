@@ -148,6 +148,30 @@ func (c *ListenerCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
+// FleetCollector exposes what the fleet counts of itself rather than of
+// one VM: qmp_uuid_conflicts_total.
+type FleetCollector struct {
+	fleet *fleet.Fleet
+	desc  *prometheus.Desc
+}
+
+var _ prometheus.Collector = (*FleetCollector)(nil)
+
+// NewFleetCollector returns a FleetCollector for f.
+func NewFleetCollector(f *fleet.Fleet) *FleetCollector {
+	m := uuidConflicts
+	return &FleetCollector{fleet: f, desc: prometheus.NewDesc(m.Name, m.Help, m.Labels, nil)}
+}
+
+// Describe sends the fleet counter's description.
+func (c *FleetCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect sends the fleet counter, from 0: an alert reading it must see
+// the first conflict as an increase.
+func (c *FleetCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(c.desc, prometheus.CounterValue, float64(c.fleet.UUIDConflicts()))
+}
+
 // sink receives one VM's samples, metric by metric (emit sets m), as
 // const metrics for a registry or, when text is set, as text lines.
 type sink struct {

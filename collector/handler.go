@@ -65,10 +65,6 @@ func (h *metricsHandler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	mfs, err := h.g.Gather()
-	if err != nil && h.errorLog != nil {
-		h.errorLog(err)
-	}
 	header := rw.Header()
 	header.Set("Content-Type", textContentType)
 	bw := bufPool.Get().(*bufio.Writer)
@@ -87,6 +83,13 @@ func (h *metricsHandler) ServeHTTP(rw http.ResponseWriter, r *http.Request) {
 	// Write errors mean the client went away; there is no one to tell.
 	if _, err := h.vms.WriteTo(bw); err != nil {
 		return
+	}
+	// Gathered once the VMs' series are written, so that what the fleet
+	// counted while walking them (qmp_uuid_conflicts_total) includes this
+	// very scrape.
+	mfs, err := h.g.Gather()
+	if err != nil && h.errorLog != nil {
+		h.errorLog(err)
 	}
 	enc := expfmt.NewEncoder(bw, expfmt.NewFormat(expfmt.TypeTextPlain))
 	for _, mf := range mfs {

@@ -12,13 +12,13 @@ import (
 // documentation and how its samples are read from a VM's state. The
 // README's metrics table, Describe and Collect, the text writer and the
 // dashboards' and alerts' checks of metric names all read these values;
-// a metric exists exactly when it is in vmMetrics (or is
-// listenerConnections), so none can be half registered.
+// a metric exists exactly when it is in vmMetrics or exporterMetrics, so
+// none can be half registered.
 type Metric struct {
 	Name string
 	Type string // "gauge" or "counter"
 	// Labels are the metric's labels after vm, which every per-VM series
-	// carries first.
+	// carries first (a metric of exporterMetrics has no vm).
 	Labels []string
 	// Source names the QMP events and commands the values come from.
 	Source string
@@ -344,19 +344,25 @@ var vmMetrics = []*Metric{
 		values: displayCounter(spice, func(d *vmstate.Display) uint64 { return d.Failed })},
 }
 
-// listenerConnections is the listeners' metric, the one that is not per
-// VM: it has no vm label, and its values come from ListenerCollector.
+// exporterMetrics are the metrics that are not per VM, in README order:
+// they have no vm label, and their values come from their own collectors
+// rather than from a VM's state.
+var exporterMetrics = []*Metric{listenerConnections, uuidConflicts, eventLogDropped}
+
+// listenerConnections is the listeners' metric; its values come from
+// ListenerCollector.
 var listenerConnections = &Metric{Name: "qmp_listener_connections_total", Type: counter, Labels: []string{"listener", "result"}, Source: "listener sockets (QEMU dialling in)",
 	Help: "Connections QEMUs opened to a listener socket, by result: accepted (identified and attached to its VM), refused (peer uid not allowed, too many handshakes at once in all or from one process, or the limit of dialled-in VMs reached while all are connected) or failed (handshake or identification failed)."}
+
+// uuidConflicts is the fleet's count of VMs sharing a UUID; its value
+// comes from FleetCollector.
+var uuidConflicts = &Metric{Name: "qmp_uuid_conflicts_total", Type: counter, Source: "query-uuid, query-name; SO_PEERCRED (the QEMU process behind a unix socket)",
+	Help: "VMs found sharing their UUID with a different VM (another -name, or another QEMU process behind a unix socket), checked at each scrape: both are shown, each under its own vm label. A VM counts once when a scrape first finds its conflict, and again if the conflict ends and starts again. One QEMU reached twice (same UUID and -name, and the same process where known) is shown once and not counted."}
 
 // eventLogDropped counts what --events.log-file could not take; it exists
 // only with an event log, and its value comes from EventLogCollector.
 var eventLogDropped = &Metric{Name: "qmp_event_log_dropped_total", Type: counter, Source: "--events.log-file",
 	Help: "Events not written to the event log (--events.log-file) because its queue was full or the file could not be written. The events are still counted in the VMs' metrics and kept on /events."}
-
-// exporterMetrics are the metrics that are not per VM, after vmMetrics in
-// README order; their values come from collectors of their own.
-var exporterMetrics = []*Metric{listenerConnections, eventLogDropped}
 
 // MetricInfo describes one metric the exporter serves.
 type MetricInfo struct {

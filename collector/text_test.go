@@ -131,8 +131,9 @@ func TestTextWriterMatchesCollector(t *testing.T) {
 }
 
 // TestTextWriterMatchesCollectorFleet compares the two on many VMs at once
-// (label collisions, duplicate UUIDs, VMs down), which is where the order
-// and uniqueness of series across VMs matter.
+// (label collisions, one VM reached twice, clones sharing a UUID, VMs
+// down), which is where the order and uniqueness of series across VMs
+// matter.
 func TestTextWriterMatchesCollectorFleet(t *testing.T) {
 	f := benchFleet(50)
 	i := 0
@@ -143,7 +144,11 @@ func TestTextWriterMatchesCollectorFleet(t *testing.T) {
 		case 2:
 			st.MarkDown(time.Now())
 		case 3:
-			st.Info.UUID = "5c0ffee0-0d15-4a7b-9e3c-000000000000" // same UUID: shown once
+			// Same UUID and name, no process known: one QEMU, shown once.
+			st.Info.Name, st.Info.UUID = "twin", "5c0ffee0-0d15-4a7b-9e3c-000000000000"
+		case 4:
+			// Same UUID, own names: clones, all shown.
+			st.Info.UUID = "5c0ffee0-0d15-4a7b-9e3c-0000000000c1"
 		}
 		i++
 	})
@@ -236,6 +241,42 @@ func TestAppendValueAndEscaping(t *testing.T) {
 	}
 	if got := string(appendEscaped(nil, `say "hi"`, false)); got != `say "hi"` {
 		t.Errorf("HELP escaping touched quotes: %q", got)
+	}
+}
+
+// TestHandlerUUIDConflicts: two clones (one UUID, two names) are both on
+// /metrics, and the scrape that first shows them both already counts
+// their conflict in qmp_uuid_conflicts_total, which is 0 before.
+func TestHandlerUUIDConflicts(t *testing.T) {
+	f := fleet.New(fleet.Options{})
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewFleetCollector(f))
+	h := NewHandler(NewTextWriter(f), reg, HandlerOpts{})
+	scrape := func() string {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/metrics", nil))
+		return rec.Body.String()
+	}
+	clone := func(name string) {
+		v, err := f.Add(name, fleet.Meta{DefaultName: name}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := v.Lock()
+		st.SetInfo(vmstate.Info{Name: name, UUID: "5c0ffee0-0d15-4a7b-9e3c-0000000000c1"})
+		st.MarkUp(time.Now())
+		v.Unlock()
+	}
+	clone("web")
+	if got := scrape(); !strings.Contains(got, "\nqmp_uuid_conflicts_total 0\n") {
+		t.Errorf("one VM: want the counter at 0:\n%s", got)
+	}
+	clone("db")
+	got := scrape()
+	for _, want := range []string{`qmp_up{vm="db"} 1`, `qmp_up{vm="web"} 1`, "\nqmp_uuid_conflicts_total 1\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("two clones: missing %s in\n%s", want, got)
+		}
 	}
 }
 

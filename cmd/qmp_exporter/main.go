@@ -254,7 +254,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	defer stopSources()
 
-	productReg, exporterReg := newRegistries(f, src, eventLog)
+	productReg, exporterReg := newRegistries(f, src, vms, eventLog)
 	conf.reloaded = newReloadMetrics(productReg)
 	conf.src, conf.logger = src, logger
 	if eventLog != nil {
@@ -375,12 +375,13 @@ func startSources(f *flags, conf *configuration, initial []qmpsock.Target, vms *
 }
 
 // newRegistries returns the registry of the product's own metrics
-// (version, listeners, reloads) and the one of the process's (Go and
+// (version, listeners, UUID conflicts, reloads) and the one of the process's (Go and
 // process collectors, empty with --web.disable-exporter-metrics). The
 // VMs' series are not in either: collector.TextWriter writes them.
-func newRegistries(f *flags, src *qmpsock.Source, eventLog *journal.LogFile) (product, exporter *prometheus.Registry) {
+func newRegistries(f *flags, src *qmpsock.Source, vms *fleet.Fleet, eventLog *journal.LogFile) (product, exporter *prometheus.Registry) {
 	product = prometheus.NewRegistry()
-	product.MustRegister(versioncollector.NewCollector(exporterName), collector.NewListenerCollector(src.EachListenerCount))
+	product.MustRegister(versioncollector.NewCollector(exporterName), collector.NewListenerCollector(src.EachListenerCount),
+		collector.NewFleetCollector(vms))
 	if eventLog != nil {
 		product.MustRegister(collector.NewEventLogCollector(eventLog.Dropped))
 	}

@@ -92,6 +92,13 @@ type Fleet struct {
 	// warned holds the VMs already reported as duplicates of another
 	// source of the same VM.
 	warned map[*VM]bool
+	// walks numbers the calls of Visible; conflictsAt is the walk whose
+	// findings conflicts holds: the VMs sharing their UUID with a
+	// different VM, by VM, with that UUID. conflictCount counts each
+	// start of such a sharing (UUIDConflicts).
+	walks, conflictsAt uint64
+	conflicts          map[*VM]string
+	conflictCount      uint64
 }
 
 // New returns an empty fleet.
@@ -138,6 +145,7 @@ func (f *Fleet) Remove(v *VM) {
 		delete(f.vms, v.key)
 	}
 	delete(f.warned, v)
+	delete(f.conflicts, v)
 	if v.events != nil {
 		v.events.Close()
 	}
@@ -150,8 +158,8 @@ func (f *Fleet) Len() int {
 	return len(f.vms)
 }
 
-// sorted returns the VMs in key order.
-func (f *Fleet) sorted() []*VM {
+// sorted returns the VMs in key order, and the number of this walk.
+func (f *Fleet) sorted() ([]*VM, uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	vms := make([]*VM, 0, len(f.vms))
@@ -159,19 +167,26 @@ func (f *Fleet) sorted() []*VM {
 		vms = append(vms, v)
 	}
 	slices.SortFunc(vms, func(a, b *VM) int { return cmp.Compare(a.key, b.key) })
-	return vms
+	f.walks++
+	return vms, f.walks
 }
 
 // Visible calls fn, with the VM's lock held, for each VM whose series a
 // scrape shows, with its vm label and state, in key order. VMs with
 // HideWhenStale that have been unreachable for StaleAfter are left out,
-// and so is every VM after the first that is up with the same UUID (two
-// sources reaching one VM). fn must not keep st after it returns, and
-// must not change it.
+// and so is every VM that is up and provably the same QEMU as one shown
+// before it (two sources reaching one VM; see sameQEMU). VMs that share a
+// UUID but may be different QEMUs (a cloned definition, a script with a
+// fixed -uuid) are all shown, each under its own vm label, and counted in
+// UUIDConflicts: hiding a running VM would be worse than showing one
+// twice. fn must not keep st after it returns, and must not change it.
 func (f *Fleet) Visible(now time.Time, fn func(v *VM, label string, st *vmstate.State)) {
+	vms, walk := f.sorted()
 	used := make(map[string]bool)
-	uuids := make(map[string]string) // UUID → vm label of its first VM
-	for _, v := range f.sorted() {
+	first := make(map[string]shown, len(vms)) // UUID → the first VM shown with it
+	var more map[string][]shown               // UUID → the others shown with it (rare)
+	var conflicts []conflict
+	for _, v := range vms {
 		v.mu.Lock()
 		if v.meta.HideWhenStale && v.st.Stale(now, f.opts.StaleAfter) {
 			v.mu.Unlock()
@@ -179,31 +194,123 @@ func (f *Fleet) Visible(now time.Time, fn func(v *VM, label string, st *vmstate.
 		}
 		uuid := v.st.Info.UUID
 		identified := v.st.Up && uuid != "" && uuid != vmstate.ZeroUUID
+		me := shown{name: v.st.Info.Name, pid: v.st.PID}
+		var others []shown
 		if identified {
-			if first, dup := uuids[uuid]; dup {
+			if f1, ok := first[uuid]; ok {
+				others = append(append(others, f1), more[uuid]...)
+			}
+			if same := slices.IndexFunc(others, me.sameQEMU); same >= 0 {
 				v.mu.Unlock()
-				f.warnDuplicate(v, first)
+				f.warnDuplicate(v, others[same].label)
 				continue
 			}
 		}
-		label := uniqueName(v.label(), v.meta, used)
-		if identified {
-			uuids[uuid] = label
+		me.label = uniqueName(v.label(), v.meta, used)
+		switch {
+		case !identified:
+		case len(others) == 0:
+			first[uuid] = me
+		default:
+			if more == nil {
+				more = make(map[string][]shown)
+			}
+			more[uuid] = append(more[uuid], me)
+			conflicts = append(conflicts, conflict{v: v, uuid: uuid, label: me.label, other: others[0].label, pid: me.pid, otherPID: others[0].pid})
 		}
-		fn(v, label, &v.st)
+		fn(v, me.label, &v.st)
 		v.mu.Unlock()
+	}
+	f.noteConflicts(walk, conflicts)
+}
+
+// shown is what Visible keeps of a VM it showed, to compare the next ones
+// with the same UUID.
+type shown struct {
+	label, name string
+	pid         int32
+}
+
+// sameQEMU reports whether a VM up with the same UUID as o is provably
+// the QEMU o is (two monitors of one QEMU, or a QEMU reached both through
+// its socket and through libvirt): it reports the same -name, and, when
+// the kernel told the process behind both sessions (unix sockets, a QEMU
+// dialling in), it is the same process. A UUID alone proves nothing:
+// cloned definitions and scripts with a fixed -uuid give it to several
+// QEMUs. Two processes with one name and UUID (say, both ends of a
+// migration on one host) are two VMs; two names behind one process (a
+// proxy serving several QEMUs) are too.
+func (s shown) sameQEMU(o shown) bool {
+	return s.name == o.name && (s.pid == 0 || o.pid == 0 || s.pid == o.pid)
+}
+
+// conflict is a VM Visible showed although a VM shown before it has its
+// UUID.
+type conflict struct {
+	v             *VM
+	uuid, label   string
+	other         string // the vm label of the first VM with the UUID
+	pid, otherPID int32
+}
+
+// noteConflicts records the conflicts walk found, unless a later walk
+// has already recorded its own (scrapes may overlap; the later one saw
+// the newer state). A VM that was not in conflict at the walk before is
+// counted and logged once; one no longer in conflict is forgotten, so
+// that it counts again if its conflict starts again.
+func (f *Fleet) noteConflicts(walk uint64, found []conflict) {
+	f.mu.Lock()
+	if walk < f.conflictsAt {
+		f.mu.Unlock()
+		return
+	}
+	f.conflictsAt = walk
+	if len(found) == 0 && len(f.conflicts) == 0 {
+		f.mu.Unlock()
+		return
+	}
+	var now map[*VM]string
+	var started []conflict
+	for _, c := range found {
+		if f.vms[c.v.key] != c.v {
+			continue // removed since the walk
+		}
+		if now == nil {
+			now = make(map[*VM]string, len(found))
+		}
+		now[c.v] = c.uuid
+		if f.conflicts[c.v] != c.uuid {
+			started = append(started, c)
+		}
+	}
+	f.conflicts = now
+	f.conflictCount += uint64(len(started))
+	f.mu.Unlock()
+	for _, c := range started {
+		level.Warn(f.opts.Logger).Log("msg", "two different VMs report the same UUID; reporting both", "vm", c.label, "other_vm", c.other,
+			"uuid", c.uuid, "address", c.v.meta.Address, "pid", c.pid, "other_pid", c.otherPID)
 	}
 }
 
-// warnDuplicate logs, once, that v reaches the same VM (same UUID) as the
-// VM already exported as first; v's series are left out.
+// UUIDConflicts returns how many times Visible found a VM sharing its
+// UUID with a different VM shown before it: each VM counts once from the
+// walk that first finds its conflict until a walk finds it gone.
+func (f *Fleet) UUIDConflicts() uint64 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.conflictCount
+}
+
+// warnDuplicate logs, once, that v reaches the same VM (same UUID, -name
+// and, when known, process) as the VM already exported as first; v's
+// series are left out.
 func (f *Fleet) warnDuplicate(v *VM, first string) {
 	f.mu.Lock()
 	seen := f.warned[v]
 	f.warned[v] = true
 	f.mu.Unlock()
 	if !seen {
-		level.Warn(f.opts.Logger).Log("msg", "two sources reach the same VM (same UUID); reporting it once", "vm", first, "duplicate_address", v.meta.Address)
+		level.Warn(f.opts.Logger).Log("msg", "two sources reach the same VM (same UUID and name, and the same process where known); reporting it once", "vm", first, "duplicate_address", v.meta.Address)
 	}
 }
 

@@ -233,6 +233,14 @@ type Display struct {
 // the struct packs into a smaller allocation: with fleet.VM around it, 768
 // bytes instead of 896 per VM (a host keeps one per VM; see fleet.VM).
 type State struct {
+	Up     bool
+	Synced bool // Info is valid
+	// PID is the QEMU process behind the current or last session, as the
+	// kernel reports the peer of a unix socket (SO_PEERCRED); 0 when it
+	// cannot be known (TCP, libvirt, a process outside the exporter's pid
+	// namespace). Set by the source; it tells two QEMUs with the same
+	// UUID and -name apart (see internal/fleet).
+	PID    int32
 	Status string // current RunState; "" while unknown
 	Info   Info
 	// DownSince is when the VM was last seen up, or when its source
@@ -265,8 +273,6 @@ type State struct {
 	// ownPanics and ownWatchdog: Panics and Watchdog are this VM's own
 	// maps, no longer the shared zeroPanics and zeroWatchdog.
 	ownPanics, ownWatchdog bool
-	Up                     bool
-	Synced                 bool // Info is valid
 	RTCKnown               bool
 	BalloonOK              bool // Balloon is known
 	HVBalloonOK            bool // HVBalloon is known
@@ -480,7 +486,7 @@ func (s *State) SetInfo(info Info) (replaced bool) {
 	if s.Synced && (s.Info.Name != info.Name || s.Info.UUID != info.UUID) {
 		replaced = true
 		fresh := New()
-		fresh.Up, fresh.DownSince, fresh.UpSince = s.Up, s.DownSince, s.UpSince
+		fresh.Up, fresh.DownSince, fresh.UpSince, fresh.PID = s.Up, s.DownSince, s.UpSince, s.PID
 		fresh.Attempts, fresh.Failures, fresh.ProtocolErrors = s.Attempts, s.Failures, s.ProtocolErrors
 		*s = fresh
 	}

@@ -149,11 +149,15 @@ func TestSetInfoReplacedVM(t *testing.T) {
 	if s.Events["STOP"].Count != 1 {
 		t.Error("counters lost on a reconnect to the same VM")
 	}
+	s.PID = 4242 // the source read the new session's process before its sync
 	if !s.SetInfo(Info{Name: "b", UUID: "u2"}) {
 		t.Error("a different VM on the socket was not noticed")
 	}
 	if len(s.Events) != 0 {
 		t.Error("counters of the previous VM kept for a different one")
+	}
+	if s.PID != 4242 {
+		t.Errorf("PID = %d after the state started again, want the session's 4242 kept", s.PID)
 	}
 }
 

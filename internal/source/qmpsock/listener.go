@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -217,8 +218,8 @@ func (s *Source) dialIn(ctx context.Context, nc net.Conn, l *listener, cred peer
 			return
 		}
 	}
-	id := dialInIdentity(uuid.UUID, name.Name, cred, nc)
-	if !s.attach(id, l, cred, conn, r) {
+	id, ok := s.attach(dialInIdentity(uuid.UUID, name.Name, cred, nc), name.Name, l, cred, conn, r)
+	if !ok {
 		s.countListener(l.lo.Name, "refused")
 		s.listenerWarn(l, "full", cred.pid, "too many VMs have dialled in, none of them gone; refusing a new one", "max_vms", l.lo.MaxVMs, "identity", id, "pid", cred.pid)
 		conn.Close()
@@ -263,11 +264,14 @@ func dialInIdentity(uuid, name string, cred peerCredentials, nc net.Conn) string
 type dialledIn struct {
 	conn  *qmp.Conn
 	relay *relay
+	pid   int32 // the QEMU process (SO_PEERCRED); 0 when unknown
 }
 
 // attach gives a dialled-in session to the watcher of its VM, creating
-// the watcher the first time the VM dials in, and reports whether it did.
-// A newer connection from the same VM replaces a live one.
+// the watcher the first time the VM dials in, and reports whether it did
+// and under which identity (id, or id#2... for another QEMU that reports
+// the same; see dialInKeyLocked, which also says when a newer connection
+// replaces a live one).
 //
 // A new VM is refused (false) when l.lo.MaxVMs VMs that dialled in are
 // known and every one of them is connected or about to be; if some are
@@ -275,15 +279,16 @@ type dialledIn struct {
 // forgotten it later. So a client that makes up a new identity on every
 // connection cannot grow the exporter's memory and series without bound,
 // and cannot push out a VM that is connected.
-func (s *Source) attach(id string, l *listener, cred peerCredentials, conn *qmp.Conn, r *relay) bool {
+func (s *Source) attach(id, name string, l *listener, cred peerCredentials, conn *qmp.Conn, r *relay) (string, bool) {
 	s.mu.Lock()
-	key := "dialin\x00" + id
-	mw := s.watchers[key]
+	pid := max(cred.pid, 0)
+	key, mw := s.dialInKeyLocked(id, name, pid)
+	id = strings.TrimPrefix(key, dialInKeyPrefix)
 	if mw == nil {
 		ok, forgot := s.makeRoomLocked(l.lo.MaxVMs)
 		if !ok {
 			s.mu.Unlock()
-			return false
+			return id, false
 		}
 		if forgot != "" {
 			defer l.logs.Log(level.Info(s.opts.Logger), "forgot",
@@ -295,7 +300,7 @@ func (s *Source) attach(id string, l *listener, cred peerCredentials, conn *qmp.
 		vm, err := s.fleet.Add(key, meta, time.Now())
 		if err != nil { // the source's keys and the fleet's agree: cannot happen
 			s.mu.Unlock()
-			return false
+			return id, false
 		}
 		w := newWatcher(t, vm, s.opts, nil)
 		peer := "id:" + id
@@ -328,11 +333,12 @@ func (s *Source) attach(id string, l *listener, cred peerCredentials, conn *qmp.
 			s.start(mw)
 		}
 	}
+	mw.latest = handoff{conn: conn, pid: pid, name: name}
 	running := s.ctx != nil
 	s.mu.Unlock()
 	if !running {
 		conn.Close()
-		return true
+		return id, true
 	}
 	w := mw.w
 	// The live session, if any, is replaced: note it before handing the
@@ -342,11 +348,11 @@ func (s *Source) attach(id string, l *listener, cred peerCredentials, conn *qmp.
 	w.vm.Unlock()
 	for {
 		select {
-		case w.incoming <- dialledIn{conn, r}:
+		case w.incoming <- dialledIn{conn, r, pid}:
 			if old != nil {
 				old.Close()
 			}
-			return true
+			return id, true
 		default:
 		}
 		// An older connection is still queued: drop it for this one.
@@ -354,6 +360,57 @@ func (s *Source) attach(id string, l *listener, cred peerCredentials, conn *qmp.
 		case old := <-w.incoming:
 			old.conn.Close()
 		default:
+		}
+	}
+}
+
+// dialInKeyPrefix starts the Source's (and the fleet's) keys of VMs that
+// dialled in; the identity follows.
+const dialInKeyPrefix = "dialin\x00"
+
+// dialInKeyLocked returns the key of the VM that a connection from QEMU
+// process pid (0: unknown) reporting -name name belongs to, and its
+// watcher, nil for a VM new to the Source. Its identity id (from the UUID,
+// see dialInIdentity) may already belong to a connected VM (its latest
+// connection still open, whether its watcher has taken it yet or not)
+// that is another QEMU, a clone with the same -uuid: the connection is
+// then another VM, id#2 (or #3...).
+//
+// A connected VM is this connection's own only when the name matches and
+// no process is known on either side (TCP): a QEMU that dials again while
+// its old connection still looks alive, which the new one replaces.
+// Otherwise a connected VM keeps its connection, whatever its process: a
+// unix socket's peer is gone from it before the same QEMU can dial again,
+// so a second open connection is another QEMU, or a second monitor of the
+// same one, which becomes a VM of its own that the fleet shows once,
+// rather than the two connections pushing each other off at every
+// reconnect. A VM that is not connected is taken by its QEMU coming back:
+// the one that had this name first, else the first one (a renamed VM,
+// whose state starts again, as on a socket). Called with s.mu held.
+func (s *Source) dialInKeyLocked(id, name string, pid int32) (string, *managed) {
+	var idleKey string
+	var idle *managed
+	for n := 1; ; n++ {
+		key := dialInKeyPrefix + id
+		if n > 1 {
+			key += "#" + strconv.Itoa(n)
+		}
+		mw := s.watchers[key]
+		if mw == nil {
+			if idle != nil {
+				return idleKey, idle
+			}
+			return key, nil
+		}
+		h := mw.latest
+		switch sameName := h.name == name; {
+		case h.alive() && sameName && h.pid == 0 && pid == 0:
+			return key, mw
+		case h.alive():
+		case sameName:
+			return key, mw
+		case idle == nil:
+			idleKey, idle = key, mw
 		}
 	}
 }
@@ -393,13 +450,13 @@ func (s *Source) makeRoomLocked(max int) (ok bool, forgot string) {
 
 // awaitDialIn is the dial function of a dialled-in VM's watcher: it waits
 // for the listener to hand over the next session.
-func (w *watcher) awaitDialIn(ctx context.Context, _, _ string, opts qmp.Options) (*qmp.Conn, error) {
+func (w *watcher) awaitDialIn(ctx context.Context, _, _ string, opts qmp.Options) (*qmp.Conn, int32, error) {
 	select {
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, 0, ctx.Err()
 	case d := <-w.incoming:
 		d.relay.attach(opts.OnEvent, opts.OnProtocolError)
-		return d.conn, nil
+		return d.conn, d.pid, nil
 	}
 }
 

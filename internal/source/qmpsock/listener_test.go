@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
 	"github.com/qmp-exporter/qmp_exporter/internal/logging"
+	"github.com/qmp-exporter/qmp_exporter/qmp"
 	"github.com/qmp-exporter/qmp_exporter/qmp/qmptest"
 )
 
@@ -352,6 +354,187 @@ func TestListenerMaxVMs(t *testing.T) {
 		got = scrape(t, m, "qmp_up")
 		if n := strings.Count(got, "qmp_up{"); n != 2 || !strings.Contains(got, `qmp_up{vm="b"} 1`) || !strings.Contains(got, `qmp_up{vm="d"} 1`) {
 			t.Errorf("after churn, want b and d alone (connected, never pushed out), got %d VMs:\n%s", n, got)
+		}
+	})
+}
+
+// TestDialPeer: dialling a unix socket returns, with the session, the
+// process the kernel names as serving it (here this test's own), which
+// is how two QEMUs with one UUID and one name are told apart; over TCP
+// no process is known.
+func TestDialPeer(t *testing.T) {
+	for _, network := range []string{"unix", "tcp"} {
+		t.Run(network, func(t *testing.T) {
+			addr := "127.0.0.1:0"
+			if network == "unix" {
+				addr = filepath.Join(t.TempDir(), "vm.qmp")
+			}
+			ln, err := net.Listen(network, addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			// The fake QEMU's pipe, spliced onto the accepted socket.
+			fake, _ := qmptest.New(t, qmptest.Options{})
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			wg.Go(func() {
+				nc, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				defer nc.Close()
+				wg.Go(func() { io.Copy(fake, nc); fake.Close() })
+				io.Copy(nc, fake)
+			})
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			conn, pid, err := dialPeer(ctx, network, ln.Addr().String(), qmp.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			want := int32(0)
+			if network == "unix" {
+				want = int32(os.Getpid())
+			}
+			if pid != want {
+				t.Errorf("dialPeer over %s: pid %d, want %d", network, pid, want)
+			}
+			if conn.Greeting().Version.QEMU.Major == 0 {
+				t.Errorf("no QMP greeting read: %+v", conn.Greeting())
+			}
+		})
+	}
+}
+
+// TestDialInSharedUUID: QEMUs that dial in with one UUID are told apart
+// by their process. Two clones (own names, own processes) are two VMs,
+// and neither pushes the other's connection off; a second monitor of one
+// of them dialling in is that same QEMU, shown once; a clone that
+// restarts (a new process) comes back to its own series. Without a
+// process (TCP), a connection with the VM's name replaces its live one,
+// as when a QEMU dials again before its old connection looks dead.
+func TestDialInSharedUUID(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := New(fleet.New(fleet.Options{}), Options{})
+		ln := startListener(t, m, ListenOptions{Name: "l"})
+		dial := func(name, uuid string, pid int32) *qmptest.Server {
+			c, s := dialInFake(t, name, uuid)
+			ln.connect(c, pid)
+			synctest.Wait()
+			return s
+		}
+		const u = "55555555-2f0e-4d59-9d4b-7c1c7d0e2a11"
+		web := dial("web", u, 100)
+		db := dial("db", u, 200)
+		secondMonitor := dial("web", u, 100)
+		for _, s := range []*qmptest.Server{web, db} {
+			if err := s.Emit("STOP", nil); err != nil {
+				t.Fatal(err)
+			}
+		}
+		synctest.Wait()
+		got := scrape(t, m, "qmp_up", "qmp_events_total")
+		for _, w := range []string{`qmp_up{vm="web"} 1`, `qmp_up{vm="db"} 1`,
+			`qmp_events_total{event="STOP",vm="web"} 1`, `qmp_events_total{event="STOP",vm="db"} 1`} {
+			if !strings.Contains(got, w) {
+				t.Errorf("two clones and a second monitor: missing %s in\n%s", w, got)
+			}
+		}
+		if n := strings.Count(got, "qmp_up{"); n != 2 {
+			t.Errorf("want 2 VMs (the second monitor shown as the QEMU it is), got %d:\n%s", n, got)
+		}
+		if n := m.fleet.UUIDConflicts(); n != 1 {
+			t.Errorf("UUIDConflicts() = %d, want 1 (db sharing web's UUID)", n)
+		}
+		select {
+		case <-secondMonitor.Done():
+			t.Error("the second monitor's connection was closed")
+		default:
+		}
+
+		// db restarts: its new process gets db's series back, counters
+		// kept, and web's connections stay.
+		db.Close()
+		synctest.Wait()
+		time.Sleep(time.Second) // the backoff after db's short session
+		if err := dial("db", u, 201).Emit("STOP", nil); err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait()
+		got = scrape(t, m, "qmp_up", "qmp_events_total")
+		for _, w := range []string{`qmp_up{vm="web"} 1`, `qmp_up{vm="db"} 1`, `qmp_events_total{event="STOP",vm="db"} 2`} {
+			if !strings.Contains(got, w) {
+				t.Errorf("after db restarted: missing %s in\n%s", w, got)
+			}
+		}
+		for _, s := range []*qmptest.Server{web, secondMonitor} {
+			select {
+			case <-s.Done():
+				t.Error("a connection of web's QEMU was closed when db came back")
+			default:
+			}
+		}
+
+		// No process known: the same name dialling again replaces the
+		// live connection.
+		const u2 = "66666666-2f0e-4d59-9d4b-7c1c7d0e2a11"
+		first := dial("tcp-vm", u2, 0)
+		dial("tcp-vm", u2, 0)
+		select {
+		case <-first.Done():
+		case <-time.After(time.Minute):
+			t.Error("without a process, the older connection of the same VM was kept")
+		}
+		if got := scrape(t, m, "qmp_up"); strings.Count(got, `vm="tcp-vm"`) != 1 || strings.Contains(got, "#2") {
+			t.Errorf("without a process, want one tcp-vm:\n%s", got)
+		}
+	})
+}
+
+// TestDialInTwoMonitorsAtOnce: a QEMU whose two monitors dial in at the
+// same moment (QEMU opens its chardevs together at start-up) keeps both
+// connections, even when the second is attached before the watcher has
+// taken the first; the fleet shows the QEMU once.
+func TestDialInTwoMonitorsAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := New(fleet.New(fleet.Options{}), Options{})
+		startListener(t, m, ListenOptions{Name: "l"})
+		synctest.Wait()
+		l := newListener(ListenOptions{Name: "l"}, peerCred)
+		var mons []*qmptest.Server
+		var conns []*qmp.Conn
+		var relays []*relay
+		for range 2 {
+			c, s := dialInFake(t, "web", "77777777-2f0e-4d59-9d4b-7c1c7d0e2a11")
+			r := &relay{}
+			conn, err := qmp.NewConn(t.Context(), c, qmp.Options{OnEvent: r.event, OnProtocolError: r.protocolError})
+			if err != nil {
+				t.Fatal(err)
+			}
+			mons, conns, relays = append(mons, s), append(conns, conn), append(relays, r)
+			defer conn.Close()
+		}
+		// Back to back: the first watcher has not run yet.
+		for i, conn := range conns {
+			if _, ok := m.attach("uuid:77777777-2f0e-4d59-9d4b-7c1c7d0e2a11", "web", l, peerCredentials{pid: 100}, conn, relays[i]); !ok {
+				t.Fatal("attach refused a monitor")
+			}
+		}
+		synctest.Wait()
+		for i, s := range mons {
+			select {
+			case <-s.Done():
+				t.Errorf("monitor %d's connection was closed", i+1)
+			default:
+			}
+		}
+		if got := scrape(t, m, "qmp_up"); strings.Count(got, "qmp_up{") != 1 || !strings.Contains(got, `qmp_up{vm="web"} 1`) {
+			t.Errorf("want the QEMU once, up:\n%s", got)
+		}
+		if n := m.fleet.Len(); n != 2 {
+			t.Errorf("%d VMs in the fleet, want 2 (one per monitor)", n)
 		}
 	})
 }

@@ -19,7 +19,9 @@ package qmpsock
 import (
 	"cmp"
 	"context"
+	"fmt"
 	"maps"
+	"net"
 	"slices"
 	"sync"
 	"time"
@@ -51,8 +53,10 @@ type Options struct {
 	// Logger receives the watchers' logs; nil discards them.
 	Logger log.Logger
 
-	// Dial opens a QMP session to a target; nil means qmp.Dial. Tests
-	// substitute a fake QEMU here.
+	// Dial opens a QMP session to a target. Nil means dialPeer, which
+	// also learns the QEMU process behind a unix socket (to tell apart
+	// two QEMUs that share a UUID and a name); a substitute knows none.
+	// Tests substitute a fake QEMU here.
 	Dial func(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, error)
 	// NoFollowUps stops events from triggering queries. Only for
 	// replaying a recorded transcript, which holds the replies to the
@@ -82,9 +86,37 @@ func (o *Options) setDefaults() {
 	if o.Logger == nil {
 		o.Logger = log.NewNopLogger()
 	}
+}
+
+// dialer returns the dialFunc behind Options.Dial: by default it reads
+// who serves the socket before the handshake (dialPeer); a substitute
+// knows no process.
+func (o *Options) dialer() dialFunc {
 	if o.Dial == nil {
-		o.Dial = qmp.Dial
+		return dialPeer
 	}
+	dial := o.Dial
+	return func(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, int32, error) {
+		conn, err := dial(ctx, network, address, opts)
+		return conn, 0, err
+	}
+}
+
+// dialPeer is qmp.Dial that also returns the QEMU process behind a unix
+// socket, as the kernel reports it (SO_PEERCRED); 0 for TCP, or when the
+// process is outside the exporter's pid namespace.
+func dialPeer(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, int32, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, network, address)
+	if err != nil {
+		return nil, 0, fmt.Errorf("qmp: %w", err)
+	}
+	var pid int32
+	if cred, err := peerCred(nc); err == nil && cred.pid > 0 {
+		pid = cred.pid
+	}
+	conn, err := qmp.NewConn(ctx, nc, opts)
+	return conn, pid, err
 }
 
 // Source owns the watchers of the VMs it reaches, one per target and one
@@ -109,12 +141,35 @@ type Source struct {
 type managed struct {
 	w      *watcher
 	cancel context.CancelFunc
+	// latest is the connection a listener last handed to the watcher of
+	// a VM that dialled in (see dialInKeyLocked).
+	latest handoff
+}
+
+// handoff is a dialled-in connection and what it said of its QEMU.
+type handoff struct {
+	conn *qmp.Conn
+	pid  int32 // SO_PEERCRED; 0 when unknown
+	name string
+}
+
+// alive reports whether the connection is still open.
+func (h handoff) alive() bool {
+	if h.conn == nil {
+		return false
+	}
+	select {
+	case <-h.conn.Done():
+		return false
+	default:
+		return true
+	}
 }
 
 // New returns a Source with no targets, whose VMs live in f.
 func New(f *fleet.Fleet, opts Options) *Source {
 	opts.setDefaults()
-	return &Source{opts: opts, fleet: f, dial: opts.Dial, noFollowUps: opts.NoFollowUps,
+	return &Source{opts: opts, fleet: f, dial: opts.dialer(), noFollowUps: opts.NoFollowUps,
 		watchers: make(map[string]*managed), listenerCounts: make(map[[2]string]uint64)}
 }
 

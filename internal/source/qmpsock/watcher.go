@@ -19,9 +19,10 @@ import (
 	"github.com/qmp-exporter/qmp_exporter/qmp"
 )
 
-// dialFunc opens a QMP session; a struct field so tests can substitute a
-// fake QEMU.
-type dialFunc func(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, error)
+// dialFunc opens a QMP session and returns the id of the QEMU process
+// serving it (SO_PEERCRED), 0 when unknown; a struct field so tests can
+// substitute a fake QEMU.
+type dialFunc func(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, int32, error)
 
 // watcherState is where a watcher is in its life, for logs and tests.
 type watcherState int
@@ -247,7 +248,7 @@ func (w *watcher) open(ctx context.Context) (*session, error) {
 	} else {
 		dctx, cancel = context.WithCancel(ctx)
 	}
-	conn, err := w.dial(dctx, w.target.Network, w.target.Address, qmp.Options{
+	conn, pid, err := w.dial(dctx, w.target.Network, w.target.Address, qmp.Options{
 		OnEvent:         w.onEvent,
 		OnProtocolError: w.onProtocolError,
 		MaxMessageBytes: w.opts.MaxMessageBytes,
@@ -265,7 +266,7 @@ func (w *watcher) open(ctx context.Context) (*session, error) {
 	w.timeout = newQueryTimer(conn)
 	s.wake = time.AfterFunc(time.Hour, func() { w.wakeUp(s) })
 	s.wake.Stop()
-	w.vm.Lock()
+	w.vm.Lock().PID = pid
 	w.live = conn
 	w.phase = stateSyncing
 	w.sess = s

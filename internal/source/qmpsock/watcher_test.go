@@ -44,17 +44,22 @@ type fakeQEMU struct {
 	// sameUUID makes every socket answer with the same UUID, as two
 	// paths to one VM would.
 	sameUUID bool
+	// names and pids, when set, give a socket (by address) its own -name
+	// and the process the kernel names as its peer (0: unknown).
+	names map[string]string
+	pids  map[string]int32
 	// beforeSync are lines sent right after the qmp_capabilities reply.
 	beforeSync []string
 }
 
-func (f *fakeQEMU) dial(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, error) {
+func (f *fakeQEMU) dial(ctx context.Context, network, address string, opts qmp.Options) (*qmp.Conn, int32, error) {
 	f.mu.Lock()
 	f.dials++
 	if f.refuse {
 		f.mu.Unlock()
-		return nil, &net.OpError{Op: "dial", Net: network, Err: errRefused}
+		return nil, 0, &net.OpError{Op: "dial", Net: network, Err: errRefused}
 	}
+	pid := f.pids[address]
 	f.mu.Unlock()
 	f.mu.Lock()
 	early := f.beforeSync
@@ -67,12 +72,16 @@ func (f *fakeQEMU) dial(ctx context.Context, network, address string, opts qmp.O
 			// A distinct UUID per socket, as distinct VMs have.
 			return qmptest.Return(map[string]string{"UUID": fmt.Sprintf("0b5b6a4e-2f0e-4d59-9d4b-%012x", crc32.ChecksumIEEE([]byte(address)))}), true
 		}
+		if name, ok := f.names[address]; ok && cmd.Execute == "query-name" {
+			return qmptest.Return(map[string]string{"name": name}), true
+		}
 		return f.handle(cmd)
 	}})
 	f.mu.Lock()
 	f.current = srv
 	f.mu.Unlock()
-	return qmp.NewConn(ctx, client, opts)
+	conn, err := qmp.NewConn(ctx, client, opts)
+	return conn, pid, err
 }
 
 var errRefused = &refusedError{}
@@ -445,21 +454,51 @@ func TestReplyThenEventInOneWrite(t *testing.T) {
 	})
 }
 
-// TestSameVMFromTwoSourcesReportedOnce: two sockets that reach one VM
-// (same UUID) are exported once.
-func TestSameVMFromTwoSourcesReportedOnce(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		fake := &fakeQEMU{t: t, status: "running", name: "one", sameUUID: true}
-		m, stop := newTestManager(t, fake,
-			Target{Network: "unix", Address: "/x/a.qmp"},
-			Target{Network: "unix", Address: "/x/bb.qmp"})
-		defer stop()
-		synctest.Wait()
-		got := scrape(t, m, "qmp_up")
-		if strings.Count(got, "qmp_up{") != 1 {
-			t.Errorf("want the VM once:\n%s", got)
-		}
-	})
+// TestSharedUUIDOverSockets: two sockets whose QEMUs report one UUID are
+// one VM only when they are provably one QEMU: the same -name and, when
+// the kernel names the process serving each socket, the same process.
+// Otherwise both are shown (the second under its socket's name when the
+// names collide), and counted as a conflict.
+func TestSharedUUIDOverSockets(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		names     map[string]string
+		pids      map[string]int32
+		want      []string
+		conflicts uint64
+	}{
+		{"same name, no process known (two paths to one VM)", nil, nil,
+			[]string{`qmp_up{vm="one"} 1`}, 0},
+		{"same name, same process (two monitors of one QEMU)", nil, map[string]int32{"/x/a.qmp": 7, "/x/bb.qmp": 7},
+			[]string{`qmp_up{vm="one"} 1`}, 0},
+		{"same name, two processes", nil, map[string]int32{"/x/a.qmp": 7, "/x/bb.qmp": 8},
+			[]string{`qmp_up{vm="one"} 1`, `qmp_up{vm="bb"} 1`}, 1},
+		{"two names (clones), no process known", map[string]string{"/x/bb.qmp": "two"}, nil,
+			[]string{`qmp_up{vm="one"} 1`, `qmp_up{vm="two"} 1`}, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				fake := &fakeQEMU{t: t, status: "running", name: "one", sameUUID: true, names: tc.names, pids: tc.pids}
+				m, stop := newTestManager(t, fake,
+					Target{Network: "unix", Address: "/x/a.qmp"},
+					Target{Network: "unix", Address: "/x/bb.qmp"})
+				defer stop()
+				synctest.Wait()
+				got := scrape(t, m, "qmp_up")
+				for _, w := range tc.want {
+					if !strings.Contains(got, w) {
+						t.Errorf("missing %s in\n%s", w, got)
+					}
+				}
+				if n := strings.Count(got, "qmp_up{"); n != len(tc.want) {
+					t.Errorf("%d VMs shown, want %d:\n%s", n, len(tc.want), got)
+				}
+				if n := m.fleet.UUIDConflicts(); n != tc.conflicts {
+					t.Errorf("UUIDConflicts() = %d, want %d", n, tc.conflicts)
+				}
+			})
+		})
+	}
 }
 
 // TestReplacedVMKeepsItsFirstEvents: when a different VM (another UUID)
