@@ -456,9 +456,6 @@ func (c *Conn) write(ctx context.Context, id uint64, command string, args []byte
 func (c *Conn) readLoop() {
 	defer close(c.done)
 	for {
-		if c.drain == nil && c.draining.Load() {
-			c.beginDrainRead()
-		}
 		line, err := c.lr.next()
 		if err != nil {
 			c.end(readError(err))
@@ -467,6 +464,12 @@ func (c *Conn) readLoop() {
 			}
 			_ = c.nc.Close()
 			return
+		}
+		if c.drain == nil && c.draining.Load() {
+			// This line came with the first read since the drain
+			// began, or was buffered when it did: it is the
+			// drain's, with the rest of the buffer.
+			c.beginDrainRead(int64(len(line)) + 1)
 		}
 		c.dispatch(line, &c.msg)
 	}

@@ -146,9 +146,15 @@ func (d *drainReader) Read(p []byte) (int, error) {
 
 // beginDrainRead switches the reader to a drainReader: from now on it
 // reads without the idle reader's pooled buffers and within the drain's
-// bounds. Called on the reader goroutine.
-func (c *Conn) beginDrainRead() {
-	c.drain = &drainReader{nc: c.nc, end: time.Now().Add(drainMaxTime)}
+// bounds. The line just read (lineBytes with its newline) and what is
+// buffered after it count as read by the drain. Called on the reader
+// goroutine.
+func (c *Conn) beginDrainRead(lineBytes int64) {
+	c.drain = &drainReader{
+		nc:    c.nc,
+		end:   time.Now().Add(drainMaxTime),
+		bytes: lineBytes + int64(c.lr.end-c.lr.start),
+	}
 	c.lr.r = c.drain
 	c.lr.idle = nil
 }
