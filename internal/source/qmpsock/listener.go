@@ -414,7 +414,9 @@ func (s *Source) attach(id string, l *listener, cred peerCredentials, conn *qmp.
 		select {
 		case w.incoming <- dialledIn{conn, r}:
 			if old != nil {
-				old.Close()
+				// The VM is on its new connection: fold what
+				// the old one still holds, then let it go.
+				old.Drain()
 			}
 			return true
 		default:
