@@ -9,6 +9,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-kit/log"
@@ -282,11 +283,13 @@ func (w *watcher) close(s *session) (time.Duration, error) {
 	}
 	w.markDown()
 	lasted := time.Since(s.start)
-	// A query that failed because QEMU had hung up (its write broke, and
-	// the drain read to QEMU's end, or the reader saw the end first) is
-	// a session lost, as when QEMU exits between queries: a VM powering
-	// off is no reason for a warning.
-	peerLeft := errors.Is(s.err, qmp.ErrClosed) && (s.conn.Drained().Complete || errors.Is(s.err, io.EOF))
+	// A query that failed because QEMU had hung up (its write broke and
+	// the drain read to QEMU's end, or the reader saw the end first: EOF,
+	// or a reset when QEMU exited with the query unread) is a session
+	// lost, as when QEMU exits between queries: a VM powering off is no
+	// reason for a warning.
+	peerLeft := errors.Is(s.err, qmp.ErrClosed) &&
+		(s.conn.Drained().Complete || errors.Is(s.err, io.EOF) || errors.Is(s.err, syscall.ECONNRESET))
 	switch {
 	case s.ctx.Err() != nil:
 	case s.err != nil && !peerLeft:
