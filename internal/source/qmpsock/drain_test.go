@@ -164,3 +164,51 @@ func TestTimedOutSessionFoldsWhatFollows(t *testing.T) {
 		}
 	})
 }
+
+// TestQEMUGoneMidQueryIsASessionLost: QEMU that exits while a query
+// waits for its reply, between two messages or in the middle of one
+// (killed while writing), ends a session that is lost, logged as info
+// like any QEMU exit, not dropped with a warning.
+func TestQEMUGoneMidQueryIsASessionLost(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		last string // written before the hang-up
+	}{
+		{"between messages", ""},
+		{"in the middle of one", `{"event": "RES`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				var logs syncBuffer
+				fake := &fakeQEMU{t: t, status: "running", name: "gone"}
+				m := New(fleet.New(fleet.Options{}), Options{CommandTimeout: time.Minute, Logger: log.NewLogfmtLogger(&logs)})
+				m.dial = fake.dial
+				m.Sync([]Target{{Network: "unix", Address: "/x/gone.sock"}})
+				ctx, cancel := context.WithCancel(t.Context())
+				done := make(chan struct{})
+				go func() { m.Run(ctx); close(done) }()
+				defer func() { cancel(); <-done }()
+				synctest.Wait()
+				fake.set(func(f *fakeQEMU) { f.hang = true; f.refuse = true })
+				srv := fake.server()
+				if err := srv.Emit("STOP", nil); err != nil { // asks for query-status
+					t.Fatal(err)
+				}
+				synctest.Wait()
+				if tc.last != "" {
+					if err := srv.WriteRaw([]byte(tc.last)); err != nil {
+						t.Fatal(err)
+					}
+				}
+				srv.Close()
+				synctest.Wait()
+				if got := logLines(logs.String(), `msg="qmp session lost"`); len(got) != 1 || !strings.Contains(got[0], "level=info") {
+					t.Errorf("want one info line saying the session was lost; got %q", got)
+				}
+				if got := logLines(logs.String(), `msg="dropping qmp session"`); len(got) != 0 {
+					t.Errorf("QEMU's exit logged as a dropped session: %q", got)
+				}
+			})
+		})
+	}
+}

@@ -284,12 +284,10 @@ func (w *watcher) close(s *session) (time.Duration, error) {
 	w.markDown()
 	lasted := time.Since(s.start)
 	// A query that failed because QEMU had hung up (its write broke and
-	// the drain read to QEMU's end, or the reader saw the end first: EOF,
-	// or a reset when QEMU exited with the query unread) is a session
-	// lost, as when QEMU exits between queries: a VM powering off is no
-	// reason for a warning.
-	peerLeft := errors.Is(s.err, qmp.ErrClosed) &&
-		(s.conn.Drained().Complete || errors.Is(s.err, io.EOF) || errors.Is(s.err, syscall.ECONNRESET))
+	// the drain read to QEMU's end, or the reader saw the end first) is
+	// a session lost, as when QEMU exits between queries: a VM powering
+	// off is no reason for a warning.
+	peerLeft := errors.Is(s.err, qmp.ErrClosed) && (s.conn.Drained().Complete || hungUp(s.err))
 	switch {
 	case s.ctx.Err() != nil:
 	case s.err != nil && !peerLeft:
@@ -298,6 +296,13 @@ func (w *watcher) close(s *session) (time.Duration, error) {
 		level.Info(w.logger).Log("msg", "qmp session lost", "err", s.conn.Err())
 	}
 	return lasted, nil
+}
+
+// hungUp reports whether the reader found the end of QEMU's side: EOF,
+// between messages or in the middle of one (QEMU killed while writing),
+// or a reset (QEMU exited with a query of ours unread).
+func hungUp(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
 }
 
 // logDrain says on one line what the end of the session read of what
