@@ -105,7 +105,8 @@ func (c *Conn) Drained() DrainStats {
 // startDrain is called once, by whoever ended the session for a drain.
 // It shuts the write side so that the peer sees the end, and bounds the
 // reader's current wait, since the reader may be parked on a silent
-// peer; the reader itself switches to a drainReader at its next message.
+// peer; the reader itself switches to a drainReader with the first
+// message it reads after this.
 func (c *Conn) startDrain() {
 	c.draining.Store(true)
 	_ = c.nc.SetReadDeadline(time.Now().Add(drainIdle))
@@ -120,8 +121,9 @@ type drainReader struct {
 	nc    net.Conn
 	end   time.Time // drainMaxTime after the reader began draining
 	bytes int64
-	// idle is set when the last read timed out on drainIdle rather
-	// than on end.
+	// idle tells whether the last read's deadline was drainIdle's
+	// rather than end, so that a timeout says which bound ended the
+	// drain.
 	idle bool
 }
 
