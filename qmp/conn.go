@@ -67,6 +67,16 @@ type Conn struct {
 	done    chan struct{}
 	serving atomic.Bool // Serve has been called
 	msg     message     // the reader's message being dispatched
+
+	// draining is set once the session ends through a drain (see
+	// Drain); the reader then switches to drain, its own from then on,
+	// and counts the events it delivers in drainEvents. drainStats is
+	// what the drain read, under mu.
+	draining    atomic.Bool
+	closed      atomic.Bool // Close was called: a drain under way is cut short
+	drain       *drainReader
+	drainEvents int
+	drainStats  DrainStats
 }
 
 type pendingCall struct {
@@ -326,9 +336,13 @@ func (c *Conn) call(ctx context.Context, command string, args any, inOrder bool)
 	c.mu.Unlock()
 
 	if err := c.write(ctx, id, command, rawArgs); err != nil {
-		// Part of the command may be on the wire: the session is poisoned.
-		c.shutdown(fmt.Errorf("writing %s: %w", command, err))
-		// Exactly one answer comes for the call: shutdown's, or a reply
+		// Part of the command may be on the wire: the session is
+		// poisoned. The peer may well have hung up (a broken pipe)
+		// after sending events that are still unread: drain them.
+		if c.end(fmt.Errorf("writing %s: %w", command, err)) {
+			c.startDrain()
+		}
+		// Exactly one answer comes for the call: end's, or a reply
 		// the peer sent for this id before the command was even out,
 		// which the reader took first. An in-order one holds the
 		// reader until released.
@@ -352,7 +366,7 @@ func (c *Conn) call(ctx context.Context, command string, args any, inOrder bool)
 		}
 		c.mu.Unlock()
 		if i < 0 {
-			// The reader (or shutdown) has taken the call: its reply
+			// The reader (or end) has taken the call: its reply
 			// is on the way, and an in-order one holds the reader
 			// until it is received.
 			r := <-ch
@@ -370,7 +384,9 @@ func (r reply) decode(command string, result any) error {
 		return nil
 	}
 	if err := json.Unmarshal(r.ret, result); err != nil {
-		return fmt.Errorf("qmp: %s: decoding reply: %w", command, err)
+		// A reply of the wrong shape is the peer's fault, as a
+		// malformed message is.
+		return fmt.Errorf("%w: %s: decoding reply: %w", ErrProtocol, command, err)
 	}
 	return nil
 }
@@ -430,7 +446,8 @@ func (c *Conn) write(ctx context.Context, id uint64, command string, args []byte
 }
 
 // readLoop is the only reader after the handshake. It exits when the
-// connection dies, closing done last.
+// connection can be read no more (the peer hung up, a read failed, or a
+// drain ended), closing the connection and then done.
 //
 // The message being dispatched lives in the Conn rather than in this
 // frame: with Options.ServeReader, this is the caller's long-lived
@@ -441,8 +458,18 @@ func (c *Conn) readLoop() {
 	for {
 		line, err := c.lr.next()
 		if err != nil {
-			c.shutdown(readError(err))
+			c.end(readError(err))
+			if c.draining.Load() {
+				c.finishDrain(err)
+			}
+			_ = c.nc.Close()
 			return
+		}
+		if c.drain == nil && c.draining.Load() {
+			// This line came with the first read since the drain
+			// began, or was buffered when it did: it is the
+			// drain's, with the rest of the buffer.
+			c.beginDrainRead(int64(len(line)) + 1)
 		}
 		c.dispatch(line, &c.msg)
 	}
@@ -474,6 +501,9 @@ func (c *Conn) deliverEvent(m *message, line []byte) {
 		c.protocolErr(protocolError("invalid event name", line))
 		return
 	}
+	if c.drain != nil {
+		c.drainEvents++
+	}
 	if c.opts.OnEvent == nil {
 		return
 	}
@@ -502,6 +532,12 @@ func (c *Conn) deliverReply(m *message, line []byte) {
 	}
 	c.mu.Unlock()
 	if !ok || !found {
+		if c.draining.Load() {
+			// The session's calls were answered when it ended: a
+			// reply to one of them (the query that timed out) is
+			// expected, not the peer's fault.
+			return
+		}
 		c.protocolErr(protocolError("reply with unknown id", line))
 		return
 	}
@@ -555,13 +591,16 @@ func readError(err error) error {
 	}
 }
 
-// shutdown records why the connection died (the first reason wins), fails
-// every waiting Execute and closes the socket, which unblocks the reader.
-func (c *Conn) shutdown(cause error) {
+// end records why the session ended (the first reason wins) and fails
+// every waiting call; no call starts after it. It reports whether this
+// call was the first, which then decides how the connection closes:
+// at once (Close), or after a drain (startDrain). It does not touch the
+// socket.
+func (c *Conn) end(cause error) bool {
 	c.mu.Lock()
 	if c.err != nil {
 		c.mu.Unlock()
-		return
+		return false
 	}
 	c.err = &closedError{cause: cause}
 	pending := c.pending
@@ -573,14 +612,17 @@ func (c *Conn) shutdown(cause error) {
 			p.ch <- reply{err: err}
 		}
 	}
-	_ = c.nc.Close()
+	return true
 }
 
-// Close closes the connection. Waiting Execute calls return an error
-// wrapping ErrClosed. Close is idempotent and does not wait for the reader
-// goroutine; use Done for that.
+// Close closes the connection at once, cutting short a drain under way.
+// Waiting Execute calls return an error wrapping ErrClosed. Close is
+// idempotent and does not wait for the reader goroutine; use Done for
+// that.
 func (c *Conn) Close() error {
-	c.shutdown(ErrClosed)
+	c.closed.Store(true)
+	c.end(ErrClosed)
+	_ = c.nc.Close()
 	return nil
 }
 

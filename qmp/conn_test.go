@@ -655,6 +655,10 @@ func TestMessageTooLarge(t *testing.T) {
 	if err := c.Err(); !errors.Is(err, qmp.ErrMessageTooLarge) || !errors.Is(err, qmp.ErrClosed) {
 		t.Errorf("Err() = %v, want ErrMessageTooLarge and ErrClosed", err)
 	}
+	// A protocol violation closes at once: nothing more is read.
+	if st := c.Drained(); st.Drained {
+		t.Errorf("Drained() = %+v after an oversized message, want no drain", st)
+	}
 }
 
 func TestCloseConcurrentWithExecute(t *testing.T) {

@@ -65,12 +65,23 @@
 // returns the context's error and forgets the id; the late reply is dropped
 // quietly and the connection stays usable. A write that fails or times out
 // poisons the connection, since part of a command may have gone out, and the
-// connection is closed.
+// session ends with a drain (below).
 //
-// When the peer hangs up, the read fails or Close is called, every waiting
-// Execute returns an error that wraps [ErrClosed] (and the cause), Err
-// reports why, and Done is closed once the reader goroutine has returned.
-// Close is idempotent, safe from any goroutine, and does not wait.
+// When the peer hangs up, the read fails, Close or Drain is called or a
+// write fails, every waiting Execute returns an error that wraps
+// [ErrClosed] (and the cause), Err reports why, and Done is closed once
+// the reader goroutine has returned. Close and Drain are idempotent, safe
+// from any goroutine, and do not wait.
+//
+// Close closes the socket at once. A drain ([Conn.Drain], and any failed
+// write) does not: a peer that hangs up may have sent events that are
+// still unread (a QEMU that emits an event, then SHUTDOWN, then exits,
+// while a query is being written), and closing would throw them away. The
+// reader goes on delivering what the peer sent, replies to the ended
+// calls aside, until the peer hangs up or a bound is reached (8 MiB,
+// 250 ms without a byte, 2 s in all), then closes; [Conn.Drained] says
+// what it read. Only a protocol violation that kills the connection (a
+// message over the size bound) ends a drain early.
 //
 // # Bounds
 //

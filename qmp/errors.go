@@ -20,7 +20,9 @@ var (
 
 	// ErrProtocol is wrapped by the errors reported to
 	// Options.OnProtocolError (malformed JSON, unknown reply ids, messages
-	// of unknown shape) and by handshake failures caused by the peer.
+	// of unknown shape), by handshake failures caused by the peer, and by
+	// Execute's error for a reply that does not decode into its result
+	// or a malformed error reply.
 	ErrProtocol = errors.New("qmp: protocol error")
 )
 

@@ -385,3 +385,88 @@ func (b Scripted) serve(_ context.Context, s *session) error {
 	}
 	return s.answerLoop(b.Identity, nil)
 }
+
+// PowerOff answers like QEMU 7.2 until Now is closed, then leaves the
+// way a QEMU whose guest panicked with action poweroff does, while the
+// client writes the query the panic asks for: it stops reading, so that
+// the client's next command fails to write with a broken pipe, writes
+// its Events events (at least 2) at once, GUEST_PANICKED {"action":
+// "poweroff"} first, SHUTDOWN {"guest": true, "reason": "guest-panic"}
+// last and Healthy's mix between, and hangs up. Sent counts an event once
+// written in full, that is waiting in the client's receive buffer, which
+// a client that closes on its failed write throws away. It leaves once
+// over its life; later sessions only answer.
+type PowerOff struct {
+	Identity
+	Events int
+	Now    <-chan struct{}
+}
+
+func (b PowerOff) eventsToSend() int { return b.Events }
+
+func (b PowerOff) serve(ctx context.Context, s *session) error {
+	if err := s.negotiate(); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	var leaveErr error
+	gone := make(chan struct{}) // the client hung up, or leave stopped reading
+	wg.Go(func() {
+		select {
+		case <-b.Now:
+			leaveErr = b.leave(s)
+		case <-gone:
+		case <-ctx.Done():
+		}
+	})
+	err := s.answerLoop(b.Identity, nil)
+	close(gone)
+	wg.Wait() // a leave under way writes all its events first
+	s.cancel()
+	if leaveErr != nil {
+		return leaveErr
+	}
+	return err
+}
+
+// leave stops reading, writes the peer's events if it still has them,
+// and ends the session.
+func (b PowerOff) leave(s *session) error {
+	if !s.eventsLeft() {
+		return nil
+	}
+	defer s.cancel() // closes the connection: the hang-up
+	if cr, ok := s.nc.(interface{ CloseRead() error }); ok {
+		if err := cr.CloseRead(); err != nil {
+			return fmt.Errorf("hostile: stop reading: %w", err)
+		}
+	}
+	var batch strings.Builder
+	n := 0
+	for {
+		i, ok := s.takeEvent(b.Events)
+		if !ok {
+			break
+		}
+		line, _ := healthyEvent(i, time.Now())
+		switch i {
+		case 0:
+			line = event(time.Now(), "GUEST_PANICKED", `{"action": "poweroff"}`)
+		case b.Events - 1:
+			line = event(time.Now(), "SHUTDOWN", `{"guest": true, "reason": "guest-panic"}`)
+		}
+		batch.WriteString(line + "\r\n")
+		n++
+	}
+	written, err := s.write([]byte(batch.String()))
+	if written == batch.Len() {
+		s.countSent(n)
+	} else {
+		s.countSent(strings.Count(batch.String()[:written], "\n"))
+	}
+	s.eventsLeft() // none are: marks the peer's events done
+	if err != nil && !hungUp(err) {
+		return err
+	}
+	return nil
+}

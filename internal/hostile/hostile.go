@@ -1,9 +1,10 @@
 // Package hostile runs fake QMP peers on unix sockets, for chaos tests of
 // the exporter: monitors that never greet, never finish the handshake, send
 // garbage, invalid UTF-8, replies with ids nobody sent, a line too long to
-// accept or half a line, flood events, and, to compare against, healthy
-// ones that answer like Debian's QEMU 7.2 and emit a known number of
-// events. Dial runs the same behaviours as a QEMU whose monitor dials the
+// accept or half a line, flood events, hang up with events unread while
+// the client writes a query (as a QEMU powering off does), and, to
+// compare against, healthy ones that answer like Debian's QEMU 7.2 and
+// emit a known number of events. Dial runs the same behaviours as a QEMU whose monitor dials the
 // exporter's listener (a client-mode chardev), reconnecting like QEMU's
 // reconnect=, with two more for that side: HangUp (connect and disconnect
 // in a loop) and NewIdentity (a new VM on every connection). It is test
@@ -61,7 +62,8 @@ const maxCommandBytes = 64 << 10
 
 // Behaviour is how a Peer treats its clients: one of the types of this
 // package (NeverGreet, NoCapabilitiesReply, Garbage, InvalidUTF8,
-// UnknownID, HugeLine, HalfLineThenHang, Flood, Healthy, Scripted, HangUp,
+// UnknownID, HugeLine, HalfLineThenHang, Flood, Healthy, Scripted, PowerOff,
+// HangUp,
 // NewIdentity). A Behaviour is a
 // plain value; what must last across sessions is kept by the Peer.
 type Behaviour interface {

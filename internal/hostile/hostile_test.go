@@ -350,6 +350,51 @@ func TestFlood(t *testing.T) {
 	}
 }
 
+// TestPowerOff: told to go, the peer stops reading, so that the client's
+// next command fails to write, and hangs up after writing its events,
+// the panic first and the SHUTDOWN last; a client that reads what was
+// sent before the hang-up (qmp.Conn drains it) gets every one. Its next
+// session only answers.
+func TestPowerOff(t *testing.T) {
+	const n = 50
+	now := make(chan struct{})
+	p := serve(t, PowerOff{Identity: Identity{Name: "off"}, Events: n, Now: now})
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+	defer cancel()
+	c := &client{}
+	opts := c.opts(0)
+	opts.ServeReader = true // nothing is read before Serve: the events wait in the socket
+	conn, err := qmp.Dial(ctx, "unix", p.Path(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Conn = conn
+	close(now)
+	waitClosed(t, p.EventsDone(), "events")
+	err = execute(t, c, "query-status", 5*time.Second, nil)
+	if !errors.Is(err, qmp.ErrClosed) || !strings.Contains(err.Error(), "writing query-status") {
+		t.Errorf("query-status after leaving: %v, want a failed write", err)
+	}
+	conn.Serve()
+	events, perr := c.counts()
+	if len(events) != n || p.Sent() != n || perr != 0 {
+		t.Fatalf("client saw %d events and %d protocol errors; peer sent %d; want %d, 0, %d", len(events), perr, p.Sent(), n, n)
+	}
+	if events[0] != "GUEST_PANICKED" || events[n-1] != "SHUTDOWN" {
+		t.Errorf("events run from %s to %s, want GUEST_PANICKED to SHUTDOWN", events[0], events[n-1])
+	}
+	again, err := dial(t, p, 5*time.Second, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := execute(t, again, "query-status", 5*time.Second, nil); err != nil {
+		t.Errorf("query-status on the next session: %v", err)
+	}
+	if p.Sent() != n {
+		t.Errorf("peer sent %d events over two sessions, want %d", p.Sent(), n)
+	}
+}
+
 // TestOneClientAtATime: like a QEMU monitor, the peer leaves a second
 // client waiting, without a greeting, until the first leaves.
 func TestOneClientAtATime(t *testing.T) {

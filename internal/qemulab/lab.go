@@ -134,6 +134,12 @@ type Options struct {
 	// 1 for "exit-failure") if ShutdownAction is "poweroff", else it stays
 	// in "guest-panicked". With "run" the VM keeps running.
 	PanicAction string
+	// WatchdogAction, if set, adds -action watchdog=<value>: the action
+	// of the ib700 watchdog (see VM.FireWatchdog), "reset" by default.
+	// With "poweroff", QEMU 7.2 sends WATCHDOG {"action": "poweroff"}
+	// and exits at once with status 0, whatever ShutdownAction says: no
+	// STOP or SHUTDOWN follows.
+	WatchdogAction string
 	// ShutdownAction, if set, adds -action shutdown=<value> after
 	// -no-shutdown, which the lab always passes (it means shutdown=pause:
 	// a guest shutdown stops the VM instead of ending QEMU). "poweroff"
@@ -378,6 +384,9 @@ func (v *VM) args(opts Options, ctlPath, qtestPath string) []string {
 	if opts.ShutdownAction != "" {
 		actions = append(actions, "shutdown="+qemuOpt(opts.ShutdownAction))
 	}
+	if opts.WatchdogAction != "" {
+		actions = append(actions, "watchdog="+qemuOpt(opts.WatchdogAction))
+	}
 	if len(actions) > 0 {
 		a = append(a, "-action", strings.Join(actions, ","))
 	}
@@ -544,7 +553,9 @@ func (v *VM) CrashLoaded(ctx context.Context) error {
 // so it fires at once: QEMU emits WATCHDOG {"action": "reset"}, then RESET
 // {"guest": true, "reason": "guest-reset"} (QEMU 7.2 reports the watchdog's
 // reset as a guest reset). WATCHDOG is rate-limited by QEMU to one per
-// second, so a second WATCHDOG within a second is delayed.
+// second, so a second WATCHDOG within a second is delayed. With
+// Options.WatchdogAction "poweroff", QEMU emits WATCHDOG {"action":
+// "poweroff"} and exits (status 0) without another event.
 func (v *VM) FireWatchdog(ctx context.Context) error {
 	return v.QTest.Outb(ctx, ib700TimerPort, ib700Timeout0s)
 }

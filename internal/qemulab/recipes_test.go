@@ -733,6 +733,41 @@ func TestPanicActions(t *testing.T) {
 	}
 }
 
+// TestWatchdogPowerOff: with -action watchdog=poweroff, QEMU 7.2 reports
+// the watchdog and exits at once, with status 0 and no SHUTDOWN.
+func TestWatchdogPowerOff(t *testing.T) {
+	t.Parallel()
+	v := startVM(t, Options{Devices: true, WatchdogAction: "poweroff"})
+	ctx := testContext(t)
+	mark := v.Ctl.Mark()
+	if err := v.FireWatchdog(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ev, data := waitFor(t, ctx, v.Ctl, mark, "WATCHDOG", named("WATCHDOG"))
+	wantKeys(t, ev, data, "action")
+	wantFields(t, ev, data, map[string]any{"action": "poweroff"})
+	select {
+	case <-v.Exited():
+	case <-ctx.Done():
+		t.Fatal("QEMU still running")
+	}
+	if err := v.ExitErr(); err != nil {
+		t.Errorf("exit: %v, want status 0", err)
+	}
+	select {
+	case <-v.Ctl.Done():
+	case <-ctx.Done():
+		t.Fatal("control monitor still open")
+	}
+	var after []string
+	for _, e := range v.Ctl.Events()[mark:] {
+		after = append(after, e.Name)
+	}
+	if !slices.Equal(after, []string{"WATCHDOG"}) {
+		t.Errorf("events after the watchdog fired: %v, want WATCHDOG alone", after)
+	}
+}
+
 func TestSPICE(t *testing.T) {
 	t.Parallel()
 	v := startVM(t, Options{SPICE: true})

@@ -350,7 +350,9 @@ func (s *Source) attach(id, name string, l *listener, cred peerCredentials, conn
 		select {
 		case w.incoming <- dialledIn{conn, r, pid}:
 			if old != nil {
-				old.Close()
+				// The VM is on its new connection: fold what
+				// the old one still holds, then let it go.
+				old.Drain()
 			}
 			return id, true
 		default:

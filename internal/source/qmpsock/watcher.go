@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-kit/log"
@@ -288,6 +290,7 @@ func (w *watcher) close(s *session) (time.Duration, error) {
 	s.wg.Wait()
 	w.timeout.stop()
 	w.timeout = nil
+	w.logDrain(s)
 
 	if !s.established {
 		w.countFailure()
@@ -298,14 +301,46 @@ func (w *watcher) close(s *session) (time.Duration, error) {
 	}
 	w.markDown()
 	lasted := time.Since(s.start)
+	// A query that failed because QEMU had hung up (its write broke and
+	// the drain read to QEMU's end, or the reader saw the end first) is
+	// a session lost, as when QEMU exits between queries: a VM powering
+	// off is no reason for a warning.
+	peerLeft := errors.Is(s.err, qmp.ErrClosed) && (s.conn.Drained().Complete || hungUp(s.err))
 	switch {
 	case s.ctx.Err() != nil:
-	case s.err != nil:
+	case s.err != nil && !peerLeft:
 		level.Warn(w.logger).Log("msg", "dropping qmp session", "err", s.err)
 	default:
 		level.Info(w.logger).Log("msg", "qmp session lost", "err", s.conn.Err())
 	}
 	return lasted, nil
+}
+
+// hungUp reports whether the reader found the end of QEMU's side: EOF,
+// between messages or in the middle of one (QEMU killed while writing),
+// or a reset (QEMU exited with a query of ours unread).
+func hungUp(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
+}
+
+// logDrain says on one line what the end of the session read of what
+// QEMU had sent before it (see qmp.Conn.Drain): the events it folded,
+// and whether it read all of it or a bound cut it short, when the rest
+// is lost. A drain that read nothing (a hung QEMU, or one that had
+// nothing left to say) is only worth a debug line.
+func (w *watcher) logDrain(s *session) {
+	d := s.conn.Drained()
+	if !d.Drained || s.ctx.Err() != nil {
+		return
+	}
+	lg := level.Info(w.logger)
+	switch {
+	case d.Bytes == 0:
+		lg = level.Debug(w.logger)
+	case !d.Complete:
+		lg = level.Warn(w.logger)
+	}
+	lg.Log("msg", "read what qemu had sent before the session ended", "events", d.Events, "bytes", d.Bytes, "complete", d.Complete, "end", d.End)
 }
 
 // session is the state of one connection's queries, shared by the
@@ -407,8 +442,12 @@ func (w *watcher) wakeUp(s *session) {
 	w.startWorker(s)
 }
 
-// endSession records why the worker gives up on the session and closes
-// the connection, which ends conn.Serve on the watcher's goroutine.
+// endSession records why the worker gives up on the session and ends
+// the connection, which ends conn.Serve on the watcher's goroutine once
+// the events QEMU already sent are folded (a drain; a no-op if the
+// connection is already dead or draining). Only a protocol violation
+// (a reply that does not decode) closes it at once: nothing more from
+// that peer is worth reading.
 func (w *watcher) endSession(s *session, err error) {
 	w.vm.LockRead() // the session, not the state
 	if s.err == nil {
@@ -417,7 +456,11 @@ func (w *watcher) endSession(s *session, err error) {
 	s.over = true
 	s.working = false
 	w.vm.Unlock()
-	s.conn.Close()
+	if errors.Is(err, qmp.ErrProtocol) {
+		s.conn.Close()
+		return
+	}
+	s.conn.Drain()
 }
 
 // migrationPollInterval is how often query-migrate is read while a
@@ -487,7 +530,7 @@ func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n vmstate.Need) e
 		out := q.reply()
 		err := w.execute(ctx, conn, q.command, nil, func(ret []byte) error {
 			if err := json.Unmarshal(ret, out); err != nil {
-				return fmt.Errorf("qmp: %s: decoding reply: %w", q.command, err)
+				return fmt.Errorf("%w: %s: decoding reply: %w", qmp.ErrProtocol, q.command, err)
 			}
 			q.apply(w.vm.Lock(), out)
 			w.vm.Unlock()
@@ -515,9 +558,10 @@ func (w *watcher) refresh(ctx context.Context, conn *qmp.Conn, n vmstate.Need) e
 // context with a timeout per query (a timer, a channel and a registration
 // with ctx each time, on every follow-up query of thousands of VMs), the
 // session's one queryTimer is armed around the call: if QEMU does not
-// answer in time, the timer closes the connection, which ends the call
-// and the session, as a timeout would. The end of ctx closes the
-// connection too (see session).
+// answer in time, the timer ends the connection (a drain: the events
+// QEMU sent before are still folded), which ends the call and the
+// session, as a timeout would. The end of ctx closes the connection at
+// once (see session).
 //
 // The reply is decoded into out, or, if apply is not nil, handed to apply
 // while the reader waits (see qmp.Conn.ExecuteFunc).
@@ -552,8 +596,8 @@ func (e *commandTimeoutError) Error() string {
 func (e *commandTimeoutError) Unwrap() error { return context.DeadlineExceeded }
 
 // queryTimer bounds the session's queries, one at a time: armed before a
-// query, disarmed after it; if it fires in between, it closes the
-// connection. One timer serves the whole session.
+// query, disarmed after it; if it fires in between, it ends the
+// connection with a drain. One timer serves the whole session.
 type queryTimer struct {
 	t     *time.Timer
 	fired atomic.Bool
@@ -563,7 +607,7 @@ func newQueryTimer(conn *qmp.Conn) *queryTimer {
 	qt := &queryTimer{}
 	qt.t = time.AfterFunc(time.Hour, func() {
 		qt.fired.Store(true)
-		conn.Close()
+		conn.Drain()
 	})
 	qt.t.Stop()
 	return qt

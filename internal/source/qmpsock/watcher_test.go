@@ -230,8 +230,10 @@ func TestWatcherDropsHungPeer(t *testing.T) {
 		defer stop()
 		synctest.Wait()
 		fake.set(func(f *fakeQEMU) { f.hang = true })
-		// The periodic refresh finds the peer silent and drops the session.
-		time.Sleep(31 * time.Second)
+		// The periodic refresh (30 s) finds the peer silent (1 s) and
+		// drops the session once a drain has read for 250 ms that it has
+		// nothing more to say.
+		time.Sleep(32 * time.Second)
 		synctest.Wait()
 		got := scrape(t, m, "qmp_up", "qmp_command_timeouts_total")
 		if !strings.Contains(got, `qmp_up{vm="hung"} 0`) || !strings.Contains(got, `qmp_command_timeouts_total{vm="hung"} 1`) {
