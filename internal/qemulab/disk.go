@@ -25,6 +25,8 @@ import (
 //	{"device": "disk0", "node-name": "disk0-fmt", "operation": "write",
 //	 "action": "stop", "nospace": true, "reason": "No space left on device"}
 //
+// QEMU 9.2 and later add the guest device, "qom-path": "/machine/peripheral/hd0".
+//
 // With action "stop", STOP follows, query-status says "io-error" and
 // query-block shows the drive's "io-status" as "failed" (or "nospace"). cont
 // retries the request: unless Once is set it fails again at once (another
