@@ -78,7 +78,8 @@
 //     SPICE_INITIALIZED, SPICE_DISCONNECTED.
 //
 // Several of these events are rate-limited by QEMU (RTC_CHANGE,
-// BALLOON_CHANGE, WATCHDOG): one per second per VM, the later ones delayed.
+// BALLOON_CHANGE, WATCHDOG, and from 10.0 BLOCK_IO_ERROR per device): one
+// per second, the last of those that came sooner delayed, the others lost.
 //
 // # QEMU releases
 //

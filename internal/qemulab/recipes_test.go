@@ -884,6 +884,42 @@ func TestBlockIOError(t *testing.T) {
 			t.Errorf("query-block = %+v (%v), want io-status nospace", blocks, err)
 		}
 	})
+	t.Run("burst", func(t *testing.T) {
+		t.Parallel()
+		v := startVM(t, Options{FaultyDisk: &FaultyDisk{}})
+		ctx := testContext(t)
+		ctl := v.Ctl
+		mark := ctl.Mark()
+		for range 3 {
+			if err := v.DiskRead(ctx, FaultySector); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A read waits for the drive to be idle: the third failure has
+		// happened, and its event, unless held back, precedes this reply.
+		if err := v.DiskRead(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+		queryStatus(t, ctx, ctl)
+		n := len(eventsSince(ctl, mark, named("BLOCK_IO_ERROR")))
+		if !v.Version().AtLeast(10, 0) {
+			if n != 3 {
+				t.Errorf("QEMU %v: %d BLOCK_IO_ERROR for 3 failed reads, want 3", v.Version(), n)
+			}
+			return
+		}
+		// 10.0 rate-limits the event per device: the first at once, then,
+		// a second later, the last one held back; the second is lost.
+		if n != 1 {
+			t.Fatalf("QEMU %v: %d BLOCK_IO_ERROR at once for 3 failed reads, want 1", v.Version(), n)
+		}
+		first := eventsSince(ctl, mark, named("BLOCK_IO_ERROR"))[0]
+		waitFor(t, ctx, ctl, first.Index+1, "held BLOCK_IO_ERROR", named("BLOCK_IO_ERROR"))
+		queryStatus(t, ctx, ctl) // after anything emitted with the held event
+		if n := len(eventsSince(ctl, mark, named("BLOCK_IO_ERROR"))); n != 2 {
+			t.Errorf("QEMU %v: %d BLOCK_IO_ERROR for 3 failed reads, want 2", v.Version(), n)
+		}
+	})
 	t.Run("stop once", func(t *testing.T) {
 		t.Parallel()
 		v := startVM(t, Options{FaultyDisk: &FaultyDisk{ReadError: "stop", Once: true}})
