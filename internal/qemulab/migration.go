@@ -14,8 +14,9 @@ const (
 	// about 320 KB on the wire) and the VM ends in "postmigrate".
 	MigrateToNull = "exec:cat > /dev/null"
 	// MigrateToFail migrates into false, which exits at once: the
-	// migration fails ("Unable to write to command: Broken pipe"; QEMU
-	// 10.0: "ram_save_setup failed: Input/output error") and the VM keeps
+	// migration fails ("Unable to write to command: Broken pipe", or on
+	// QEMU 10.0, when the RAM setup meets the closed pipe first,
+	// "ram_save_setup failed: Input/output error") and the VM keeps
 	// running.
 	MigrateToFail = "exec:false"
 )

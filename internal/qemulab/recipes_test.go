@@ -7,6 +7,7 @@ import (
 	"math"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -381,13 +382,35 @@ func TestMigration(t *testing.T) {
 		}
 		ev := waitStatus(mark, "completed")
 		wantKeys(t, ev, map[string]any{"status": nil}, "status")
-		want := []string{"setup", "pass1", "active", "STOP", "pass2", "completed"}
+		want := []string{"setup", "active", "STOP", "completed"}
 		if v.Version().AtLeast(10, 0) {
 			// 10.0 announces the stopped VM's device state being sent.
-			want = []string{"setup", "pass1", "active", "STOP", "device", "pass2", "completed"}
+			want = []string{"setup", "active", "STOP", "device", "completed"}
 		}
-		if got := statuses(mark); !slices.Equal(got, want) {
-			t.Errorf("events = %v, want %v", got, want)
+		// Between them, the passes over RAM: as many as QEMU's estimate of
+		// the downtime takes (a loaded machine may need one more), numbered
+		// from 1, the first during setup, the last with the VM stopped.
+		got := statuses(mark)
+		var rest []string
+		passes, firstPass, lastPass, stop := 0, -1, -1, -1
+		for i, s := range got {
+			if strings.HasPrefix(s, "pass") {
+				if passes++; s != "pass"+strconv.Itoa(passes) {
+					t.Errorf("events = %v: %s where pass%d was due", got, s, passes)
+				}
+				if firstPass < 0 {
+					firstPass = i
+				}
+				lastPass = i
+				continue
+			}
+			if s == "STOP" {
+				stop = i
+			}
+			rest = append(rest, s)
+		}
+		if !slices.Equal(rest, want) || passes < 2 || firstPass != 1 || lastPass < stop {
+			t.Errorf("events = %v, want %v, with passes 1, 2, ... from after setup to after STOP", got, want)
 		}
 		if got := queryStatus(t, ctx, ctl); got != "postmigrate" {
 			t.Errorf("status after migration = %q, want postmigrate", got)
@@ -411,14 +434,14 @@ func TestMigration(t *testing.T) {
 			t.Errorf("events = %v, want %v", got, want)
 		}
 		mi, err := v.QueryMigrate(ctx)
-		// 7.2 fails on writing to the closed pipe, 10.0 already on the
-		// first RAM section.
-		desc := "Broken pipe"
+		// The text tells which write met the closed pipe first: any write
+		// on 7.2 and 10.0, or, on 10.0 only, the RAM setup.
+		desc := []string{"Unable to write to command: Broken pipe"}
 		if v.Version().AtLeast(10, 0) {
-			desc = "ram_save_setup failed: Input/output error"
+			desc = append(desc, "ram_save_setup failed: Input/output error")
 		}
-		if err != nil || mi.Status != "failed" || !strings.Contains(mi.ErrorDesc, desc) {
-			t.Errorf("query-migrate = %s (%v)", mi.Raw, err)
+		if err != nil || mi.Status != "failed" || !slices.Contains(desc, mi.ErrorDesc) {
+			t.Errorf("query-migrate = %s (%v), want error-desc one of %q", mi.Raw, err, desc)
 		}
 		if got := queryStatus(t, ctx, ctl); got != "running" {
 			t.Errorf("status after a failed migration = %q", got)
