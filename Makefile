@@ -61,20 +61,30 @@ GOTESTFLAGS ?=
 # counts are taken.
 TEST_LOG := $(BUILD_ROOT)/go-test.log
 
+# QEMU 10.0.2 from bookworm-backports, unpacked beside the system's QEMU 7.2
+# by `make qemu10` (.ci/qemu10). test-qemu10 runs the packages that start a
+# QEMU on it again, except the tests that start none (QEMU10_SKIP) or drive
+# the system's QEMU through libvirtd.
+QEMU10_DIR  := $(CURDIR)/$(BUILD_ROOT)/qemu-10.0.2
+QEMU10_PKGS := ./internal/qemulab/ ./cmd/qmp_exporter/ ./dashboards/
+QEMU10_SKIP := Libvirt|ListenerChaos|ReleaseBuild
+QEMU10_LOG  := $(BUILD_ROOT)/go-test-qemu10.log
+
 # Prints the module's .go files, tracked or untracked (but not ignored), outside
 # any vendor/ directory. Falls back to find(1) without git or outside a clone.
 list_go_files = { git ls-files --cached --others --exclude-standard -- '*.go' 2>/dev/null \
 	|| find . -name '*.go' -not -path './.build/*' -not -path './.tmp/*' -not -path './.git/*'; } \
 	| grep -v -E '(^|/)vendor/' | while read -r f; do if [ -f "$$f" ]; then echo "$$f"; fi; done
 
-# Prints "tests: N passed, N failed, N skipped" from TEST_LOG (subtests count too).
+# $(call test_summary,LOGS) prints "tests: N passed, N failed, N skipped" from
+# the go test logs LOGS (subtests count too).
 test_summary = awk '/^ *--- PASS/ {p++} /^ *--- FAIL/ {f++} /^ *--- SKIP/ {s++} \
-	END {printf "tests: %d passed, %d failed, %d skipped\n", p, f, s}' $(TEST_LOG)
+	END {printf "tests: %d passed, %d failed, %d skipped\n", p, f, s}' $(1)
 
 .DEFAULT_GOAL := all
 
 .PHONY: all build binary crossbuild tarball test style vet staticcheck test-race fuzz-short checkmetrics \
-	checkrules test-dashboards \
+	checkrules test-dashboards qemu10 test-qemu10 \
 	test-short gobench lint govulncheck demo clean help
 
 # all: everything CI checks, then the binary.
@@ -119,8 +129,8 @@ tarball: crossbuild
 	cd $(TARBALL_DIR) && sha256sum *.tar.gz > sha256sums.txt
 
 # test: the CI gate; each step runs only if the previous ones passed.
-test: style vet staticcheck checkrules test-dashboards test-race fuzz-short checkmetrics
-	@$(test_summary)
+test: style vet staticcheck checkrules test-dashboards test-race test-qemu10 fuzz-short checkmetrics
+	@$(call test_summary,$(TEST_LOG) $$(ls $(QEMU10_LOG) 2>/dev/null))
 
 # style: fails if gofmt would change any .go file.
 style:
@@ -144,11 +154,30 @@ staticcheck:
 # pass/fail/skip count closes the run.
 test-race:
 	@echo ">> go test -race"
-	@mkdir -p $(BUILD_ROOT)
+	@mkdir -p $(BUILD_ROOT) && rm -f $(QEMU10_LOG)
 	@status=0; \
 	$(GO) test -race -count=1 -v $(GOTESTFLAGS) ./... 2>&1 | tee $(TEST_LOG) \
 		| grep -v -E '^=== (RUN|PAUSE|CONT|NAME)' || status=$$?; \
-	$(test_summary); \
+	$(call test_summary,$(TEST_LOG)); \
+	exit $$status
+
+# qemu10: QEMU 10.0.2 in .build/qemu-10.0.2 (apt-get download and dpkg -x; no root).
+qemu10:
+	.ci/qemu10 $(QEMU10_DIR)
+
+# test-qemu10: test-race's QEMU tests again on QEMU 10.0.2 (log: QEMU10_LOG).
+# If qemu10 fails it warns and skips, except under CI=true, where it fails.
+test-qemu10:
+	@if ! .ci/qemu10 $(QEMU10_DIR); then \
+		if [ "$${CI:-}" = "true" ]; then echo "test-qemu10: no QEMU 10.0 (CI=true)" >&2; exit 1; fi; \
+		echo "WARNING: test-qemu10 skipped: make qemu10 failed" >&2; exit 0; \
+	fi; \
+	echo ">> go test -race on $$($(QEMU10_DIR)/qemu-system-x86_64 --version | sed -n 1p)"; \
+	status=0; \
+	QEMU_BINARY=$(QEMU10_DIR)/qemu-system-x86_64 $(GO) test -race -count=1 -v -skip '$(QEMU10_SKIP)' \
+		$(GOTESTFLAGS) $(QEMU10_PKGS) 2>&1 | tee $(QEMU10_LOG) \
+		| grep -v -E '^=== (RUN|PAUSE|CONT|NAME)' || status=$$?; \
+	$(call test_summary,$(QEMU10_LOG)); \
 	exit $$status
 
 # fuzz-short: each target in FUZZ_TARGETS for FUZZTIME (default 10s).
@@ -243,4 +272,4 @@ clean:
 
 # help: list the targets with their comment.
 help:
-	@awk '/^# [a-z-]+: / {sub(/^# /, ""); print "  " $$0}' $(MAKEFILE_LIST)
+	@awk '/^# [a-z0-9-]+: / {sub(/^# /, ""); print "  " $$0}' $(MAKEFILE_LIST)

@@ -30,9 +30,9 @@ var update = flag.Bool("update", false, "rewrite golden files")
 
 const expfmtText = expfmt.TypeTextPlain
 
-// TestGolden replays each transcript recorded from real QEMU 7.2 through a
-// real watcher (the greeting and query replies answer its sync, then the
-// recorded events are emitted) and compares /metrics with
+// TestGolden replays each transcript recorded from real QEMU (7.2 and
+// 10.0) through a real watcher (the greeting and query replies answer its
+// sync, then the recorded events are emitted) and compares /metrics with
 // testdata/<transcript>.prom.
 func TestGolden(t *testing.T) {
 	files, err := filepath.Glob("testdata/transcripts/*.jsonl")

@@ -131,6 +131,20 @@ func TestEventRecipesEndToEnd(t *testing.T) {
 	ctl("device_del", map[string]any{"id": "kbd0"})
 	e.wait("device deletion counted", has(`qmp_device_deletions_total{vm="lab"}`, 1))
 
+	// pvpanic's shutdown request, new in QEMU 9.1 (7.2 ignores it):
+	// GUEST_PVSHUTDOWN is counted by name, the shutdown it causes by
+	// reason, and the VM is left in "shutdown" (-no-shutdown).
+	if v := vm.Version(); v.AtLeast(9, 1) {
+		step("pvpanic shutdown", func() error { return vm.PVShutdown(ctx) })
+		e.wait("pvpanic shutdown counted", func(m exporterproc.Metrics) bool {
+			return m.Has(`qmp_events_total{event="GUEST_PVSHUTDOWN",vm="lab"}`, 1) &&
+				m.Has(`qmp_shutdowns_total{guest="true",reason="guest-shutdown",vm="lab"}`, 1) &&
+				m.Has(`qmp_vm_status{status="shutdown",vm="lab"}`, 1)
+		})
+	} else {
+		t.Logf("QEMU %v: no pvpanic shutdown request to test", v)
+	}
+
 	// Nothing above was malformed or dropped.
 	m = e.wait("final scrape", func(exporterproc.Metrics) bool { return true })
 	for _, s := range []string{`qmp_event_data_errors_total{vm="lab"}`, `qmp_protocol_errors_total{vm="lab"}`, `qmp_events_unlabelled_total{vm="lab"}`} {

@@ -32,7 +32,8 @@ const fleetStaleAfter = 10 * time.Second
 // socket appears in a watched directory after the exporter started
 // ("disc1", the plain-QEMU recipe) and two that dial the exporter's
 // listener with a client-mode chardev, taken from the example files of
-// the libvirt ("dialer") and Proxmox VE ("pve-guest") recipes. Each is
+// the libvirt ("dialer") and Proxmox VE ("pve-guest") recipes (with
+// reconnect-ms on a QEMU that has it, see recipeArgs). Each is
 // stopped, killed and restarted; a discovered socket is left behind,
 // deleted and removed by QEMU itself; the configuration is reloaded with a
 // VM added and one removed, then broken, then fixed.
@@ -71,16 +72,19 @@ func TestFleetEndToEnd(t *testing.T) {
 			UUID: "f1ee0000-0000-4000-8000-000000000002", ExporterSocket: filepath.Join(dir, "static2.qmp")},
 		"disc1": {Dir: filepath.Join(dir, "vm-disc1"), Name: "disc1",
 			UUID: "f1ee0000-0000-4000-8000-000000000003", ExporterSocket: filepath.Join(discDir, "disc1.qmp")},
-		// The libvirt recipe: the arguments of its domain XML snippet, as
-		// libvirt passes them with -name and -uuid.
-		"dialer": {Dir: filepath.Join(dir, "vm-dialer"), Name: "dialer",
+	}
+	// The two recipes that dial the listener, set once the static VM has
+	// told which QEMU runs: the libvirt one, the arguments of its domain
+	// XML snippet, as libvirt passes them with -name and -uuid; the
+	// Proxmox VE one, its args: line, with the name and UUID given as
+	// Proxmox does (the UUID only through SMBIOS).
+	dialers := func(v qemulab.Version) {
+		opts["dialer"] = qemulab.Options{Dir: filepath.Join(dir, "vm-dialer"), Name: "dialer",
 			UUID: "f1ee0000-0000-4000-8000-000000000004", NoExporterMonitor: true,
-			ExtraArgs: recipeArgs(t, "libvirt/domain-snippet.xml", listenPath)},
-		// The Proxmox VE recipe: its args: line, with the name and UUID
-		// given as Proxmox does (the UUID only through SMBIOS).
-		"pve-guest": {Dir: filepath.Join(dir, "vm-pve"), NoExporterMonitor: true,
+			ExtraArgs: recipeArgs(t, "libvirt/domain-snippet.xml", listenPath, v)}
+		opts["pve-guest"] = qemulab.Options{Dir: filepath.Join(dir, "vm-pve"), NoExporterMonitor: true,
 			ExtraArgs: append([]string{"-name", "pve-guest,debug-threads=on", "-smbios", "type=1,uuid=f1ee0000-0000-4000-8000-000000000005"},
-				recipeArgs(t, "proxmox/vmid.conf.snippet", listenPath)...)},
+				recipeArgs(t, "proxmox/vmid.conf.snippet", listenPath, v)...)}
 	}
 	start := func(name string) *qemulab.VM {
 		t.Helper()
@@ -182,6 +186,7 @@ func TestFleetEndToEnd(t *testing.T) {
 	// is still empty and nothing has dialled in.
 	writeConfig(fleetConfig("static"))
 	vms := map[string]*qemulab.VM{"static": start("static")}
+	dialers(vms["static"].Version())
 	e = startExporter(t, ctx, bin, "--config.file="+cfgPath, "--log.level=debug",
 		"--qmp.max-backoff=1s", "--qmp.dial-timeout=2s", "--qmp.command-timeout=2s")
 	e.wait("static VM up", func(m exporterproc.Metrics) bool { return allUp(m, -1, "static") })
@@ -322,8 +327,9 @@ func TestHelpSuggestsNoManagementSocket(t *testing.T) {
 
 // recipeArgs returns the QEMU arguments of an example snippet of
 // examples/ (the libvirt domain XML or the Proxmox args: line), with the
-// recipe's listener path replaced by listen.
-func recipeArgs(t *testing.T, snippet, listen string) []string {
+// recipe's listener path replaced by listen. For QEMU 9.2 and later it
+// writes reconnect-ms=5000 instead of reconnect=5, as the recipes tell.
+func recipeArgs(t *testing.T, snippet, listen string, v qemulab.Version) []string {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(exporterproc.ModuleRoot(t), "examples", snippet))
 	if err != nil {
@@ -354,16 +360,20 @@ func recipeArgs(t *testing.T, snippet, listen string) []string {
 			}
 		}
 	}
-	const recipeListener = "/run/qmp_exporter/qmp.sock"
+	const recipeListener, reconnect = "/run/qmp_exporter/qmp.sock", ",reconnect=5"
 	replaced := 0
 	for i, a := range args {
-		if strings.Contains(a, "path="+recipeListener+",") {
-			args[i] = strings.Replace(a, "path="+recipeListener+",", "path="+listen+",", 1)
+		if strings.Contains(a, "path="+recipeListener+",") && strings.HasSuffix(a, reconnect) {
+			a = strings.Replace(a, "path="+recipeListener+",", "path="+listen+",", 1)
+			if v.AtLeast(9, 2) {
+				a = strings.TrimSuffix(a, reconnect) + ",reconnect-ms=5000"
+			}
+			args[i] = a
 			replaced++
 		}
 	}
 	if replaced != 1 {
-		t.Fatalf("%s: want one chardev with path=%s, got %q", snippet, recipeListener, args)
+		t.Fatalf("%s: want one chardev with path=%s ending in %s, got %q", snippet, recipeListener, reconnect, args)
 	}
 	return args
 }

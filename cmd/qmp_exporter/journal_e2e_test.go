@@ -110,7 +110,13 @@ func TestJournalEndToEnd(t *testing.T) {
 	}
 	must("disk read", vm.DiskRead(ctx, qemulab.FaultySector))
 	must("disk write", vm.DiskWrite(ctx, qemulab.FaultySector))
-	e.wait("io-error", func(m exporterproc.Metrics) bool { return m.Has(`qmp_vm_status{status="io-error",vm="journal"}`, 1) })
+	// QEMU 10.0 rate-limits BLOCK_IO_ERROR: the second report may come up
+	// to a second after the STOP it caused, so wait for both.
+	e.wait("both I/O errors and io-error", func(m exporterproc.Metrics) bool {
+		return m.Has(`qmp_vm_status{status="io-error",vm="journal"}`, 1) &&
+			m.Has(`qmp_block_io_errors_total{action="report",device="`+qemulab.FaultyDiskID+`",operation="read",vm="journal"}`, 1) &&
+			m.Has(`qmp_block_io_errors_total{action="stop",device="`+qemulab.FaultyDiskID+`",operation="write",vm="journal"}`, 1)
+	})
 	_, err = vm.Ctl.Execute(ctx, "cont", nil)
 	must("cont", err)
 	e.wait("running", func(m exporterproc.Metrics) bool { return m.Has(`qmp_vm_status{status="running",vm="journal"}`, 1) })

@@ -98,9 +98,13 @@ func TestDialledInLogLines(t *testing.T) {
 			stop()
 		}
 	}()
+	qemuVersion, err := qemulab.BinaryVersion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
 	vm, err := qemulab.Start(ctx, qemulab.Options{Dir: filepath.Join(dir, "vm"), Name: "dialer",
 		UUID: "ba6b0000-0000-4000-8000-00000000d1a1", NoExporterMonitor: true,
-		ExtraArgs: recipeArgs(t, "libvirt/domain-snippet.xml", listen)})
+		ExtraArgs: recipeArgs(t, "libvirt/domain-snippet.xml", listen, qemuVersion)})
 	if err != nil {
 		t.Fatal(err)
 	}

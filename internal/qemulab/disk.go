@@ -25,6 +25,11 @@ import (
 //	{"device": "disk0", "node-name": "disk0-fmt", "operation": "write",
 //	 "action": "stop", "nospace": true, "reason": "No space left on device"}
 //
+// QEMU 9.2 and later add the guest device, "qom-path": "/machine/peripheral/hd0".
+// QEMU 10.0 (not 7.2) also rate-limits the event per device: of several
+// errors within a second, the first is reported at once and the last a
+// second later; those between are not reported.
+//
 // With action "stop", STOP follows, query-status says "io-error" and
 // query-block shows the drive's "io-status" as "failed" (or "nospace"). cont
 // retries the request: unless Once is set it fails again at once (another

@@ -47,8 +47,9 @@
 // # Recipes
 //
 // Besides the VM methods for the events of the lab notes (Panic,
-// CrashLoaded, FireWatchdog, GuestReset, VNCHandshake), each documented with
-// the events it produces and their data as QEMU 7.2 sends them:
+// CrashLoaded, PVShutdown, FireWatchdog, GuestReset, VNCHandshake), each
+// documented with the events it produces and their data as QEMU 7.2 sends
+// them (and where 10.0 differs, how):
 //
 //   - block jobs (blockjob.go): AddQcow2 makes qcow2 images with qemu-img
 //     and adds them with blockdev-add (optionally failing reads through
@@ -77,7 +78,15 @@
 //     SPICE_INITIALIZED, SPICE_DISCONNECTED.
 //
 // Several of these events are rate-limited by QEMU (RTC_CHANGE,
-// BALLOON_CHANGE, WATCHDOG): one per second per VM, the later ones delayed.
+// BALLOON_CHANGE, WATCHDOG, and from 10.0 BLOCK_IO_ERROR per device): one
+// per second, the last of those that came sooner delayed, the others lost.
+//
+// # QEMU releases
+//
+// The lab runs any qemu-system-x86_64 (FindQEMU, $QEMU_BINARY); the
+// project's tests run it on Debian 12's QEMU 7.2 and on QEMU 10.0 from
+// bookworm-backports. Where the two differ, a test asks VM.Version which
+// behaviour to expect.
 //
 // This package is test tooling. It is not imported by the exporter.
 package qemulab

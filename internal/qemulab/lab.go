@@ -44,6 +44,7 @@ const (
 	pvpanicPort     = 0x505 // pvpanic ISA port
 	pvpanicPanicked = 1     // -> GUEST_PANICKED
 	pvpanicCrash    = 2     // -> GUEST_CRASHLOADED
+	pvpanicShutdown = 4     // -> GUEST_PVSHUTDOWN (QEMU 9.1 on)
 	ib700TimerPort  = 0x443 // writing arms the ib700 watchdog
 	ib700Timeout0s  = 15    // index of the 0 s timeout: it fires at once
 	resetCtlPort    = 0xcf9 // PCI reset control register
@@ -171,6 +172,8 @@ type VM struct {
 	QTest *QTest
 	// Pid is QEMU's process id.
 	Pid int
+
+	version Version // from Ctl's greeting
 
 	cmd     *exec.Cmd
 	out     *tailbuf.Buffer
@@ -300,6 +303,9 @@ func (v *VM) start(ctx context.Context, bin string, opts Options) error {
 	v.QTest = newQTest(qtConn)
 	if v.Ctl, err = NewMonitor(sctx, ctlConn, MonitorOptions{}); err != nil {
 		return v.startErr("control monitor", err)
+	}
+	if v.version, err = greetingVersion(v.Ctl.Greeting()); err != nil {
+		return err
 	}
 	if v.ExporterSocket != "" {
 		if err := waitSocket(sctx, v.ExporterSocket); err != nil {
@@ -547,6 +553,16 @@ func (v *VM) Panic(ctx context.Context) error {
 // (needs Devices): QEMU emits GUEST_CRASHLOADED {"action": "run"}.
 func (v *VM) CrashLoaded(ctx context.Context) error {
 	return v.QTest.Outb(ctx, pvpanicPort, pvpanicCrash)
+}
+
+// PVShutdown makes the guest ask for a shutdown through pvpanic (needs
+// Devices), as Linux does on power-off when the device offers it (reading
+// its port gives 0x7 instead of 7.2's 0x3). QEMU 9.1 and later emit
+// GUEST_PVSHUTDOWN, with no data, then SHUTDOWN {"guest": true, "reason":
+// "guest-shutdown"} and, with -no-shutdown, STOP: the VM is left in
+// "shutdown". QEMU 7.2 ignores the write and emits nothing.
+func (v *VM) PVShutdown(ctx context.Context) error {
+	return v.QTest.Outb(ctx, pvpanicPort, pvpanicShutdown)
 }
 
 // FireWatchdog arms the ib700 watchdog with a 0 s timeout (needs Devices),

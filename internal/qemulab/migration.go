@@ -14,8 +14,10 @@ const (
 	// about 320 KB on the wire) and the VM ends in "postmigrate".
 	MigrateToNull = "exec:cat > /dev/null"
 	// MigrateToFail migrates into false, which exits at once: the
-	// migration fails ("Unable to write to command: Broken pipe") and the
-	// VM keeps running.
+	// migration fails ("Unable to write to command: Broken pipe", or on
+	// QEMU 10.0, when the RAM setup meets the closed pipe first,
+	// "ram_save_setup failed: Input/output error") and the VM keeps
+	// running.
 	MigrateToFail = "exec:false"
 )
 
@@ -55,6 +57,7 @@ func (v *VM) SetMigrationSpeed(ctx context.Context, bytesPerSecond int64) error 
 //	MIGRATION_PASS {"pass": 1}
 //	MIGRATION {"status": "active"}
 //	STOP
+//	MIGRATION {"status": "device"}     (QEMU 10.0, not 7.2)
 //	MIGRATION_PASS {"pass": 2}         (3 after a slow run: one more pass)
 //	MIGRATION {"status": "completed"}
 //
@@ -64,7 +67,8 @@ func (v *VM) SetMigrationSpeed(ctx context.Context, bytesPerSecond int64) error 
 // WaitMigration after the final event before cont or the next Migrate. To
 // MigrateToFail: setup, MIGRATION_PASS 1, active, then
 // MIGRATION {"status": "failed"} with no STOP; query-migrate then says
-// {"status": "failed", "error-desc": "Unable to write to command: Broken pipe"}.
+// {"status": "failed", "error-desc": "Unable to write to command: Broken pipe"}
+// (see MigrateToFail for 10.0's).
 func (v *VM) Migrate(ctx context.Context, uri string) error {
 	_, err := v.Ctl.Execute(ctx, "migrate", map[string]any{"uri": uri})
 	return err

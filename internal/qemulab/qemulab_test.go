@@ -450,14 +450,52 @@ func TestMonitorAndQTest(t *testing.T) {
 		t.Errorf("WaitEvent with a cancelled context = %v, want context.Canceled", err)
 	}
 
-	// pvpanic's port reads back the events it supports: panicked|crash-loaded.
-	if got, err := v.QTest.Inb(ctx, pvpanicPort); err != nil || got != 3 {
-		t.Errorf("inb pvpanic = %#x, %v; want 0x3", got, err)
+	// pvpanic's port reads back the events it supports: panicked|crash-loaded,
+	// and shutdown from QEMU 9.1 on.
+	want := uint8(pvpanicPanicked | pvpanicCrash)
+	if v.Version().AtLeast(9, 1) {
+		want |= pvpanicShutdown
+	}
+	if got, err := v.QTest.Inb(ctx, pvpanicPort); err != nil || got != want {
+		t.Errorf("inb pvpanic = %#x, %v; want %#x on QEMU %v", got, err, want, v.Version())
 	}
 	if _, err := v.QTest.Command(ctx, "no_such_qtest_command"); err == nil || !strings.Contains(err.Error(), "FAIL") {
 		t.Errorf("unknown qtest command: %v, want FAIL", err)
 	}
 	if err := v.QTest.Outb(ctx, pvpanicPort, 0); err != nil {
 		t.Errorf("qtest after a FAIL answer: %v", err)
+	}
+}
+
+// TestVersion: the VM's Version is the release QEMU reports, and AtLeast
+// orders releases by major, then minor number.
+func TestVersion(t *testing.T) {
+	v := startVM(t, Options{})
+	var q struct{ QEMU Version }
+	if err := json.Unmarshal(execute(t, testContext(t), v.Ctl, "query-version", nil), &q); err != nil {
+		t.Fatal(err)
+	}
+	if q.QEMU.Major == 0 || v.Version() != q.QEMU {
+		t.Errorf("Version() = %v, query-version says %v", v.Version(), q.QEMU)
+	}
+	if bv, err := BinaryVersion(testContext(t)); err != nil || bv != q.QEMU {
+		t.Errorf("BinaryVersion() = %v, %v; query-version says %v", bv, err, q.QEMU)
+	}
+	for _, tc := range []struct {
+		v            Version
+		major, minor int
+		want         bool
+	}{
+		{Version{7, 2, 22}, 7, 2, true},
+		{Version{7, 2, 22}, 9, 1, false},
+		{Version{10, 0, 2}, 9, 1, true},
+		{Version{10, 0, 2}, 9, 2, true},
+		{Version{10, 0, 2}, 10, 0, true},
+		{Version{10, 0, 2}, 10, 1, false},
+		{Version{9, 2, 0}, 9, 1, true},
+	} {
+		if got := tc.v.AtLeast(tc.major, tc.minor); got != tc.want {
+			t.Errorf("%v.AtLeast(%d, %d) = %v, want %v", tc.v, tc.major, tc.minor, got, tc.want)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"math"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -381,9 +382,35 @@ func TestMigration(t *testing.T) {
 		}
 		ev := waitStatus(mark, "completed")
 		wantKeys(t, ev, map[string]any{"status": nil}, "status")
-		want := []string{"setup", "pass1", "active", "STOP", "pass2", "completed"}
-		if got := statuses(mark); !slices.Equal(got, want) {
-			t.Errorf("events = %v, want %v", got, want)
+		want := []string{"setup", "active", "STOP", "completed"}
+		if v.Version().AtLeast(10, 0) {
+			// 10.0 announces the stopped VM's device state being sent.
+			want = []string{"setup", "active", "STOP", "device", "completed"}
+		}
+		// Between them, the passes over RAM: as many as QEMU's estimate of
+		// the downtime takes (a loaded machine may need one more), numbered
+		// from 1, the first during setup, the last with the VM stopped.
+		got := statuses(mark)
+		var rest []string
+		passes, firstPass, lastPass, stop := 0, -1, -1, -1
+		for i, s := range got {
+			if strings.HasPrefix(s, "pass") {
+				if passes++; s != "pass"+strconv.Itoa(passes) {
+					t.Errorf("events = %v: %s where pass%d was due", got, s, passes)
+				}
+				if firstPass < 0 {
+					firstPass = i
+				}
+				lastPass = i
+				continue
+			}
+			if s == "STOP" {
+				stop = i
+			}
+			rest = append(rest, s)
+		}
+		if !slices.Equal(rest, want) || passes < 2 || firstPass != 1 || lastPass < stop {
+			t.Errorf("events = %v, want %v, with passes 1, 2, ... from after setup to after STOP", got, want)
 		}
 		if got := queryStatus(t, ctx, ctl); got != "postmigrate" {
 			t.Errorf("status after migration = %q, want postmigrate", got)
@@ -407,8 +434,14 @@ func TestMigration(t *testing.T) {
 			t.Errorf("events = %v, want %v", got, want)
 		}
 		mi, err := v.QueryMigrate(ctx)
-		if err != nil || mi.Status != "failed" || !strings.Contains(mi.ErrorDesc, "Broken pipe") {
-			t.Errorf("query-migrate = %s (%v)", mi.Raw, err)
+		// The text tells which write met the closed pipe first: any write
+		// on 7.2 and 10.0, or, on 10.0 only, the RAM setup.
+		desc := []string{"Unable to write to command: Broken pipe"}
+		if v.Version().AtLeast(10, 0) {
+			desc = append(desc, "ram_save_setup failed: Input/output error")
+		}
+		if err != nil || mi.Status != "failed" || !slices.Contains(desc, mi.ErrorDesc) {
+			t.Errorf("query-migrate = %s (%v), want error-desc one of %q", mi.Raw, err, desc)
 		}
 		if got := queryStatus(t, ctx, ctl); got != "running" {
 			t.Errorf("status after a failed migration = %q", got)
@@ -768,6 +801,46 @@ func TestWatchdogPowerOff(t *testing.T) {
 	}
 }
 
+// TestPVShutdown: a guest's shutdown request through pvpanic, which QEMU
+// 9.1 added and 7.2 ignores.
+func TestPVShutdown(t *testing.T) {
+	t.Parallel()
+	v := startVM(t, Options{Devices: true})
+	ctx := testContext(t)
+	ctl := v.Ctl
+	mark := ctl.Mark()
+	if err := v.PVShutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !v.Version().AtLeast(9, 1) {
+		// The write's events, if any, would precede this reply.
+		if got := queryStatus(t, ctx, ctl); got != "running" {
+			t.Errorf("QEMU %v: status = %q, want running", v.Version(), got)
+		}
+		if evs := eventsSince(ctl, mark, nil); len(evs) != 0 {
+			t.Errorf("QEMU %v: events %v, want none", v.Version(), evs)
+		}
+		return
+	}
+	waitFor(t, ctx, ctl, mark, "STOP", named("STOP"))
+	var got []string
+	for _, ev := range eventsSince(ctl, mark, nil) {
+		got = append(got, ev.Name)
+		if ev.Name == "GUEST_PVSHUTDOWN" && ev.Data != nil {
+			t.Errorf("GUEST_PVSHUTDOWN with data: %s", ev.Raw)
+		}
+	}
+	if want := []string{"GUEST_PVSHUTDOWN", "SHUTDOWN", "STOP"}; !slices.Equal(got, want) {
+		t.Errorf("events = %v, want %v", got, want)
+	}
+	ev, data := waitFor(t, ctx, ctl, mark, "SHUTDOWN", named("SHUTDOWN"))
+	wantKeys(t, ev, data, "guest", "reason")
+	wantFields(t, ev, data, map[string]any{"guest": true, "reason": "guest-shutdown"})
+	if got := queryStatus(t, ctx, ctl); got != "shutdown" {
+		t.Errorf("status = %q, want shutdown", got)
+	}
+}
+
 func TestSPICE(t *testing.T) {
 	t.Parallel()
 	v := startVM(t, Options{SPICE: true})
@@ -834,7 +907,13 @@ func TestBlockIOError(t *testing.T) {
 			t.Fatal(err)
 		}
 		ev, data := waitFor(t, ctx, ctl, mark, "BLOCK_IO_ERROR", named("BLOCK_IO_ERROR"))
-		wantKeys(t, ev, data, "device", "node-name", "operation", "action", "nospace", "reason")
+		keys := []string{"device", "node-name", "operation", "action", "nospace", "reason"}
+		if v.Version().AtLeast(9, 2) {
+			// The guest device, which 7.2 leaves to query-block to find.
+			keys = append(keys, "qom-path")
+			wantFields(t, ev, data, map[string]any{"qom-path": "/machine/peripheral/" + FaultyDiskID})
+		}
+		wantKeys(t, ev, data, keys...)
 		wantFields(t, ev, data, map[string]any{"device": FaultyDrive, "node-name": FaultyNode, "operation": "read",
 			"action": "report", "nospace": false, "reason": "Input/output error"})
 		if n := len(eventsSince(ctl, mark, nil)); n != 1 {
@@ -861,6 +940,42 @@ func TestBlockIOError(t *testing.T) {
 		}
 		if err := json.Unmarshal(execute(t, ctx, ctl, "query-block", nil), &blocks); err != nil || len(blocks) != 1 || blocks[0].IOStatus != "nospace" {
 			t.Errorf("query-block = %+v (%v), want io-status nospace", blocks, err)
+		}
+	})
+	t.Run("burst", func(t *testing.T) {
+		t.Parallel()
+		v := startVM(t, Options{FaultyDisk: &FaultyDisk{}})
+		ctx := testContext(t)
+		ctl := v.Ctl
+		mark := ctl.Mark()
+		for range 3 {
+			if err := v.DiskRead(ctx, FaultySector); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A read waits for the drive to be idle: the third failure has
+		// happened, and its event, unless held back, precedes this reply.
+		if err := v.DiskRead(ctx, 0); err != nil {
+			t.Fatal(err)
+		}
+		queryStatus(t, ctx, ctl)
+		n := len(eventsSince(ctl, mark, named("BLOCK_IO_ERROR")))
+		if !v.Version().AtLeast(10, 0) {
+			if n != 3 {
+				t.Errorf("QEMU %v: %d BLOCK_IO_ERROR for 3 failed reads, want 3", v.Version(), n)
+			}
+			return
+		}
+		// 10.0 rate-limits the event per device: the first at once, then,
+		// a second later, the last one held back; the second is lost.
+		if n != 1 {
+			t.Fatalf("QEMU %v: %d BLOCK_IO_ERROR at once for 3 failed reads, want 1", v.Version(), n)
+		}
+		first := eventsSince(ctl, mark, named("BLOCK_IO_ERROR"))[0]
+		waitFor(t, ctx, ctl, first.Index+1, "held BLOCK_IO_ERROR", named("BLOCK_IO_ERROR"))
+		queryStatus(t, ctx, ctl) // after anything emitted with the held event
+		if n := len(eventsSince(ctl, mark, named("BLOCK_IO_ERROR"))); n != 2 {
+			t.Errorf("QEMU %v: %d BLOCK_IO_ERROR for 3 failed reads, want 2", v.Version(), n)
 		}
 	})
 	t.Run("stop once", func(t *testing.T) {
