@@ -55,6 +55,17 @@ FUZZ_TARGETS := \
 	./collector/:FuzzExposition
 FUZZTIME ?= 10s
 
+# Prometheus 3 (and its promtool), which the rules and dashboards are tested
+# against besides the system's Prometheus 2: built by `make prometheus3` at
+# the github.com/prometheus/prometheus version go.mod pins (v0.3XY.Z is
+# Prometheus 3.XY.Z), with Prometheus's own go.mod and without its service
+# discovery plugins (remove_all_sd), once per version. The tests find it
+# there, or through these variables.
+PROMETHEUS3_VERSION := $(shell awk '$$1 == "github.com/prometheus/prometheus" {print $$2}' go.mod)
+PROMETHEUS3_DIR     := $(BUILD_ROOT)/tools/prometheus-$(PROMETHEUS3_VERSION)
+export PROMETHEUS3_BINARY ?= $(abspath $(PROMETHEUS3_DIR)/prometheus)
+export PROMTOOL3          ?= $(abspath $(PROMETHEUS3_DIR)/promtool)
+
 # Extra flags for the race test run, e.g. GOTESTFLAGS='-run TestEndToEnd'.
 GOTESTFLAGS ?=
 # Verbose log of the last race test run, from which the pass/fail/skip
@@ -84,7 +95,7 @@ test_summary = awk '/^ *--- PASS/ {p++} /^ *--- FAIL/ {f++} /^ *--- SKIP/ {s++} 
 .DEFAULT_GOAL := all
 
 .PHONY: all build binary crossbuild tarball test style vet staticcheck test-race fuzz-short checkmetrics \
-	checkrules test-dashboards qemu10 test-qemu10 \
+	checkrules test-dashboards prometheus3 qemu10 test-qemu10 \
 	test-short gobench lint govulncheck demo clean help
 
 # all: everything CI checks, then the binary.
@@ -129,7 +140,7 @@ tarball: crossbuild
 	cd $(TARBALL_DIR) && sha256sum *.tar.gz > sha256sums.txt
 
 # test: the CI gate; each step runs only if the previous ones passed.
-test: style vet staticcheck checkrules test-dashboards test-race test-qemu10 fuzz-short checkmetrics
+test: style vet staticcheck prometheus3 checkrules test-dashboards test-race test-qemu10 fuzz-short checkmetrics
 	@$(call test_summary,$(TEST_LOG) $$(ls $(QEMU10_LOG) 2>/dev/null))
 
 # style: fails if gofmt would change any .go file.
@@ -205,19 +216,41 @@ checkmetrics:
 		$(PROMTOOL) check metrics < "$$f"; \
 	done
 
-# checkrules: promtool check rules and promtool test rules on alerts/.
-# Without promtool it warns and skips, except under CI=true, where it fails.
+# checkrules: promtool check rules and promtool test rules on alerts/, with
+# the system's promtool and Prometheus 3's. A missing promtool warns and skips,
+# except under CI=true, where it fails.
 checkrules:
-	@if ! command -v $(PROMTOOL) >/dev/null 2>&1; then \
-		if [ "$${CI:-}" = "true" ]; then \
-			echo "checkrules: $(PROMTOOL) not found (CI=true); install Debian's prometheus package" >&2; exit 1; \
+	@for p in $(PROMTOOL) $(PROMTOOL3); do \
+		if ! command -v $$p >/dev/null 2>&1; then \
+			if [ "$${CI:-}" = "true" ]; then \
+				echo "checkrules: $$p not found (CI=true); install Debian's prometheus package, run make prometheus3" >&2; exit 1; \
+			fi; \
+			echo "WARNING: checkrules skipped for $$p: not found (install Debian's prometheus package, run make prometheus3)" >&2; continue; \
 		fi; \
-		echo "WARNING: checkrules skipped: $(PROMTOOL) not found (install Debian's prometheus package)" >&2; exit 0; \
-	fi; \
-	echo ">> promtool check rules alerts/qmp_exporter.rules.yml"; \
-	$(PROMTOOL) check rules alerts/qmp_exporter.rules.yml; \
-	echo ">> promtool test rules alerts/qmp_exporter.rules_test.yml"; \
-	$(PROMTOOL) test rules alerts/qmp_exporter.rules_test.yml
+		echo ">> $$p check rules and test rules on alerts/ ($$($$p --version 2>&1 | sed -n 1p))"; \
+		$$p check rules alerts/qmp_exporter.rules.yml; \
+		$$p test rules alerts/qmp_exporter.rules_test.yml; \
+	done
+
+# prometheus3: Prometheus 3 and its promtool into .build/tools/prometheus-<version>/,
+# unless there already (a cold build takes minutes; Go's build cache is kept).
+prometheus3: $(PROMETHEUS3_DIR)/prometheus
+
+# Built into a temporary directory renamed at the end, so that an interrupted
+# build leaves nothing that looks finished. The version is stamped from the
+# module's VERSION file, as Prometheus's own build does.
+$(PROMETHEUS3_DIR)/prometheus:
+	@echo ">> building Prometheus $(PROMETHEUS3_VERSION) into $(PROMETHEUS3_DIR)"
+	@rm -rf $(PROMETHEUS3_DIR).tmp
+	src=$$($(GO) mod download -json github.com/prometheus/prometheus@$(PROMETHEUS3_VERSION) \
+		| sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$$/\1/p'); \
+	version=$$(cat "$$src/VERSION"); \
+	GOBIN=$(abspath $(PROMETHEUS3_DIR).tmp) $(GO) install -trimpath -tags remove_all_sd \
+		-ldflags "-X github.com/prometheus/common/version.Version=$$version" \
+		github.com/prometheus/prometheus/cmd/prometheus@$(PROMETHEUS3_VERSION) \
+		github.com/prometheus/prometheus/cmd/promtool@$(PROMETHEUS3_VERSION)
+	@rm -rf $(PROMETHEUS3_DIR) && mv $(PROMETHEUS3_DIR).tmp $(PROMETHEUS3_DIR)
+	@$@ --version 2>&1 | sed -n 1p
 
 # test-dashboards: the static checks of dashboards/*.json and alerts/ (structure,
 # metric names, PromQL through promtool); their end-to-end test against a real

@@ -144,14 +144,21 @@ func TestRules(t *testing.T) {
 	}
 }
 
+// TestRulesPromtool checks the rules and runs their unit tests with the
+// promtool of every Prometheus release: the same rules must mean the same
+// under Prometheus 2 and 3.
 func TestRulesPromtool(t *testing.T) {
-	promtool := promlab.RequirePromtool(t)
-	for _, args := range [][]string{{"check", "rules", rulesFile}, {"test", "rules", rulesTestFile}} {
-		cmd := exec.CommandContext(t.Context(), promtool, args...)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
+	for _, r := range promlab.Releases() {
+		t.Run(r.Name, func(t *testing.T) {
+			promtool := r.RequirePromtool(t)
+			for _, args := range [][]string{{"check", "rules", rulesFile}, {"test", "rules", rulesTestFile}} {
+				cmd := exec.CommandContext(t.Context(), promtool, args...)
+				out, err := cmd.CombinedOutput()
+				if err != nil {
+					t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
+				}
+			}
+		})
 	}
 }
 

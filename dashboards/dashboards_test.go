@@ -494,9 +494,8 @@ func checkQuery(q query, metrics map[string][]string) []string {
 }
 
 // TestDashboardPromQL has promtool parse every query, Grafana variables
-// substituted.
+// substituted: the promtool of every Prometheus release.
 func TestDashboardPromQL(t *testing.T) {
-	promtool := promlab.RequirePromtool(t)
 	var exprs []string
 	for _, d := range loadDashboards(t) {
 		for _, q := range d.queries() {
@@ -520,8 +519,13 @@ func TestDashboardPromQL(t *testing.T) {
 			exprs = append(exprs, e)
 		}
 	}
-	if err := promlab.CheckExprs(t.Context(), promtool, t.TempDir(), exprs); err != nil {
-		t.Error(err)
+	for _, r := range promlab.Releases() {
+		t.Run(r.Name, func(t *testing.T) {
+			promtool := r.RequirePromtool(t)
+			if err := promlab.CheckExprs(t.Context(), promtool, t.TempDir(), exprs); err != nil {
+				t.Error(err)
+			}
+		})
 	}
 }
 

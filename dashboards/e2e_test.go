@@ -3,6 +3,7 @@ package dashboards
 import (
 	"context"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,29 +22,38 @@ const e2eVM = "lab"
 // real Prometheus (scraping every second, evaluating a copy of the rules
 // whose `for` is 0s) scrapes the real exporter, which watches a real QEMU.
 // The test makes QEMU emit the events the alerts are about, checks through
-// Prometheus's HTTP API that the alerts fire, and then that every query of
-// every dashboard (panels, annotations, variables) returns at least one
-// series.
+// Prometheus's HTTP API that the alerts fire (every alert of the rules
+// file must), and then that every query of every dashboard (panels,
+// annotations, variables) returns at least one series. It runs once per
+// Prometheus release (promlab.Releases), each with a QEMU and an exporter
+// of its own, and logs the exposition format each Prometheus was served.
 func TestEndToEndPrometheus(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end test")
 	}
 	qemulab.RequireQEMU(t)
-	promBin := promlab.RequirePrometheus(t)
 	if _, err := qemulab.FindQEMUImg(); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatal(err)
 		}
 		t.Skip(err)
 	}
-	began := time.Now()
-	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	dir := t.TempDir()
-
-	root := exporterproc.ModuleRoot(t)
 	bin := exporterproc.BuildForTest(ctx, t)
+	for _, r := range promlab.Releases() {
+		t.Run(r.Name, func(t *testing.T) {
+			endToEndPrometheus(t, bin, r.RequirePrometheus(t))
+		})
+	}
+}
 
+// startLab starts the lab VM, the exporter watching it, and a Prometheus
+// scraping the exporter through a promlab.ScrapeRecorder (which tells what
+// exposition format this Prometheus was served) with a copy of the rules
+// whose `for` is 0s.
+func startLab(ctx context.Context, t *testing.T, bin, promBin string) *e2e {
+	dir := t.TempDir()
 	// Every device a panel needs: CD-ROM trays, pvpanic, ib700, a disk
 	// whose first read of sector 1 fails (rerror=stop, so it has an I/O
 	// status and pauses the VM), a balloon, VNC and SPICE.
@@ -61,8 +71,10 @@ func TestEndToEndPrometheus(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(exp.Kill)
+	rec := promlab.NewScrapeRecorder(exp.Addr)
+	t.Cleanup(rec.Close)
 
-	rules, err := os.ReadFile(filepath.Join(root, "alerts", "qmp_exporter.rules.yml"))
+	rules, err := os.ReadFile(filepath.Join(exporterproc.ModuleRoot(t), "alerts", "qmp_exporter.rules.yml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +87,7 @@ func TestEndToEndPrometheus(t *testing.T) {
 	}
 	prom, err := promlab.Start(ctx, promlab.Options{
 		Dir: filepath.Join(dir, "prometheus"), Binary: promBin,
-		Job: "qmp", Targets: []string{exp.Addr}, RuleFiles: []string{rulesPath},
+		Job: "qmp", Targets: []string{rec.Addr}, RuleFiles: []string{rulesPath},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -85,28 +97,63 @@ func TestEndToEndPrometheus(t *testing.T) {
 			t.Error(err)
 		}
 	})
-	since := time.Now()
-	t.Logf("exporter, QEMU and Prometheus up after %v", since.Sub(began).Round(time.Millisecond))
+	return &e2e{t: t, ctx: ctx, prom: prom, vm: vm, exp: exp, rec: rec, fired: map[string]bool{}}
+}
 
-	e := &e2e{t: t, ctx: ctx, prom: prom, vm: vm, exp: exp}
-	vmLabels := map[string]string{"job": "qmp", "instance": exp.Addr, "vm": e2eVM}
-	with := func(extra map[string]string) map[string]string {
-		m := map[string]string{}
-		for k, v := range vmLabels {
-			m[k] = v
-		}
-		for k, v := range extra {
-			m[k] = v
-		}
-		return m
+// endToEndPrometheus runs the test against one Prometheus, promBin.
+func endToEndPrometheus(t *testing.T, bin, promBin string) {
+	began := time.Now()
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	version, err := promlab.Version(ctx, promBin)
+	if err != nil {
+		t.Fatal(err)
 	}
+	e := startLab(ctx, t, bin, promBin)
+	since := time.Now()
+	t.Logf("exporter, QEMU and Prometheus %s up after %v", version, since.Sub(began).Round(time.Millisecond))
 
 	// Prometheus has the session up and the alerting counters at 0
 	// before anything happens, as they will be in production.
 	e.waitQuery(`qmp_up{vm="lab"} == 1 and on(vm) qmp_guest_panics_total{vm="lab",action="pause",info="none"} == 0`)
+	e.touchDevices()
+	e.fireEventAlerts()
+	e.startBlockJobs()
+	t.Logf("alerts fired and panel data in place after %v", time.Since(began).Round(time.Millisecond))
 
-	// Data for the panels that need a device touched: a tray, VNC and
-	// SPICE clients that stay connected, a stop and a cont.
+	// The range ends a step after now: a range query evaluates at
+	// since + k*step only, and the newest series (the block job's) may be
+	// younger than the last such instant before now.
+	until := time.Now().Add(time.Second)
+	e.checkDashboards(since, until)
+	e.checkEventPanels(since, until)
+	rules := e.checkRules()
+	e.fireDownAlerts()
+	e.checkScrapes(version)
+
+	// Every shipped alert fired in this run.
+	for _, r := range rules {
+		if r.Type == "alerting" && !e.fired[r.Name] {
+			t.Errorf("alert %s never fired in this test; make the lab VM trigger it", r.Name)
+		}
+	}
+	t.Logf("done in %v", time.Since(began).Round(time.Millisecond))
+}
+
+// labels returns the labels of the lab VM's series, and extra. The
+// instance is the recorder's address: Prometheus scrapes that.
+func (e *e2e) labels(extra map[string]string) map[string]string {
+	m := map[string]string{"job": "qmp", "instance": e.rec.Addr, "vm": e2eVM}
+	for k, v := range extra {
+		m[k] = v
+	}
+	return m
+}
+
+// touchDevices makes the data of the panels that need a device touched:
+// a tray, VNC and SPICE clients that stay connected, a stop and a cont.
+func (e *e2e) touchDevices() {
+	t, ctx, vm := e.t, e.ctx, e.vm
 	e.ctl("blockdev-open-tray", map[string]any{"id": qemulab.CDROMNamedID})
 	for _, c := range []struct {
 		dial func(context.Context, string) (net.Conn, error)
@@ -128,7 +175,12 @@ func TestEndToEndPrometheus(t *testing.T) {
 	e.waitQuery(`qmp_vnc_clients{vm="lab"} == 1`)
 	e.waitQuery(`qmp_spice_clients{vm="lab"} > 0`)
 	e.waitQuery(`qmp_tray_open{vm="lab",device="cdrom0"} == 1`)
+}
 
+// fireEventAlerts makes QEMU emit the events of the event alerts and
+// waits for each alert.
+func (e *e2e) fireEventAlerts() {
+	t, ctx, vm, with := e.t, e.ctx, e.vm, e.labels
 	// Watchdog: ib700 fires at once, action reset (then RESET).
 	e.expect("WATCHDOG", func() error { return vm.FireWatchdog(ctx) })
 	e.waitAlert("QEMUWatchdogFired", with(map[string]string{"action": "reset", "severity": "critical"}), nil)
@@ -171,7 +223,12 @@ func TestEndToEndPrometheus(t *testing.T) {
 	e.waitAlert("QEMUMigrationFailed", with(map[string]string{"result": "failed"}), nil)
 	e.waitQuery(`qmp_migration_transferred_bytes{vm="lab"} > 0 and on(vm) qmp_migration_status{vm="lab",status="completed"} == 1`)
 	e.ctl("cont", nil)
+}
 
+// startBlockJobs leaves a block job for the panels, and fires the
+// corruption alert.
+func (e *e2e) startBlockJobs() {
+	t, ctx, vm := e.t, e.ctx, e.vm
 	// A block job that stays: a mirror, ready and not completed.
 	for _, img := range []qemulab.Image{{Node: "src", Size: 4 << 20, Data: 4 << 20}, {Node: "tgt", Size: 4 << 20}} {
 		if _, err := vm.AddQcow2(ctx, img); err != nil {
@@ -182,15 +239,33 @@ func TestEndToEndPrometheus(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.waitQuery(`qmp_block_jobs{vm="lab",type="mirror",status="ready"} == 1`)
-	t.Logf("alerts fired and panel data in place after %v", time.Since(began).Round(time.Millisecond))
 
-	// Every query of every dashboard returns data, with the variables set
-	// as a user looking at this VM would set them.
-	vars := map[string]string{"job": "qmp", "instance": exp.Addr, "vm": e2eVM, "__rate_interval": "1m"}
-	// The range ends a step after now: a range query evaluates at
-	// since + k*step only, and the newest series (the block job's) may be
-	// younger than the last such instant before now.
-	until := time.Now().Add(time.Second)
+	// A corrupt image, last: a broken node in the graph makes later
+	// migrations fail. A mirror's first read of it makes QEMU mark it
+	// corrupt. No guest device shows the node, so the exporter first
+	// learns of it through the event: its counter is born at 1, which only
+	// the `unless ... offset` half of the rule sees.
+	for _, img := range []qemulab.Image{{Node: "corrupt", Size: 4 << 20, Data: 1 << 20, CorruptL1: true}, {Node: "tgt1", Size: 4 << 20}} {
+		if _, err := vm.AddQcow2(ctx, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.expect("BLOCK_IMAGE_CORRUPTED", func() error {
+		return vm.StartMirror(ctx, qemulab.Mirror{JobID: "mirror1", Source: "corrupt", Target: "tgt1"})
+	})
+	e.waitAlert("QEMUBlockImageCorrupted", e.labels(map[string]string{"device": "corrupt", "severity": "critical"}), nil)
+	if res, err := e.prom.Query(ctx, `min_over_time(qmp_block_image_corruptions_total{vm="lab",device="corrupt"}[5m])`); err != nil {
+		t.Error(err)
+	} else if len(res) != 1 || res[0].Value != 1 {
+		t.Errorf("the corruption counter was not born at 1, so the born-above-0 half of the rule went untested:\n%s", promlab.FormatSamples(res))
+	}
+}
+
+// checkDashboards checks that every query of every dashboard returns data,
+// with the variables set as a user looking at the lab VM would set them.
+func (e *e2e) checkDashboards(since, until time.Time) {
+	t, ctx, prom := e.t, e.ctx, e.prom
+	vars := map[string]string{"job": "qmp", "instance": e.rec.Addr, "vm": e2eVM, "__rate_interval": "1m"}
 	n := 0
 	for _, d := range loadDashboards(t) {
 		for _, q := range d.queries() {
@@ -216,39 +291,53 @@ func TestEndToEndPrometheus(t *testing.T) {
 				t.Errorf("%s: range query returned no series\n    expr: %s", q.Where, expr)
 			}
 		}
-		vqs, err := d.variableQueries()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, vq := range vqs {
-			expr, err := substitute(vq.Selector, vars)
-			if err != nil {
-				t.Errorf("%s: %v", vq.Where, err)
-				continue
-			}
-			n++
-			res, err := prom.Query(ctx, expr)
-			if err != nil {
-				t.Errorf("%s: %v", vq.Where, err)
-				continue
-			}
-			found := false
-			for _, s := range res {
-				found = found || s.Labels[vq.Label] != ""
-			}
-			if !found {
-				t.Errorf("%s: no value of %s in %s:\n%s", vq.Where, vq.Label, expr, promlab.FormatSamples(res))
-			}
-		}
+		n += e.checkVariables(d, vars)
 	}
 	t.Logf("%d dashboard queries checked", n)
+}
 
-	// The panels that must show the events, not only exist.
+// checkVariables checks that the query of each of d's variables finds a
+// value, and returns how many queries it checked.
+func (e *e2e) checkVariables(d *dashboard, vars map[string]string) int {
+	t := e.t
+	vqs, err := d.variableQueries()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, vq := range vqs {
+		expr, err := substitute(vq.Selector, vars)
+		if err != nil {
+			t.Errorf("%s: %v", vq.Where, err)
+			continue
+		}
+		n++
+		res, err := e.prom.Query(e.ctx, expr)
+		if err != nil {
+			t.Errorf("%s: %v", vq.Where, err)
+			continue
+		}
+		found := false
+		for _, s := range res {
+			found = found || s.Labels[vq.Label] != ""
+		}
+		if !found {
+			t.Errorf("%s: no value of %s in %s:\n%s", vq.Where, vq.Label, expr, promlab.FormatSamples(res))
+		}
+	}
+	return n
+}
+
+// checkEventPanels checks that the panels that must show the events show
+// them, not only exist.
+func (e *e2e) checkEventPanels(since, until time.Time) {
+	t, ctx, prom := e.t, e.ctx, e.prom
 	for expr, what := range map[string]string{
 		`sum by (vm, action) (increase(qmp_guest_panics_total{vm="lab"}[1m]))`:     "the panic",
 		`sum by (vm, action) (increase(qmp_watchdog_actions_total{vm="lab"}[1m]))`: "the watchdog firing",
 		`sum by (action) (increase(qmp_block_io_errors_total{vm="lab"}[1m]))`:      "the I/O error",
 		`sum by (result) (increase(qmp_migrations_total{vm="lab"}[1m]))`:           "the migrations",
+		`sum by (device) ((qmp_block_image_corruptions_total{vm="lab"} unless qmp_block_image_corruptions_total{vm="lab"} offset 1m) or increase(qmp_block_image_corruptions_total{vm="lab"}[1m]))`: "the corruption",
 	} {
 		res, err := prom.QueryRange(ctx, expr, since, until, time.Second)
 		if err != nil {
@@ -266,29 +355,34 @@ func TestEndToEndPrometheus(t *testing.T) {
 		}
 	}
 
-	// No rule failed to evaluate.
-	rs, err := prom.Rules(ctx)
+}
+
+// checkRules checks that no rule failed to evaluate, and returns them.
+func (e *e2e) checkRules() []promlab.Rule {
+	rs, err := e.prom.Rules(e.ctx)
 	if err != nil {
-		t.Fatal(err)
+		e.t.Fatal(err)
 	}
 	for _, r := range rs {
 		if r.Health != "ok" {
-			t.Errorf("rule %s: health %s: %s", r.Name, r.Health, r.LastError)
+			e.t.Errorf("rule %s: health %s: %s", r.Name, r.Health, r.LastError)
 		}
 	}
+	return rs
+}
 
-	// The session down, then the exporter down.
-	if err := vm.Kill(); err != nil {
-		t.Fatal(err)
+// fireDownAlerts takes the session down, then the exporter.
+func (e *e2e) fireDownAlerts() {
+	if err := e.vm.Kill(); err != nil {
+		e.t.Fatal(err)
 	}
-	e.waitAlert("QMPMonitorDisconnected", with(map[string]string{"severity": "warning"}), nil)
-	sctx, scancel := context.WithTimeout(ctx, 10*time.Second)
+	e.waitAlert("QMPMonitorDisconnected", e.labels(map[string]string{"severity": "warning"}), nil)
+	sctx, scancel := context.WithTimeout(e.ctx, 10*time.Second)
 	defer scancel()
-	if err := exp.Stop(sctx); err != nil {
-		t.Errorf("exporter did not stop cleanly: %v\n%s", err, exp.Logs())
+	if err := e.exp.Stop(sctx); err != nil {
+		e.t.Errorf("exporter did not stop cleanly: %v\n%s", err, e.exp.Logs())
 	}
-	e.waitAlert("QMPExporterDown", map[string]string{"job": "qmp", "instance": exp.Addr, "severity": "critical"}, nil)
-	t.Logf("done in %v", time.Since(began).Round(time.Millisecond))
+	e.waitAlert("QMPExporterDown", map[string]string{"job": "qmp", "instance": e.rec.Addr, "severity": "critical"}, nil)
 }
 
 // e2e holds what the end-to-end test's steps share.
@@ -298,7 +392,28 @@ type e2e struct {
 	prom     *promlab.Server
 	vm       *qemulab.VM
 	exp      *exporterproc.Process
+	rec      *promlab.ScrapeRecorder
 	consoles []net.Conn
+	fired    map[string]bool // the alerts waitAlert saw firing
+}
+
+// checkScrapes logs what the Prometheus was served (the format it
+// negotiated with the exporter), and checks that its scrapes went through
+// the recorder and got an answer with a Content-Type.
+func (e *e2e) checkScrapes(version string) {
+	e.t.Logf("Prometheus %s was served:\n%s", version, e.rec)
+	ok := 0
+	for s, n := range e.rec.Scrapes() {
+		if s.Status == http.StatusOK {
+			ok += n
+			if s.ContentType == "" {
+				e.t.Errorf("%d scrapes answered without a Content-Type (Accept %q)", n, s.Accept)
+			}
+		}
+	}
+	if ok == 0 {
+		e.t.Errorf("no successful scrape went through the recorder:\n%s", e.rec)
+	}
 }
 
 // ctl runs a command on QEMU's control monitor.
@@ -343,5 +458,6 @@ func (e *e2e) waitAlert(name string, labels map[string]string, match func(promla
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	e.fired[name] = true
 	e.t.Logf("%s fired after %v: %s", name, time.Since(start).Round(time.Millisecond), a.Annotations["summary"])
 }

@@ -16,6 +16,12 @@
 // file (for a test copy of the rules); Metrics lists the metrics the
 // exporter describes.
 //
+// Releases lists the Prometheus releases the rules and dashboards are
+// tested against (the system's, and Prometheus 3 built by `make
+// prometheus3`), with the programs of each; ScrapeRecorder sits between
+// Prometheus and a target and records what each scrape asked for and was
+// served.
+//
 // This package is test tooling. It is not imported by the exporter.
 package promlab
 

@@ -19,13 +19,18 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// TestServer runs a real Prometheus against a tiny exporter and a rule
-// file, and exercises every API helper.
+// TestServer runs a real Prometheus of every release against a tiny
+// exporter and a rule file, and exercises every API helper.
 func TestServer(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a real Prometheus")
 	}
-	bin := RequirePrometheus(t)
+	for _, r := range Releases() {
+		t.Run(r.Name, func(t *testing.T) { testServer(t, r.RequirePrometheus(t)) })
+	}
+}
+
+func testServer(t *testing.T, bin string) {
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 
@@ -138,7 +143,12 @@ func TestServer(t *testing.T) {
 }
 
 func TestStartFailure(t *testing.T) {
-	bin := RequirePrometheus(t)
+	for _, r := range Releases() {
+		t.Run(r.Name, func(t *testing.T) { testStartFailure(t, r.RequirePrometheus(t)) })
+	}
+}
+
+func testStartFailure(t *testing.T, bin string) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	dir := t.TempDir()

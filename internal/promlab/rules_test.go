@@ -79,7 +79,12 @@ func TestParseDuration(t *testing.T) {
 }
 
 func TestCheckExprs(t *testing.T) {
-	promtool := RequirePromtool(t)
+	for _, r := range Releases() {
+		t.Run(r.Name, func(t *testing.T) { testCheckExprs(t, r.RequirePromtool(t)) })
+	}
+}
+
+func testCheckExprs(t *testing.T, promtool string) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	if err := CheckExprs(ctx, promtool, t.TempDir(), []string{`sum by (vm) (rate(qmp_events_total{vm=~".*"}[1m]))`, `up == 0`}); err != nil {
