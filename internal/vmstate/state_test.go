@@ -139,21 +139,30 @@ func TestApplyKeepsQEMUTimestamp(t *testing.T) {
 	}
 }
 
+// TestSetInfoReplacedVM: a reconnect to the same VM keeps its counters
+// and when they started; a different VM answering on the socket starts
+// them again, at a moment the state cannot tell (CountersSince 0), while
+// the session counters, which belong to the socket, carry on.
 func TestSetInfoReplacedVM(t *testing.T) {
 	s := New()
+	s.CountersSince = 946684800000
 	s.SetInfo(Info{Name: "a", UUID: "u1"})
 	s.Apply(ev("STOP", ""))
+	s.Attempts = 2
 	if s.SetInfo(Info{Name: "a", UUID: "u1", Version: "7.2.22"}) {
 		t.Error("same VM reported as replaced")
 	}
-	if s.Events["STOP"].Count != 1 {
-		t.Error("counters lost on a reconnect to the same VM")
+	if s.Events["STOP"].Count != 1 || s.CountersSince != 946684800000 {
+		t.Errorf("counters lost on a reconnect to the same VM (STOP %d, since %d)", s.Events["STOP"].Count, s.CountersSince)
 	}
 	if !s.SetInfo(Info{Name: "b", UUID: "u2"}) {
 		t.Error("a different VM on the socket was not noticed")
 	}
 	if len(s.Events) != 0 {
 		t.Error("counters of the previous VM kept for a different one")
+	}
+	if s.CountersSince != 0 || s.Attempts != 2 {
+		t.Errorf("after a replacement: CountersSince %d (want 0, unknown), Attempts %d (want 2, kept)", s.CountersSince, s.Attempts)
 	}
 }
 
