@@ -37,6 +37,17 @@ const (
 	counter = "counter"
 )
 
+// countsFromStart reports whether every series of m is a counter that
+// started from zero when its VM's state did (vmstate.State.CountersSince),
+// which OpenMetrics then gives as its _created. The per-device counters
+// do not: a device's series start when the device is first known, and
+// again when it is plugged back after an unplug, moments the state does
+// not record. A new counter whose series can likewise go and come back
+// within a VM's life must carry a label of its object here too.
+func (m *Metric) countsFromStart() bool {
+	return m.Type == counter && !slices.Contains(m.Labels, "device")
+}
+
 // rateLimitNote is appended to the HELP of counters fed by events QEMU
 // rate-limits.
 const rateLimitNote = " QEMU rate-limits some events (BALLOON_CHANGE, WATCHDOG, RTC_CHANGE, QUORUM_*, VSERPORT_CHANGE, and on newer versions BLOCK_IO_ERROR and MEMORY_DEVICE_SIZE_CHANGE) to one per second, keeping the last, so for those this counts reports, not occurrences."

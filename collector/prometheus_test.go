@@ -1,0 +1,60 @@
+package collector_test
+
+import (
+	"context"
+	"math"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/qmp-exporter/qmp_exporter/collector"
+	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
+	"github.com/qmp-exporter/qmp_exporter/internal/promlab"
+	"github.com/qmp-exporter/qmp_exporter/qmp"
+)
+
+// TestPrometheusScrapesOpenMetrics lets a real Prometheus scrape the
+// handler: it must negotiate OpenMetrics and read the _created samples.
+// (Without created-timestamp-zero-ingestion, Prometheus 2 and 3 store
+// each _created as a series of its own, which is what is checked here.)
+// In its own package, as promlab imports collector.
+func TestPrometheusScrapesOpenMetrics(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a Prometheus server")
+	}
+	bin := promlab.RequirePrometheus(t)
+	f := fleet.New(fleet.Options{})
+	added := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+	v, err := f.Add("k", fleet.Meta{DefaultName: "web"}, added)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := v.Lock()
+	st.MarkUp()
+	st.Apply(qmp.Event{Name: "STOP"})
+	v.Unlock()
+	srv := httptest.NewServer(collector.NewHandler(collector.NewTextWriter(f), prometheus.NewRegistry(), collector.HandlerOpts{}))
+	t.Cleanup(srv.Close)
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	prom, err := promlab.Start(ctx, promlab.Options{Dir: t.TempDir(), Binary: bin, Targets: []string{strings.TrimPrefix(srv.URL, "http://")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { prom.Close() })
+	want := float64(added.UnixMilli()) / 1000
+	if _, err := prom.WaitQuery(ctx, `qmp_events_created{vm="web",event="STOP"}`, func(s []promlab.Sample) bool {
+		return len(s) == 1 && math.Abs(s[0].Value-want) < 0.002
+	}); err != nil {
+		t.Fatalf("%v\nPrometheus output:\n%s", err, prom.Output())
+	}
+	if _, err := prom.WaitQuery(ctx, `qmp_events_total{vm="web",event="STOP"}`, func(s []promlab.Sample) bool {
+		return len(s) == 1 && s[0].Value == 1
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
