@@ -303,9 +303,20 @@ func bumpAll(vms []*fleet.VM) {
 	}
 }
 
-// BenchmarkTextWriter writes n VMs' series: "cached" when no VM changed
-// since the previous scrape, "changed" when every VM did.
+// BenchmarkTextWriter writes n VMs' series in the text format: "cached"
+// when no VM changed since the previous scrape, "changed" when every VM
+// did.
 func BenchmarkTextWriter(b *testing.B) {
+	benchmarkWriter(b, (*TextWriter).WriteTo)
+}
+
+// BenchmarkWriteOpenMetrics is BenchmarkTextWriter in OpenMetrics, with
+// _created.
+func BenchmarkWriteOpenMetrics(b *testing.B) {
+	benchmarkWriter(b, func(tw *TextWriter, w io.Writer) (int64, error) { return tw.WriteOpenMetricsTo(w, true) })
+}
+
+func benchmarkWriter(b *testing.B, write func(*TextWriter, io.Writer) (int64, error)) {
 	for _, n := range []int{100, 1000, 10000} {
 		f := benchFleet(n)
 		var vms []*fleet.VM
@@ -319,7 +330,7 @@ func BenchmarkTextWriter(b *testing.B) {
 					if mode == "changed" {
 						bumpAll(vms)
 					}
-					k, err := tw.WriteTo(io.Discard)
+					k, err := write(tw, io.Discard)
 					if err != nil || k == 0 {
 						b.Fatal(err, k)
 					}
