@@ -24,8 +24,8 @@ type format struct {
 var (
 	formatText = format{contentType: string(expfmt.FmtText)}
 	formatOM1  = format{om: true, contentType: string(expfmt.FmtOpenMetrics_1_0_0)}
-	// OpenMetrics 0.0.1, which Prometheus 2.5 to 2.4x asked for first,
-	// is the same text as 1.0.0 for what the exporter writes.
+	// OpenMetrics 0.0.1, which older Prometheus versions asked for
+	// first, is the same text as 1.0.0 for what the exporter writes.
 	formatOM0 = format{om: true, contentType: string(expfmt.FmtOpenMetrics_0_0_1)}
 	offered   = [...]struct {
 		f                      format
@@ -47,7 +47,8 @@ var (
 // earlier media range wins, then the exporter's order (the text format
 // first). When nothing offered is acceptable (no header, protobuf only,
 // or q=0 everywhere), the answer is the text format anyway, as from any
-// Prometheus exporter: a scrape fails on a 406, never on a format.
+// Prometheus exporter: a 406 would fail the scrape, the text format does
+// not.
 //
 // expfmt.NegotiateAccept is not used because it takes media ranges in
 // its parser's order, which puts a specific range before "*/*" whatever

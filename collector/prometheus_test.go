@@ -3,8 +3,10 @@ package collector_test
 import (
 	"context"
 	"math"
+	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,7 +38,15 @@ func TestPrometheusScrapesOpenMetrics(t *testing.T) {
 	st.MarkUp()
 	st.Apply(qmp.Event{Name: "STOP"})
 	v.Unlock()
-	srv := httptest.NewServer(collector.NewHandler(collector.NewTextWriter(f), prometheus.NewRegistry(), collector.HandlerOpts{}))
+	h := collector.NewHandler(collector.NewTextWriter(f), prometheus.NewRegistry(), collector.HandlerOpts{})
+	var mu sync.Mutex
+	var accept, contentType string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r)
+		mu.Lock()
+		accept, contentType = r.Header.Get("Accept"), w.Header().Get("Content-Type")
+		mu.Unlock()
+	}))
 	t.Cleanup(srv.Close)
 
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
@@ -57,4 +67,7 @@ func TestPrometheusScrapesOpenMetrics(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	mu.Lock()
+	defer mu.Unlock()
+	t.Logf("Prometheus sent Accept: %s\nand got Content-Type: %s", accept, contentType)
 }
