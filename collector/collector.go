@@ -21,8 +21,9 @@ import (
 
 // Collector exposes the fleet's VM states as metrics. Collect only reads
 // in-memory state; it performs no I/O, so a hung VM cannot slow a scrape.
-// Counters carry their created timestamp where it is known (as
-// TextWriter's OpenMetrics _created), for registries that encode it.
+// Counters that have counted something carry their created timestamp
+// where it is known (as TextWriter's OpenMetrics _created; see
+// Metric.countsFromStart), for registries that encode it.
 type Collector struct {
 	fleet *fleet.Fleet
 	// plain are the descriptors of the metrics of VMs without configured
@@ -205,7 +206,7 @@ func (s *sink) add(v float64, labels ...string) {
 	switch {
 	case s.m.Type != counter:
 		s.out = append(s.out, prometheus.MustNewConstMetric(s.desc, prometheus.GaugeValue, v, labels...))
-	case !s.created.IsZero() && s.m.countsFromStart():
+	case v != 0 && !s.created.IsZero() && s.m.countsFromStart():
 		s.out = append(s.out, prometheus.MustNewConstMetricWithCreatedTimestamp(s.desc, prometheus.CounterValue, v, s.created, labels...))
 	default:
 		s.out = append(s.out, prometheus.MustNewConstMetric(s.desc, prometheus.CounterValue, v, labels...))

@@ -30,8 +30,8 @@ type HandlerOpts struct {
 // NewHandler serves /metrics: the VMs' series from vms, then whatever g
 // gathers (the exporter's own metrics, the listeners' counters), gzipped
 // when the client accepts it. The format is OpenMetrics 1.0 for a client
-// that prefers it (Prometheus asks for it first), with each counter's
-// _created where the exporter knows it; else the Prometheus text format
+// that prefers it (Prometheus asks for it first), with _created where the
+// exporter knows it (see Metric.countsFromStart); else the Prometheus text format
 // 0.0.4, which every client that scrapes exporters reads (see negotiate).
 func NewHandler(vms *TextWriter, g prometheus.Gatherer, opts HandlerOpts) http.Handler {
 	h := &metricsHandler{vms: vms, g: g, errorLog: opts.ErrorLog, created: !opts.NoCreated}

@@ -44,6 +44,15 @@ const (
 // again when it is plugged back after an unplug, moments the state does
 // not record. A new counter whose series can likewise go and come back
 // within a VM's life must carry a label of its object here too.
+//
+// The _created is written only for a series that has counted something.
+// It is there so that Prometheus sees the first increase of a series
+// that is born above zero; a series at 0 shows its start by itself (most
+// series are: the counters that alerts read are exported at 0 from the
+// start), and Prometheus ignores a _created older than the samples it
+// has. Leaving them out keeps OpenMetrics about the size of the text
+// format, and a Prometheus without created-timestamp-zero-ingestion,
+// which stores each _created as a series, stores only those.
 func (m *Metric) countsFromStart() bool {
 	return m.Type == counter && !slices.Contains(m.Labels, "device")
 }

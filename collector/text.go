@@ -159,8 +159,9 @@ func (t *TextWriter) WriteTo(w io.Writer) (int64, error) {
 }
 
 // WriteOpenMetricsTo writes every visible VM's series to w in OpenMetrics
-// 1.0, with each counter's _created where it is known (see
-// vmstate.State.CountersSince) unless created is false. It does not
+// 1.0, with the _created of each counter that has counted something,
+// where it is known (see Metric.countsFromStart), unless created is
+// false. It does not
 // write the closing "# EOF", so that other families can follow (the
 // handler adds the registry's).
 func (t *TextWriter) WriteOpenMetricsTo(w io.Writer, created bool) (int64, error) {
@@ -341,9 +342,11 @@ func (s *textScratch) add(e *sink, v float64, labels []string) {
 	labels1 := len(b)
 	b = appendValue(b, v)
 	b = append(b, '\n')
-	if s.created != nil && s.omCreated[i] != nil {
+	if s.created != nil && s.omCreated[i] != nil && v != 0 {
 		// The _created sample follows its counter's, under the same
-		// labels: Prometheus looks for it there.
+		// labels: Prometheus looks for it there. A counter at 0 is its
+		// own start, which a _created would only repeat (see
+		// Metric.countsFromStart).
 		b = append(b, s.omCreated[i]...)
 		b = append(b, b[labels0:labels1]...)
 		b = append(b, s.created...)
