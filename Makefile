@@ -200,9 +200,11 @@ fuzz-short:
 		$(GO) test -run=XXX -fuzz="^$$name\$$" -fuzztime=$(FUZZTIME) "$$pkg"; \
 	done
 
-# checkmetrics: promtool check metrics on every collector/testdata/*.prom.
-# Without promtool it warns and skips, except under CI=true, where it fails.
-checkmetrics:
+# checkmetrics: promtool check metrics on every collector/testdata/*.prom, and
+# Prometheus's OpenMetrics parser (a Go test: promtool reads only the text
+# format) on every collector/testdata/*.openmetrics. Without promtool the
+# first part warns and skips, except under CI=true, where it fails.
+checkmetrics: checkmetrics-openmetrics
 	@if ! command -v $(PROMTOOL) >/dev/null 2>&1; then \
 		if [ "$${CI:-}" = "true" ]; then \
 			echo "checkmetrics: $(PROMTOOL) not found (CI=true); install Debian's prometheus package" >&2; exit 1; \
@@ -215,6 +217,15 @@ checkmetrics:
 		echo ">> promtool check metrics $$f"; \
 		$(PROMTOOL) check metrics < "$$f"; \
 	done
+
+# checkmetrics-openmetrics: Prometheus's OpenMetrics parser on every
+# collector/testdata/*.openmetrics (TestOpenMetricsGoldens, which must run).
+.PHONY: checkmetrics-openmetrics
+checkmetrics-openmetrics:
+	@echo ">> OpenMetrics parser on collector/testdata/*.openmetrics"
+	@out=$$($(GO) test -count=1 -v -run '^TestOpenMetricsGoldens$$' ./collector/ 2>&1) || { echo "$$out" >&2; exit 1; }; \
+	echo "$$out" | grep -E '^ *--- (PASS|FAIL|SKIP)'; \
+	echo "$$out" | grep -q '^--- PASS: TestOpenMetricsGoldens' || { echo "checkmetrics: TestOpenMetricsGoldens did not run" >&2; exit 1; }
 
 # checkrules: promtool check rules and promtool test rules on alerts/, with
 # the system's promtool and Prometheus 3's. A missing promtool warns and skips,

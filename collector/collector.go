@@ -21,6 +21,9 @@ import (
 
 // Collector exposes the fleet's VM states as metrics. Collect only reads
 // in-memory state; it performs no I/O, so a hung VM cannot slow a scrape.
+// Counters that have counted something carry their created timestamp
+// where it is known (as TextWriter's OpenMetrics _created; see
+// Metric.countsFromStart), for registries that encode it.
 type Collector struct {
 	fleet *fleet.Fleet
 	// plain are the descriptors of the metrics of VMs without configured
@@ -182,6 +185,9 @@ type sink struct {
 	out  []prometheus.Metric
 	c    *Collector
 	desc *prometheus.Desc // m's, made on its first sample
+	// created is when the VM's counters started (CountersSince); zero
+	// when not known.
+	created time.Time
 	// Text mode.
 	text *textScratch
 	// k keeps sorted keys for the VM being emitted (reset by emit).
@@ -194,6 +200,9 @@ type sink struct {
 // seen through libvirt gets none of the QMP-only metrics.
 func (s *sink) emit(metrics []*Metric, st *vmstate.State) {
 	s.k.have = 0
+	if s.text == nil && st.CountersSince > 0 {
+		s.created = time.UnixMilli(st.CountersSince)
+	}
 	for i, m := range metrics {
 		s.m, s.desc = m, nil
 		if s.text != nil {
@@ -217,11 +226,15 @@ func (s *sink) add(v float64, labels ...string) {
 	if s.desc == nil {
 		s.desc = s.c.descFor(s.m, s.extra)
 	}
-	vt := prometheus.GaugeValue
-	if s.m.Type == counter {
-		vt = prometheus.CounterValue
+	labels = append([]string{s.vm}, labels...)
+	switch {
+	case s.m.Type != counter:
+		s.out = append(s.out, prometheus.MustNewConstMetric(s.desc, prometheus.GaugeValue, v, labels...))
+	case v != 0 && !s.created.IsZero() && s.m.countsFromStart():
+		s.out = append(s.out, prometheus.MustNewConstMetricWithCreatedTimestamp(s.desc, prometheus.CounterValue, v, s.created, labels...))
+	default:
+		s.out = append(s.out, prometheus.MustNewConstMetric(s.desc, prometheus.CounterValue, v, labels...))
 	}
-	s.out = append(s.out, prometheus.MustNewConstMetric(s.desc, vt, v, append([]string{s.vm}, labels...)...))
 }
 
 // keyCache holds the sorted keys of one VM's maps while its metrics are

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -33,7 +35,10 @@ const expfmtText = expfmt.TypeTextPlain
 // TestGolden replays each transcript recorded from real QEMU (7.2 and
 // 10.0) through a real watcher (the greeting and query replies answer its
 // sync, then the recorded events are emitted) and compares /metrics with
-// testdata/<transcript>.prom.
+// testdata/<transcript>.prom (the text format) and
+// testdata/<transcript>.openmetrics (OpenMetrics, as Prometheus gets it;
+// the VM was added at the start of the test's synctest bubble,
+// 2000-01-01T00:00:00Z, its counters' _created).
 func TestGolden(t *testing.T) {
 	files, err := filepath.Glob("testdata/transcripts/*.jsonl")
 	if err != nil || len(files) == 0 {
@@ -46,26 +51,33 @@ func TestGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			got := replay(t, tr, qmpsock.Target{Network: "unix", Address: "/run/qemu/" + name + ".qmp"})
-			golden := filepath.Join("testdata", name+".prom")
-			if *update {
-				if err := os.WriteFile(golden, got, 0o644); err != nil {
-					t.Fatal(err)
-				}
-			}
-			want, err := os.ReadFile(golden)
-			if err != nil {
-				t.Fatalf("%v (run with -update to create it)", err)
-			}
-			if diff := cmp.Diff(string(want), string(got)); diff != "" {
-				t.Errorf("/metrics differs from %s (-want +got):\n%s", golden, diff)
-			}
+			text, om := replay(t, tr, qmpsock.Target{Network: "unix", Address: "/run/qemu/" + name + ".qmp"})
+			checkGolden(t, filepath.Join("testdata", name+".prom"), text)
+			checkGolden(t, filepath.Join("testdata", name+".openmetrics"), om)
 		})
 	}
 }
 
-func replay(t *testing.T, tr *qmptest.Transcript, target qmpsock.Target) []byte {
-	var out []byte
+// checkGolden compares got with the golden file, which -update rewrites.
+func checkGolden(t *testing.T, golden string, got []byte) {
+	t.Helper()
+	if *update {
+		if err := os.WriteFile(golden, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if diff := cmp.Diff(string(want), string(got)); diff != "" {
+		t.Errorf("/metrics differs from %s (-want +got):\n%s", golden, diff)
+	}
+}
+
+// replay returns the text format through Collector and a registry, and
+// the OpenMetrics the handler serves a Prometheus.
+func replay(t *testing.T, tr *qmptest.Transcript, target qmpsock.Target) (text, om []byte) {
 	replayThen(t, tr, target, func(f *fleet.Fleet) {
 		reg := prometheus.NewPedanticRegistry()
 		reg.MustRegister(NewCollector(f))
@@ -76,9 +88,17 @@ func replay(t *testing.T, tr *qmptest.Transcript, target qmpsock.Target) []byte 
 		if err != nil {
 			t.Fatal(err)
 		}
-		out = b
+		text = b
+		req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+		req.Header.Set("Accept", acceptPrometheus3)
+		rec := httptest.NewRecorder()
+		NewHandler(NewTextWriter(f), prometheus.NewRegistry(), HandlerOpts{}).ServeHTTP(rec, req)
+		if ct := rec.Header().Get("Content-Type"); ct != formatOM1.contentType {
+			t.Fatalf("Content-Type %q for Prometheus' Accept", ct)
+		}
+		om = rec.Body.Bytes()
 	})
-	return out
+	return text, om
 }
 
 // replayThen replays tr through a real QMP-socket source watching target

@@ -37,6 +37,26 @@ const (
 	counter = "counter"
 )
 
+// countsFromStart reports whether every series of m is a counter that
+// started from zero when its VM's state did (vmstate.State.CountersSince),
+// which OpenMetrics then gives as its _created. The per-device counters
+// do not: a device's series start when the device is first known, and
+// again when it is plugged back after an unplug, moments the state does
+// not record. A new counter whose series can likewise go and come back
+// within a VM's life must carry a label of its object here too.
+//
+// The _created is written only for a series that has counted something.
+// It is there so that Prometheus sees the first increase of a series
+// that is born above zero; a series at 0 shows its start by itself (most
+// series are: the counters that alerts read are exported at 0 from the
+// start), and Prometheus ignores a _created older than the samples it
+// has. Leaving them out keeps OpenMetrics about the size of the text
+// format, and a Prometheus without created-timestamp-zero-ingestion,
+// which stores each _created as a series, stores only those.
+func (m *Metric) countsFromStart() bool {
+	return m.Type == counter && !slices.Contains(m.Labels, "device")
+}
+
 // rateLimitNote is appended to the HELP of counters fed by events QEMU
 // rate-limits.
 const rateLimitNote = " QEMU rate-limits some events (BALLOON_CHANGE, WATCHDOG, RTC_CHANGE, QUORUM_*, VSERPORT_CHANGE, and on newer versions BLOCK_IO_ERROR and MEMORY_DEVICE_SIZE_CHANGE) to one per second, keeping the last, so for those this counts reports, not occurrences."

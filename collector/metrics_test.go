@@ -49,6 +49,13 @@ func TestMetricDefinitions(t *testing.T) {
 			}
 		})
 	}
+	// In OpenMetrics a counter's family drops _total and its start is a
+	// sample named _created: neither may be another metric's name.
+	for _, m := range append(slices.Clone(vmMetrics), exporterMetrics...) {
+		if base, ok := strings.CutSuffix(m.Name, "_total"); ok && m.Type == counter && (seen[base] || seen[base+"_created"]) {
+			t.Errorf("counter %s collides in OpenMetrics with %s or %s_created", m.Name, base, base)
+		}
+	}
 	if got, want := len(Metrics()), len(vmMetrics)+len(exporterMetrics); got != want {
 		t.Errorf("Metrics() describes %d metrics, want %d", got, want)
 	}

@@ -23,7 +23,7 @@ func metricsTable() string {
 		if !m.Libvirt {
 			lv = "—"
 		}
-		b.WriteString("| `" + m.Name + "` | " + m.Type + " | " + labels(m.Labels) + " | " + m.Source + " | " + lv + " | " + strings.ReplaceAll(m.Help, "|", "\\|") + " |\n")
+		b.WriteString("| `" + m.Name + "` | " + m.Type + " | " + labelList(m.Labels) + " | " + m.Source + " | " + lv + " | " + strings.ReplaceAll(m.Help, "|", "\\|") + " |\n")
 	}
 	return b.String()
 }
@@ -55,7 +55,7 @@ func TestREADMEMetricsTable(t *testing.T) {
 	}
 }
 
-func labels(ls []string) string {
+func labelList(ls []string) string {
 	if len(ls) == 0 {
 		return "—"
 	}

@@ -16,14 +16,18 @@ import (
 )
 
 // TextWriter writes the VMs' series in the Prometheus text format (0.0.4)
-// straight from their state, without going through client_golang's
-// registry. It exists for speed at fleet scale: a registry builds, sorts
-// and checks a metric object per series on every scrape (about 5 µs each,
-// seconds at 10,000 VMs of ~115 series), while this keeps each VM's
-// rendered lines and renders a VM again only when its state changed since
-// the last scrape (fleet.VM.Gen). Its output holds the same series as
-// Collector's (a test compares the two on real transcripts and fuzzed
-// states); Collector stays for callers that want a prometheus.Collector.
+// or in OpenMetrics 1.0 straight from their state, without going through
+// client_golang's registry. It exists for speed at fleet scale: a
+// registry builds, sorts and checks a metric object per series on every
+// scrape (about 5 µs each, seconds at 10,000 VMs of ~115 series), while
+// this keeps each VM's rendered lines and renders a VM again only when
+// its state changed since the last scrape (fleet.VM.Gen). Each format
+// keeps its own rendering of a VM, made by the first scrape in that
+// format that finds the VM changed, so that a scrape costs the same in
+// either. Its output holds the same series as Collector's (tests compare
+// the two, through the text parser and Prometheus's OpenMetrics parser,
+// on real transcripts and fuzzed states); Collector stays for callers
+// that want a prometheus.Collector.
 //
 // The listeners' counters are not written here: ListenerCollector exposes
 // them through a registry.
@@ -32,23 +36,34 @@ type TextWriter struct {
 
 	mu sync.Mutex // guards cache, its entries, and scrapes
 	// cache holds each VM's rendered series from the last scrape that
-	// showed it; a scrape forgets the VMs it did not show.
+	// showed it, in each variant scraped; a scrape forgets the VMs it did
+	// not show.
 	cache   map[*fleet.VM]*cached
 	scrapes uint64
 }
 
 type cached struct {
-	r    *renderedVM
+	r    [variants]*renderedVM
 	seen uint64 // the latest scrape that showed the VM
 }
+
+// variant is a way of rendering a VM's series.
+type variant uint8
+
+const (
+	textVariant        variant = iota // the Prometheus text format 0.0.4
+	omVariant                         // OpenMetrics, with _created where known
+	omNoCreatedVariant                // OpenMetrics without _created
+	variants
+)
 
 // NewTextWriter returns a TextWriter for f's VMs.
 func NewTextWriter(f *fleet.Fleet) *TextWriter {
 	return &TextWriter{fleet: f, cache: make(map[*fleet.VM]*cached)}
 }
 
-// renderedVM is one VM's series in the text format, family by family:
-// the lines of family i (in textFamilies order) are data[off[i]:off[i+1]].
+// renderedVM is one VM's series in one variant, family by family: the
+// lines of family i (in textFamilies order) are data[off[i]:off[i+1]].
 // It is immutable once built, so a scrape may keep using it after the
 // VM's lock is released.
 type renderedVM struct {
@@ -66,23 +81,46 @@ var textFamilies = slices.SortedFunc(slices.Values(vmMetrics), func(a, b *Metric
 	return strings.Compare(a.Name, b.Name)
 })
 
-// textHeaders are the HELP and TYPE lines of each of textFamilies.
-var textHeaders = func() [][]byte {
+// textHeaders and omHeaders are the HELP and TYPE lines of each of
+// textFamilies, in the text format and in OpenMetrics.
+var textHeaders, omHeaders = headers(false), headers(true)
+
+// headers returns the HELP and TYPE lines of each of textFamilies. In
+// OpenMetrics a counter's family is named without _total, which only
+// its samples carry, and HELP escapes double quotes too.
+func headers(om bool) [][]byte {
 	h := make([][]byte, len(textFamilies))
 	for i, d := range textFamilies {
+		name := d.Name
+		if om && d.Type == counter {
+			name = strings.TrimSuffix(name, "_total")
+		}
 		var b []byte
 		b = append(b, "# HELP "...)
-		b = append(b, d.Name...)
+		b = append(b, name...)
 		b = append(b, ' ')
-		b = appendEscaped(b, d.Help, false)
+		b = appendEscaped(b, d.Help, om)
 		b = append(b, "\n# TYPE "...)
-		b = append(b, d.Name...)
+		b = append(b, name...)
 		b = append(b, ' ')
 		b = append(b, d.Type...)
 		b = append(b, '\n')
 		h[i] = b
 	}
 	return h
+}
+
+// omCreated are, for each of textFamilies, the name of its OpenMetrics
+// _created samples (qmp_events_total: qmp_events_created), or nil for the
+// families that have none (see Metric.countsFromStart).
+var omCreated = func() [][]byte {
+	c := make([][]byte, len(textFamilies))
+	for i, d := range textFamilies {
+		if d.countsFromStart() {
+			c[i] = []byte(strings.TrimSuffix(d.Name, "_total") + "_created")
+		}
+	}
+	return c
 }()
 
 // scratchPool holds the buffer a render fills before it copies it into
@@ -98,6 +136,11 @@ type textScratch struct {
 	vm   []byte      // the vm label, escaped
 	tmpl [][]segment // by family, for a VM with configured labels; built on first use
 	keys keyCache
+	// created is the VM's CountersSince as an OpenMetrics _created value
+	// (in createdBuf's storage), nil when none is written: the text
+	// format, OpenMetrics without _created, or not known.
+	created, createdBuf []byte
+	omCreated           [][]byte // omCreated while created is set (a field, as base is)
 	// base is textTemplates. (A field rather than a reference from add,
 	// which the metric definitions call: textTemplates is built from them.)
 	base [][]segment
@@ -109,13 +152,34 @@ func (s *textScratch) start(i int) {
 	s.off[i] = uint32(len(s.buf))
 }
 
-// WriteTo writes every visible VM's series to w. Families with no series
-// are left out, as client_golang does.
+// WriteTo writes every visible VM's series to w in the text format.
+// Families with no series are left out, as client_golang does.
 func (t *TextWriter) WriteTo(w io.Writer) (int64, error) {
-	vms := t.renderAll(time.Now())
+	return t.write(w, textVariant)
+}
+
+// WriteOpenMetricsTo writes every visible VM's series to w in OpenMetrics
+// 1.0, with the _created of each counter that has counted something,
+// where it is known (see Metric.countsFromStart), unless created is
+// false. It does not
+// write the closing "# EOF", so that other families can follow (the
+// handler adds the registry's).
+func (t *TextWriter) WriteOpenMetricsTo(w io.Writer, created bool) (int64, error) {
+	if !created {
+		return t.write(w, omNoCreatedVariant)
+	}
+	return t.write(w, omVariant)
+}
+
+func (t *TextWriter) write(w io.Writer, vr variant) (int64, error) {
+	vms := t.renderAll(time.Now(), vr)
 	bw, pooled := w.(*bufio.Writer)
 	if !pooled {
 		bw = bufio.NewWriterSize(w, 64<<10)
+	}
+	headers := textHeaders
+	if vr != textVariant {
+		headers = omHeaders
 	}
 	var n int64
 	for i := range textFamilies {
@@ -126,7 +190,7 @@ func (t *TextWriter) WriteTo(w io.Writer) (int64, error) {
 				continue
 			}
 			if !wrote {
-				k, _ := bw.Write(textHeaders[i])
+				k, _ := bw.Write(headers[i])
 				n += int64(k)
 				wrote = true
 			}
@@ -137,11 +201,12 @@ func (t *TextWriter) WriteTo(w io.Writer) (int64, error) {
 	return n, bw.Flush()
 }
 
-// renderAll returns the rendered series of every visible VM, in the
-// fleet's order, rendering again only the VMs that changed, and forgets
-// the VMs no longer shown. The cache's lock is held only to look up and
-// store: renders (under each VM's lock) of concurrent scrapes overlap.
-func (t *TextWriter) renderAll(now time.Time) []*renderedVM {
+// renderAll returns the rendered series of every visible VM in variant
+// vr, in the fleet's order, rendering again only the VMs that changed
+// since their last rendering in vr, and forgets the VMs no longer shown.
+// The cache's lock is held only to look up and store: renders (under each
+// VM's lock) of concurrent scrapes overlap.
+func (t *TextWriter) renderAll(now time.Time, vr variant) []*renderedVM {
 	t.mu.Lock()
 	t.scrapes++
 	scrape := t.scrapes
@@ -154,13 +219,13 @@ func (t *TextWriter) renderAll(now time.Time) []*renderedVM {
 			c = &cached{seen: scrape}
 			t.cache[v] = c
 		}
-		r := c.r
+		r := c.r[vr]
 		t.mu.Unlock()
 		if r == nil || r.gen != v.Gen() || r.vm != vm {
-			r = render(v, vm, st)
+			r = render(v, vm, st, vr)
 		}
 		t.mu.Lock()
-		c.r, c.seen = r, max(c.seen, scrape)
+		c.r[vr], c.seen = r, max(c.seen, scrape)
 		t.mu.Unlock()
 		vms = append(vms, r)
 	})
@@ -175,13 +240,19 @@ func (t *TextWriter) renderAll(now time.Time) []*renderedVM {
 	return vms
 }
 
-// render renders v's series. Called with v's lock held.
-func render(v *fleet.VM, vm string, st *vmstate.State) *renderedVM {
+// render renders v's series in variant vr. Called with v's lock held.
+func render(v *fleet.VM, vm string, st *vmstate.State, vr variant) *renderedVM {
 	s := scratchPool.Get().(*textScratch)
 	s.buf = s.buf[:0]
 	s.base = textTemplates
 	clear(s.tmpl)
 	s.vm = appendEscaped(s.vm[:0], vm, true)
+	s.created = nil
+	if vr == omVariant && st.CountersSince > 0 {
+		s.created = appendMilli(s.createdBuf[:0], st.CountersSince)
+		s.createdBuf = s.created
+		s.omCreated = omCreated
+	}
 	meta := v.Meta()
 	e := sink{vm: vm, extra: meta.Labels, libvirt: meta.Libvirt, text: s, k: &s.keys}
 	e.emit(textFamilies, st)
@@ -253,6 +324,7 @@ func (s *textScratch) add(e *sink, v float64, labels []string) {
 	}
 	b := s.buf
 	b = append(b, e.m.Name...)
+	labels0 := len(b)
 	b = append(b, '{')
 	for _, seg := range segs {
 		b = append(b, seg.lead...)
@@ -267,8 +339,20 @@ func (s *textScratch) add(e *sink, v float64, labels []string) {
 		b = append(b, '"')
 	}
 	b = append(b, '}', ' ')
+	labels1 := len(b)
 	b = appendValue(b, v)
-	s.buf = append(b, '\n')
+	b = append(b, '\n')
+	if s.created != nil && s.omCreated[i] != nil && v != 0 {
+		// The _created sample follows its counter's, under the same
+		// labels: Prometheus looks for it there. A counter at 0 is its
+		// own start, which a _created would only repeat (see
+		// Metric.countsFromStart).
+		b = append(b, s.omCreated[i]...)
+		b = append(b, b[labels0:labels1]...)
+		b = append(b, s.created...)
+		b = append(b, '\n')
+	}
+	s.buf = b
 }
 
 // appendEscaped appends s escaped for the text format: backslash and
@@ -296,6 +380,20 @@ func appendEscaped(b []byte, s string, quote bool) []byte {
 		start = i + 1
 	}
 	return append(b, s[start:]...)
+}
+
+// appendMilli appends Unix milliseconds as OpenMetrics writes a
+// timestamp: seconds, with the milliseconds as a decimal fraction when
+// there are any. (Exact, unlike a float64 of the seconds.)
+func appendMilli(b []byte, ms int64) []byte {
+	b = strconv.AppendInt(b, ms/1000, 10)
+	if frac := ms % 1000; frac != 0 {
+		b = append(b, '.', byte('0'+frac/100), byte('0'+frac/10%10), byte('0'+frac%10))
+		for b[len(b)-1] == '0' {
+			b = b[:len(b)-1]
+		}
+	}
+	return b
 }
 
 // appendValue appends v as the text format writes a sample value.

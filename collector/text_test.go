@@ -86,7 +86,8 @@ func viaRegistry(t testing.TB, f *fleet.Fleet) map[string]*dto.MetricFamily {
 }
 
 // checkTextMatchesCollector fails t unless TextWriter writes exactly the
-// series Collector sends for f's VMs, in valid text format.
+// series Collector sends for f's VMs, in valid text format, and in
+// OpenMetrics what client_golang's encoder writes for them.
 func checkTextMatchesCollector(t testing.TB, f *fleet.Fleet) {
 	t.Helper()
 	var b bytes.Buffer
@@ -100,6 +101,7 @@ func checkTextMatchesCollector(t testing.TB, f *fleet.Fleet) {
 	if diff := cmp.Diff(want, canonical(parseText(t, b.Bytes()))); diff != "" {
 		t.Errorf("TextWriter and Collector differ (-Collector +TextWriter):\n%s", diff)
 	}
+	checkOpenMetricsMatchesCollector(t, f)
 }
 
 // TestTextWriterMatchesCollector replays the real QEMU transcripts, with
@@ -192,7 +194,7 @@ func TestTextWriterRendersOnlyChangedVMs(t *testing.T) {
 		tw.mu.Lock()
 		defer tw.mu.Unlock()
 		if c := tw.cache[v]; c != nil {
-			return b.String(), c.r
+			return b.String(), c.r[textVariant]
 		}
 		return b.String(), nil
 	}
@@ -214,7 +216,7 @@ func TestTextWriterRendersOnlyChangedVMs(t *testing.T) {
 
 	// The same state under another vm label must not reuse the lines.
 	st := v.LockRead()
-	r := render(v, "renamed", st)
+	r := render(v, "renamed", st, textVariant)
 	v.Unlock()
 	if !bytes.Contains(r.data, []byte(`qmp_up{vm="renamed"} 1`)) {
 		t.Errorf("render with a new vm label kept the old one:\n%s", r.data)
@@ -295,7 +297,7 @@ func TestHandler(t *testing.T) {
 		}
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, req)
-		if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != textContentType {
+		if rec.Code != http.StatusOK || rec.Header().Get("Content-Type") != formatText.contentType {
 			t.Fatalf("%q: status %d, type %q", enc, rec.Code, rec.Header().Get("Content-Type"))
 		}
 		body := rec.Body.Bytes()
@@ -342,9 +344,20 @@ func bumpAll(vms []*fleet.VM) {
 	}
 }
 
-// BenchmarkTextWriter writes n VMs' series: "cached" when no VM changed
-// since the previous scrape, "changed" when every VM did.
+// BenchmarkTextWriter writes n VMs' series in the text format: "cached"
+// when no VM changed since the previous scrape, "changed" when every VM
+// did.
 func BenchmarkTextWriter(b *testing.B) {
+	benchmarkWriter(b, (*TextWriter).WriteTo)
+}
+
+// BenchmarkWriteOpenMetrics is BenchmarkTextWriter in OpenMetrics, with
+// _created.
+func BenchmarkWriteOpenMetrics(b *testing.B) {
+	benchmarkWriter(b, func(tw *TextWriter, w io.Writer) (int64, error) { return tw.WriteOpenMetricsTo(w, true) })
+}
+
+func benchmarkWriter(b *testing.B, write func(*TextWriter, io.Writer) (int64, error)) {
 	for _, n := range []int{100, 1000, 10000} {
 		f := benchFleet(n)
 		var vms []*fleet.VM
@@ -358,7 +371,7 @@ func BenchmarkTextWriter(b *testing.B) {
 					if mode == "changed" {
 						bumpAll(vms)
 					}
-					k, err := tw.WriteTo(io.Discard)
+					k, err := write(tw, io.Discard)
 					if err != nil || k == 0 {
 						b.Fatal(err, k)
 					}

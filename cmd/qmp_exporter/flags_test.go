@@ -2,15 +2,23 @@ package main
 
 import (
 	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/go-kit/log"
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/qmp-exporter/qmp_exporter/config"
+	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
 	"github.com/qmp-exporter/qmp_exporter/internal/source/qmpsock"
+	"github.com/qmp-exporter/qmp_exporter/qmp"
 )
 
 func TestRunExitCodes(t *testing.T) {
@@ -79,5 +87,61 @@ func TestTargets(t *testing.T) {
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("targets (-want +got):\n%s", diff)
+	}
+}
+
+// TestMetricsFormats checks /metrics as newMux wires it: OpenMetrics with
+// _created for Prometheus, the text format for curl, and OpenMetrics
+// without _created under --web.disable-openmetrics-created.
+func TestMetricsFormats(t *testing.T) {
+	const prometheusAccept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+	vms := fleet.New(fleet.Options{})
+	v, err := vms.Add("web", fleet.Meta{DefaultName: "web"}, time.Unix(1700000000, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Lock().Apply(qmp.Event{Name: "STOP"})
+	v.Unlock()
+	for _, tc := range []struct {
+		name, accept string
+		args         []string
+		wantType     string
+		want, absent []string
+	}{
+		{"Prometheus", prometheusAccept, nil, "application/openmetrics-text; version=1.0.0; charset=utf-8",
+			[]string{`qmp_events_created{event="STOP",vm="web"} 1700000000` + "\n", "# TYPE promhttp_metric_handler_requests counter", "\n# EOF\n"}, nil},
+		{"curl", "*/*", nil, "text/plain; version=0.0.4; charset=utf-8",
+			[]string{`qmp_events_total{event="STOP",vm="web"} 1` + "\n"}, []string{"_created", "# EOF"}},
+		{"Prometheus, no _created", prometheusAccept, []string{"--web.disable-openmetrics-created"}, "application/openmetrics-text; version=1.0.0; charset=utf-8",
+			[]string{`qmp_events_total{event="STOP",vm="web"} 1` + "\n", "\n# EOF\n"}, []string{"_created"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := parseFlags(tc.args, io.Discard, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			mux, err := newMux(f, vms, prometheus.NewRegistry(), prometheus.NewRegistry(), &configuration{f: f}, log.NewNopLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			req := httptest.NewRequest(http.MethodGet, "/metrics", nil)
+			req.Header.Set("Accept", tc.accept)
+			rec := httptest.NewRecorder()
+			mux.ServeHTTP(rec, req)
+			body := rec.Body.String()
+			if got := rec.Header().Get("Content-Type"); rec.Code != http.StatusOK || got != tc.wantType {
+				t.Fatalf("status %d, Content-Type %q, want %q", rec.Code, got, tc.wantType)
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(body, w) {
+					t.Errorf("the body lacks %q:\n%s", w, body)
+				}
+			}
+			for _, a := range tc.absent {
+				if strings.Contains(body, a) {
+					t.Errorf("the body has %q:\n%s", a, body)
+				}
+			}
+		})
 	}
 }

@@ -76,6 +76,7 @@ type flags struct {
 	maxMessage     int
 	metricsPath    string
 	noExporterMet  bool
+	noCreated      bool
 	maxRequests    int
 	eventsKeep     int
 	eventsMemory   units.Base2Bytes
@@ -130,6 +131,8 @@ func parseFlags(args []string, stdout, stderr io.Writer) (*flags, error) {
 		Default("/metrics").StringVar(&f.metricsPath)
 	app.Flag("web.disable-exporter-metrics", "Exclude the exporter's own go_*, process_* and promhttp_* metrics from /metrics.").
 		BoolVar(&f.noExporterMet)
+	app.Flag("web.disable-openmetrics-created", "Leave the _created samples out of OpenMetrics (what Prometheus asks for). They tell a Prometheus run with --enable-feature=created-timestamp-zero-ingestion when each counter started from zero, so that it sees a counter's first increase; a Prometheus without that feature stores each as a series of its own (qmp_events_created, ...).").
+		BoolVar(&f.noCreated)
 	app.Flag("web.max-requests", "Maximum number of concurrent scrapes; 0 means no limit.").
 		Default("40").IntVar(&f.maxRequests)
 	app.Flag("events.keep", "Recent events kept per VM, with their data, for the /vms and /events pages.").
@@ -423,6 +426,7 @@ func newMux(f *flags, vms *fleet.Fleet, product, exporter *prometheus.Registry, 
 	hopts := collector.HandlerOpts{
 		MaxRequestsInFlight: f.maxRequests,
 		ErrorLog:            func(err error) { level.Error(logger).Log("msg", "error gathering metrics", "err", err) },
+		NoCreated:           f.noCreated,
 	}
 	var handler http.Handler
 	if f.noExporterMet {

@@ -39,9 +39,11 @@ func TestParseExposition(t *testing.T) {
 qmp_up{vm="a"} 1
 qmp_up{vm="b"} 0
 qmp_events_total{event="STOP",vm="a"} 3
+qmp_events_created{event="STOP",vm="a"} 1700000000.25
 qmp_events_total{event="RESET",vm="b"} 1e+06
 qmp_events_totally{vm="a"} 100
 qmp_vm_info{package="x y",vm="a",version="7.2.22"} 1
+# EOF
 `
 	s, err := parseExposition(strings.NewReader(text))
 	if err != nil {

@@ -14,7 +14,8 @@ import (
 	"time"
 )
 
-// scrapeAccept is what Prometheus asks for.
+// scrapeAccept is what Prometheus asks for: the exporter answers
+// OpenMetrics, with a _created sample after most counters'.
 const scrapeAccept = "application/openmetrics-text;version=1.0.0;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
 
 // scrape is one GET /metrics, done as Prometheus does it (gzip), timed to
@@ -63,7 +64,7 @@ type sums struct {
 	perVM  map[string]float64 // qmp_events_total summed by vm label
 	up     float64            // sum of qmp_up
 	vms    int                // qmp_up series
-	series int                // samples in the exposition
+	series int                // samples in the exposition, _created left out
 	bytes  int                // uncompressed size
 }
 
@@ -84,7 +85,7 @@ func parseExposition(r io.Reader) (sums, error) {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Bytes()
-		if len(line) == 0 || line[0] == '#' {
+		if len(line) == 0 || line[0] == '#' || createdSample(line) {
 			continue
 		}
 		out.series++
@@ -111,6 +112,15 @@ func parseExposition(r io.Reader) (sums, error) {
 	}
 	out.bytes = cr.n
 	return out, sc.Err()
+}
+
+// createdSample reports whether line is an OpenMetrics _created sample:
+// a counter's start, not a series of the exporter's (though a Prometheus
+// without created-timestamp-zero-ingestion stores it as one).
+func createdSample(line []byte) bool {
+	name, _, _ := bytes.Cut(line, []byte("{"))
+	name, _, _ = bytes.Cut(name, []byte(" "))
+	return bytes.HasSuffix(name, []byte("_created"))
 }
 
 // vmLabel returns the value of the vm label of a series, or "".

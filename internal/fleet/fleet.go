@@ -121,7 +121,7 @@ func (f *Fleet) StaleAfter() time.Duration { return f.opts.StaleAfter }
 // sources: a new source starts its keys with its own kind (the
 // QMP-socket source's keys, older, are its targets' and "dialin\x00"
 // plus a dialled-in VM's identity). Its state is
-// a fresh vmstate.State, down since now.
+// a fresh vmstate.State, down since now, its counters at zero since now.
 func (f *Fleet) Add(key string, meta Meta, now time.Time) (*VM, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -133,6 +133,7 @@ func (f *Fleet) Add(key string, meta Meta, now time.Time) (*VM, error) {
 	if f.opts.Journal != nil {
 		v.events = f.opts.Journal.NewRing(meta.Kind.String())
 	}
+	v.st.CountersSince = now.UnixMilli()
 	f.vms[key] = v
 	return v, nil
 }

@@ -81,7 +81,7 @@ func (p *Pages) VMs() []VM {
 	var rows []VM
 	p.fleet.Visible(p.now(), func(v *fleet.VM, label string, st *vmstate.State) {
 		row := VM{VM: label, UUID: st.Info.UUID, Up: st.Up, Status: st.Status, Source: v.Meta().Kind.String(),
-			UpSince: timeOrNil(st.UpSince), DownSince: timeOrNil(st.DownSince),
+			UpSince: unixMilliOrNil(st.UpSince), DownSince: timeOrNil(st.DownSince),
 			Panics: sum(st.Panics), Watchdog: sum(st.Watchdog), IOErrors: ioErrors(st)}
 		if r := v.Events(); r != nil {
 			if e, ok := r.Last(); ok {
@@ -142,6 +142,14 @@ func (p *Pages) Events(q EventQuery) (events []Event, dropped uint64) {
 func event(e journal.Entry, vm, source string) Event {
 	return Event{Seq: e.Seq, Time: timeOrNil(e.Time), Received: e.Received, VM: vm, Event: e.Event, Source: source,
 		Data: e.Data, Truncated: e.Truncated}
+}
+
+func unixMilliOrNil(ms int64) *time.Time {
+	if ms == 0 {
+		return nil
+	}
+	t := time.UnixMilli(ms)
+	return &t
 }
 
 func timeOrNil(t time.Time) *time.Time {

@@ -71,7 +71,7 @@ func TestVMsNeedingAttentionComeFirst(t *testing.T) {
 	if strings.Join(order, "|") != strings.Join(want, "|") {
 		t.Fatalf("order %q; want %q (panicked, down, fine)", order, want)
 	}
-	if r := rows[0]; r.Status != "guest-panicked" || r.Panics != 1 || r.Source != "listener" || r.LastEvent == nil || r.LastEvent.Event != "GUEST_PANICKED" {
+	if r := rows[0]; r.UpSince == nil || !r.UpSince.Equal(t0) || r.Status != "guest-panicked" || r.Panics != 1 || r.Source != "listener" || r.LastEvent == nil || r.LastEvent.Event != "GUEST_PANICKED" {
 		t.Errorf("panicked row = %+v", r)
 	}
 	if r := rows[1]; r.Up || r.DownSince == nil || r.UpSince != nil || r.Source != "libvirt" || r.LastEvent != nil {

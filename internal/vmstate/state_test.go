@@ -139,15 +139,21 @@ func TestApplyKeepsQEMUTimestamp(t *testing.T) {
 	}
 }
 
+// TestSetInfoReplacedVM: a reconnect to the same VM keeps its counters
+// and when they started; a different VM answering on the socket starts
+// them again, at a moment the state cannot tell (CountersSince 0), while
+// the session counters, which belong to the socket, carry on.
 func TestSetInfoReplacedVM(t *testing.T) {
 	s := New()
+	s.CountersSince = 946684800000
 	s.SetInfo(Info{Name: "a", UUID: "u1"})
 	s.Apply(ev("STOP", ""))
+	s.Attempts = 2
 	if s.SetInfo(Info{Name: "a", UUID: "u1", Version: "7.2.22"}) {
 		t.Error("same VM reported as replaced")
 	}
-	if s.Events["STOP"].Count != 1 {
-		t.Error("counters lost on a reconnect to the same VM")
+	if s.Events["STOP"].Count != 1 || s.CountersSince != 946684800000 {
+		t.Errorf("counters lost on a reconnect to the same VM (STOP %d, since %d)", s.Events["STOP"].Count, s.CountersSince)
 	}
 	s.PID = 4242 // the source read the new session's process before its sync
 	if !s.SetInfo(Info{Name: "b", UUID: "u2"}) {
@@ -158,6 +164,9 @@ func TestSetInfoReplacedVM(t *testing.T) {
 	}
 	if s.PID != 4242 {
 		t.Errorf("PID = %d after the state started again, want the session's 4242 kept", s.PID)
+	}
+	if s.CountersSince != 0 || s.Attempts != 2 {
+		t.Errorf("after a replacement: CountersSince %d (want 0, unknown), Attempts %d (want 2, kept)", s.CountersSince, s.Attempts)
 	}
 }
 
