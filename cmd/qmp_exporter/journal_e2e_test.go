@@ -125,8 +125,10 @@ func TestJournalEndToEnd(t *testing.T) {
 		return m.Has(`qmp_vm_status{status="guest-panicked",vm="journal"}`, 1)
 	})
 
-	// /events: newest first; reversed, QEMU's order, its times never
-	// going back, with the two I/O errors' reasons and the panic.
+	// /events: newest first; reversed, QEMU's order on the wire, with the
+	// two I/O errors' reasons and the panic. (Not always the order of
+	// QEMU's timestamps: QEMU 10.0 sends a rate-limited BLOCK_IO_ERROR
+	// after the STOP it caused, with the time of the error.)
 	var events struct {
 		Events []pageEvent `json:"events"`
 	}
@@ -134,10 +136,7 @@ func TestJournalEndToEnd(t *testing.T) {
 	inOrder := slices.Clone(events.Events)
 	slices.Reverse(inOrder)
 	var story []string
-	for i, ev := range inOrder {
-		if i > 0 && ev.Time.Before(inOrder[i-1].Time) {
-			t.Errorf("event %d (%s at %s) is before the one ahead of it (%s)", i, ev.Event, ev.Time, inOrder[i-1].Time)
-		}
+	for _, ev := range inOrder {
 		switch ev.Event {
 		case "BLOCK_IO_ERROR":
 			story = append(story, ev.Event+":"+dataField(ev, "operation")+":"+dataField(ev, "reason"))
