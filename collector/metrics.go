@@ -356,7 +356,7 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_spice_connections_total", Type: counter, Source: "SPICE_CONNECTED",
 		Help:   "SPICE channel connections opened.",
 		values: displayCounter(spice, func(d *vmstate.Display) uint64 { return d.Connections })},
-	{Name: "qmp_spice_sessions_total", Type: counter, Source: "SPICE_INITIALIZED",
+	{Name: "qmp_spice_sessions_total", qmpOnly: true, Type: counter, Source: "SPICE_INITIALIZED",
 		Help:   "SPICE sessions whose main channel completed the handshake and authentication.",
 		values: displayCounter(spice, func(d *vmstate.Display) uint64 { return d.Sessions })},
 	{Name: "qmp_spice_handshake_failures_total", Type: counter, Source: "SPICE_CONNECTED, SPICE_DISCONNECTED",

@@ -24,7 +24,7 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	ctx, cancel, bin := qemuE2E(t, 4*time.Minute)
 	defer cancel()
 	d := virtlab.StartT(t, virtlab.Options{})
-	dom, err := d.DefineAndStart(ctx, virtlab.DomainOptions{Name: "virtlab-web", CDROM: true, VNC: true, Balloon: true})
+	dom, err := d.DefineAndStart(ctx, virtlab.DomainOptions{Name: "virtlab-web", CDROM: true, VNC: true, SPICE: true, Balloon: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,6 +115,35 @@ func TestLibvirtEndToEnd(t *testing.T) {
 	client.Close()
 	e.wait("the VNC client gone", func(m exporterproc.Metrics) bool {
 		return m.Has(`qmp_vnc_clients{`+vm+`}`, 0) && m.Has(`qmp_vnc_handshake_failures_total{`+vm+`}`, 0)
+	})
+
+	// A SPICE client on the domain's second display: libvirt relays each
+	// channel's connect, initialize and disconnect, told from VNC's by
+	// the port. Which channel opened a session libvirt does not say, so
+	// qmp_spice_sessions_total is absent rather than a made-up number.
+	display, err = d.Virsh(ctx, "domdisplay", "--type", "spice", dom.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	spiceAddr, ok := strings.CutPrefix(strings.TrimSpace(display), "spice://")
+	if !ok {
+		t.Fatalf("virsh domdisplay --type spice said %q", display)
+	}
+	spiceClient, err := qemulab.SPICEHandshakeAt(ctx, "tcp", spiceAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m = e.wait("a SPICE channel", func(m exporterproc.Metrics) bool {
+		return m.Has(`qmp_spice_clients{`+vm+`}`, 1) && m.Has(`qmp_spice_connections_total{`+vm+`}`, 1) &&
+			m.Has(`qmp_events_total{event="SPICE_INITIALIZED",`+vm+`}`, 1)
+	})
+	if v, ok := m.Value(`qmp_spice_sessions_total{` + vm + `}`); ok {
+		t.Errorf("qmp_spice_sessions_total = %v for a libvirt domain, want it absent", v)
+	}
+	spiceClient.Close()
+	e.wait("the SPICE channel gone", func(m exporterproc.Metrics) bool {
+		return m.Has(`qmp_spice_clients{`+vm+`}`, 0) && m.Has(`qmp_spice_handshake_failures_total{`+vm+`}`, 0) &&
+			m.Has(`qmp_vnc_connections_total{`+vm+`}`, 1)
 	})
 
 	// libvirtd away for a while: its domains are not known to be up.

@@ -45,8 +45,14 @@ const (
 // SPICE_DISCONNECTED, without SPICE_INITIALIZED. The handshake is bounded
 // by ctx; the returned connection has no deadline set.
 func SPICEHandshake(ctx context.Context, path string) (net.Conn, error) {
+	return SPICEHandshakeAt(ctx, "unix", path)
+}
+
+// SPICEHandshakeAt is SPICEHandshake on a display reached at address of
+// network ("unix" or "tcp"), such as a libvirt domain's SPICE port.
+func SPICEHandshakeAt(ctx context.Context, network, address string) (net.Conn, error) {
 	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", path)
+	c, err := d.DialContext(ctx, network, address)
 	if err != nil {
 		return nil, fmt.Errorf("qemulab: spice: %w", err)
 	}

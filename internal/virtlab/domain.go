@@ -51,6 +51,9 @@ type DomainOptions struct {
 	// VNC adds VNC graphics on 127.0.0.1 with an automatic port (5900 and
 	// up), and with it a cirrus-vga video device.
 	VNC bool
+	// SPICE adds SPICE graphics on 127.0.0.1 with an automatic port, with
+	// no password (libvirt then starts QEMU with ticketing off).
+	SPICE bool
 	// Watchdog, if set, adds a watchdog of model WatchdogModel with this
 	// action: "reset", "shutdown", "poweroff", "pause", "dump",
 	// "inject-nmi" or "none". SeaBIOS never arms it; GuestWatchdog arms
@@ -231,6 +234,9 @@ func (d *Daemon) domainXML(name string, opts DomainOptions, fullDisk string) str
 	}
 	if opts.VNC {
 		b.WriteString("    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>\n")
+	}
+	if opts.SPICE {
+		b.WriteString("    <graphics type='spice' port='-1' autoport='yes' listen='127.0.0.1'/>\n")
 	}
 	if opts.Watchdog != "" {
 		model := opts.WatchdogModel

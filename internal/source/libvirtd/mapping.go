@@ -161,11 +161,12 @@ func (x *domainXML) openStack() *vmstate.OpenStackInstance {
 // adds one unless the XML says model='none').
 func (x *domainXML) hasBalloon() bool { return x.Balloon != nil && x.Balloon.Model != "none" }
 
-// vncPort returns the port of the domain's VNC display, and whether it
-// has one ("" while libvirt has not given it one yet).
-func (x *domainXML) vncPort() (string, bool) {
+// graphicsPort returns the TCP port of the domain's display of type typ
+// ("vnc" or "spice"), and whether it has one (port "" while libvirt has
+// not given it one yet, or when it listens on a unix socket).
+func (x *domainXML) graphicsPort(typ string) (string, bool) {
 	for _, g := range x.Graphics {
-		if g.Type == "vnc" {
+		if g.Type == typ {
 			return g.Port, true
 		}
 	}
@@ -199,22 +200,35 @@ func (x *domainXML) blockEntries() []vmstate.BlockEntry {
 	return out
 }
 
-// vncEvents are the QMP events of libvirt's graphics phases.
-var vncEvents = map[libvirt.DomainEventGraphicsPhase]string{
-	libvirt.DomainEventGraphicsConnect:    "VNC_CONNECTED",
-	libvirt.DomainEventGraphicsInitialize: "VNC_INITIALIZED",
-	libvirt.DomainEventGraphicsDisconnect: "VNC_DISCONNECTED",
-}
+// vncEvents and spiceEvents are the QMP events of libvirt's graphics
+// phases on each kind of display.
+var (
+	vncEvents = map[libvirt.DomainEventGraphicsPhase]string{
+		libvirt.DomainEventGraphicsConnect:    "VNC_CONNECTED",
+		libvirt.DomainEventGraphicsInitialize: "VNC_INITIALIZED",
+		libvirt.DomainEventGraphicsDisconnect: "VNC_DISCONNECTED",
+	}
+	// libvirt relays SPICE_CONNECTED, SPICE_INITIALIZED and
+	// SPICE_DISCONNECTED of every channel, without the channel's type:
+	// which channel opened a session is not known, so a libvirt domain
+	// has no qmp_spice_sessions_total (see collector/metrics.go).
+	spiceEvents = map[libvirt.DomainEventGraphicsPhase]string{
+		libvirt.DomainEventGraphicsConnect:    "SPICE_CONNECTED",
+		libvirt.DomainEventGraphicsInitialize: "SPICE_INITIALIZED",
+		libvirt.DomainEventGraphicsDisconnect: "SPICE_DISCONNECTED",
+	}
+)
 
-// vncEvent translates a graphics event of a VNC display: libvirt passes
-// the client's and server's addresses, as QEMU's VNC events have them.
-func vncEvent(m libvirt.DomainEventGraphicsMsg, now time.Time) (qmp.Event, bool) {
-	name, ok := vncEvents[libvirt.DomainEventGraphicsPhase(m.Phase)]
+// graphicsEvent translates a graphics event with names: libvirt passes
+// the client's and server's addresses, as QEMU's events have them, the
+// port under portKey ("service" for VNC, "port" for SPICE).
+func graphicsEvent(names map[libvirt.DomainEventGraphicsPhase]string, portKey string, m libvirt.DomainEventGraphicsMsg, now time.Time) (qmp.Event, bool) {
+	name, ok := names[libvirt.DomainEventGraphicsPhase(m.Phase)]
 	if !ok {
 		return qmp.Event{}, false
 	}
 	addr := func(a libvirt.DomainEventGraphicsAddress) string {
-		return fmt.Sprintf(`{"host": %s, "service": %s}`, strconv.Quote(a.Node), strconv.Quote(a.Service))
+		return fmt.Sprintf(`{"host": %s, %q: %s}`, strconv.Quote(a.Node), portKey, strconv.Quote(a.Service))
 	}
 	return qmp.Event{Name: name, Time: now, Data: []byte(`{"server": ` + addr(m.Local) + `, "client": ` + addr(m.Remote) + `}`)}, true
 }

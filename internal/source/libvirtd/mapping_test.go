@@ -171,7 +171,7 @@ func TestVNCEvents(t *testing.T) {
 	local := libvirt.DomainEventGraphicsAddress{Node: "127.0.0.1", Service: "5900"}
 	remote := libvirt.DomainEventGraphicsAddress{Node: "127.0.0.1", Service: "41234"}
 	for _, phase := range []libvirt.DomainEventGraphicsPhase{libvirt.DomainEventGraphicsConnect, libvirt.DomainEventGraphicsInitialize, libvirt.DomainEventGraphicsDisconnect} {
-		ev, ok := vncEvent(libvirt.DomainEventGraphicsMsg{Phase: int32(phase), Local: local, Remote: remote}, time.Now())
+		ev, ok := graphicsEvent(vncEvents, "service", libvirt.DomainEventGraphicsMsg{Phase: int32(phase), Local: local, Remote: remote}, time.Now())
 		if !ok {
 			t.Fatalf("phase %d not translated", phase)
 		}
@@ -184,8 +184,42 @@ func TestVNCEvents(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if port, ok := x.vncPort(); !ok || port != "5900" {
-		t.Errorf("vncPort = %q, %v", port, ok)
+	if port, ok := x.graphicsPort("vnc"); !ok || port != "5900" {
+		t.Errorf("graphicsPort(vnc) = %q, %v", port, ok)
+	}
+	if port, ok := x.graphicsPort("spice"); !ok || port != "5901" {
+		t.Errorf("graphicsPort(spice) = %q, %v", port, ok)
+	}
+}
+
+// TestSPICEEvents folds the graphics phases of two SPICE channels, as
+// libvirt relays them (without the channel's type): two connections, no
+// client left, no failed handshake; a third channel closed before it was
+// initialized is a failed handshake.
+func TestSPICEEvents(t *testing.T) {
+	st := vmstate.New()
+	st.MarkUp(time.Now())
+	st.Spice.Set(1, 0)
+	local := libvirt.DomainEventGraphicsAddress{Node: "127.0.0.1", Service: "5901"}
+	send := func(port string, phases ...libvirt.DomainEventGraphicsPhase) {
+		for _, phase := range phases {
+			ev, ok := graphicsEvent(spiceEvents, "port", libvirt.DomainEventGraphicsMsg{Phase: int32(phase), Local: local,
+				Remote: libvirt.DomainEventGraphicsAddress{Node: "127.0.0.1", Service: port}}, time.Now())
+			if !ok {
+				t.Fatalf("phase %d not translated", phase)
+			}
+			st.Apply(ev)
+		}
+	}
+	all := []libvirt.DomainEventGraphicsPhase{libvirt.DomainEventGraphicsConnect, libvirt.DomainEventGraphicsInitialize, libvirt.DomainEventGraphicsDisconnect}
+	send("41001", all...)
+	send("41002", all...)
+	send("41003", libvirt.DomainEventGraphicsConnect, libvirt.DomainEventGraphicsDisconnect)
+	if d := st.Spice; d.Clients != 0 || d.Connections != 3 || d.Failed != 1 || st.DataErrors != 0 {
+		t.Errorf("SPICE %+v, data errors %d", d, st.DataErrors)
+	}
+	if st.Events["SPICE_CONNECTED"].Count != 3 || st.Events["SPICE_DISCONNECTED"].Count != 3 {
+		t.Errorf("events %v", st.Events)
 	}
 }
 

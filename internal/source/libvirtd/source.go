@@ -30,6 +30,7 @@ import (
 	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
 	"github.com/qmp-exporter/qmp_exporter/internal/source"
 	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
+	"github.com/qmp-exporter/qmp_exporter/qmp"
 )
 
 // Options configure the source.
@@ -107,12 +108,11 @@ var _ source.Source = (*Source)(nil)
 type domain struct {
 	vm   *fleet.VM
 	name string
-	// vnc and vncPort: the domain's VNC display, from its XML (under the
-	// VM's lock). Graphics events of another display (SPICE) are not
-	// followed: libvirt does not say which channel of a SPICE session
-	// they are.
-	vnc     bool
-	vncPort string
+	// vnc, spice and their ports: the domain's displays, from its XML
+	// (under the VM's lock); a graphics event is told apart by the port
+	// the client reached.
+	vnc, spice        bool
+	vncPort, spiceTCP string
 }
 
 // New returns a source for the libvirtd at opts.Socket, whose domains
@@ -285,19 +285,37 @@ func (ses *session) handle(msg any) {
 func stopped(st *vmstate.State, now time.Time) {
 	st.MarkDown(now)
 	st.VNC.Set(st.VNC.Enabled, 0)
+	st.Spice.Set(st.Spice.Enabled, 0)
 }
 
-// graphics folds a graphics event of the domain's VNC display.
+// setDisplay records whether the domain has the display. libvirt does not
+// say how many clients a display has now: the count is what the events
+// since the exporter started told.
+func setDisplay(d *vmstate.Display, on bool) {
+	if on {
+		d.Set(1, int(d.Clients))
+	} else {
+		d.Set(0, 0)
+	}
+}
+
+// graphics folds a graphics event of the domain's VNC or SPICE display.
 func (ses *session) graphics(m libvirt.DomainEventGraphicsMsg, now time.Time) {
 	d := ses.s.ensure(m.Dom, ses.version, now)
 	if d == nil {
 		return
 	}
 	d.vm.Lock()
-	if d.vnc && (d.vncPort == "" || d.vncPort == m.Local.Service) {
-		if ev, ok := vncEvent(m, now); ok {
-			d.vm.Apply(ev)
-		}
+	var ev qmp.Event
+	var ok bool
+	switch {
+	case d.vnc && d.vncPort == m.Local.Service, d.vnc && !d.spice && d.vncPort == "":
+		ev, ok = graphicsEvent(vncEvents, "service", m, now)
+	case d.spice && d.spiceTCP == m.Local.Service:
+		ev, ok = graphicsEvent(spiceEvents, "port", m, now)
+	}
+	if ok {
+		d.vm.Apply(ev)
 	}
 	d.vm.Unlock()
 }
@@ -419,17 +437,12 @@ func (ses *session) read(dom libvirt.Domain) error {
 			if disks := x.blockEntries(); disks != nil {
 				st.SetBlock(disks)
 			}
-			// libvirt does not say how many clients a display has now:
-			// the count is what the events since the exporter started
-			// told.
 			st.SetOpenStack(x.openStack())
 			st.SetBalloon(balloon, haveBalloon)
-			d.vncPort, d.vnc = x.vncPort()
-			if d.vnc {
-				st.VNC.Set(1, int(st.VNC.Clients))
-			} else {
-				st.VNC.Set(0, 0)
-			}
+			d.vncPort, d.vnc = x.graphicsPort("vnc")
+			d.spiceTCP, d.spice = x.graphicsPort("spice")
+			setDisplay(&st.VNC, d.vnc)
+			setDisplay(&st.Spice, d.spice)
 		}
 	} else {
 		stopped(st, now)
