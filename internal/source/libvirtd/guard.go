@@ -34,7 +34,7 @@ var allowed = map[uint32]string{
 	1:   "connect-open",
 	2:   "connect-close",
 	4:   "connect-get-version", // the hypervisor's (QEMU's) version
-	14:  "domain-get-xml-desc", // the live XML; the read-only socket refuses its secure flag
+	14:  "domain-get-xml-desc", // the live XML, never with its secure flag (checkArgs)
 	66:  "auth-list",
 	70:  "auth-polkit",
 	212: "domain-get-state",
@@ -48,24 +48,24 @@ var allowed = map[uint32]string{
 // connection is closed with it.
 var ErrNotAllowed = errors.New("libvirt: procedure not on the read-only allow-list")
 
-// guardedConn passes to libvirt only the frames of allowed procedures.
-// It parses the stream of writes into frames (go-libvirt writes a frame
-// in one Write when it is small, in several when it is not, and never
-// mixes two in one Write) and checks each frame's header before any of
-// its bytes go out. A refused frame closes the connection: go-libvirt
-// keeps a write error for good, so the source reconnects.
+// guardedConn passes to libvirt only the frames of allowed calls. It
+// parses the stream of writes into frames (go-libvirt writes a frame in
+// one Write when it is small, in several when it is not, and never mixes
+// two in one Write), holds each frame until it is whole (at most
+// maxCallBytes), and checks its header and arguments before any of its
+// bytes go out. A refused frame closes the connection: go-libvirt keeps a
+// write error for good, so the source reconnects.
 type guardedConn struct {
 	net.Conn
 
-	mu sync.Mutex
-	// head collects a header split across writes; rest is how many bytes
-	// of the current, already checked, frame are still to come.
-	head []byte
-	rest int
-	err  error // the refusal, once there is one
+	mu    sync.Mutex
+	frame []byte // the frame being collected
+	err   error  // the refusal, once there is one
 }
 
-// Write checks and forwards p, frame by frame.
+// Write checks and forwards p, frame by frame. A frame's bytes are
+// reported written once they are held; they reach the socket when the
+// frame is whole and allowed.
 func (c *guardedConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -74,36 +74,38 @@ func (c *guardedConn) Write(p []byte) (int, error) {
 	}
 	n := 0
 	for len(p) > 0 {
-		if c.rest > 0 {
-			k := min(c.rest, len(p))
-			w, err := c.Conn.Write(p[:k])
-			n += w
-			if err != nil {
-				return n, err
-			}
-			c.rest -= k
-			p = p[k:]
-			continue
+		need := headerBytes
+		if len(c.frame) >= headerBytes {
+			need = int(binary.BigEndian.Uint32(c.frame[0:4]))
 		}
-		k := min(headerBytes-len(c.head), len(p))
-		c.head = append(c.head, p[:k]...)
+		k := min(need-len(c.frame), len(p))
+		c.frame = append(c.frame, p[:k]...)
 		p = p[k:]
 		n += k
-		if len(c.head) < headerBytes {
-			break
+		if len(c.frame) == headerBytes {
+			if err := checkHeader(c.frame); err != nil {
+				return n - k, c.refuse(err)
+			}
 		}
-		if err := checkHeader(c.head); err != nil {
-			c.err = err
-			c.Conn.Close()
-			return n - k, err
+		if len(c.frame) < headerBytes || len(c.frame) < int(binary.BigEndian.Uint32(c.frame[0:4])) {
+			continue
 		}
-		if _, err := c.Conn.Write(c.head); err != nil {
+		if err := checkArgs(c.frame); err != nil {
+			return n - k, c.refuse(err)
+		}
+		if _, err := c.Conn.Write(c.frame); err != nil {
 			return n, err
 		}
-		c.rest = int(binary.BigEndian.Uint32(c.head[0:4])) - headerBytes
-		c.head = c.head[:0]
+		c.frame = c.frame[:0]
 	}
 	return n, nil
+}
+
+func (c *guardedConn) refuse(err error) error {
+	c.err = err
+	c.frame = nil
+	c.Conn.Close()
+	return err
 }
 
 // checkHeader accepts the header of a call to an allowed procedure.
@@ -124,6 +126,27 @@ func checkHeader(h []byte) error {
 	}
 	if _, ok := allowed[proc]; !ok {
 		return fmt.Errorf("%w: procedure %d", ErrNotAllowed, proc)
+	}
+	return nil
+}
+
+// domainXMLSecure is VIR_DOMAIN_XML_SECURE: the XML with its secrets
+// (console passwords). The read-only socket refuses it; the guard
+// refuses it too, whatever socket it is given.
+const domainXMLSecure = 1
+
+// checkArgs accepts the arguments of a whole frame whose header passed:
+// domain-get-xml-desc only without the secure flag. Its arguments end
+// with the flags (remote_protocol.x: the domain, then unsigned flags).
+func checkArgs(f []byte) error {
+	if binary.BigEndian.Uint32(f[12:16]) != 14 {
+		return nil
+	}
+	if len(f) < headerBytes+4 {
+		return fmt.Errorf("%w: domain-get-xml-desc without its arguments", ErrNotAllowed)
+	}
+	if flags := binary.BigEndian.Uint32(f[len(f)-4:]); flags&domainXMLSecure != 0 {
+		return fmt.Errorf("%w: domain-get-xml-desc with the secure flag (flags %#x)", ErrNotAllowed, flags)
 	}
 	return nil
 }

@@ -74,6 +74,11 @@ func TestGuardSplitsAndChecksFrames(t *testing.T) {
 		{"qemu-domain-monitor-command", frame(0x20008087, 1, 40)},
 		{"qemu program, allowed number", frame(0x20008087, 212, 40)},
 		{"a stream packet", func() []byte { b := frame(remoteProgram, 212, 8); b[19] = 3; return b }()},
+		{"domain-get-xml-desc with the secure flag", func() []byte {
+			b := frame(remoteProgram, 14, 40)
+			binary.BigEndian.PutUint32(b[len(b)-4:], domainXMLSecure)
+			return b
+		}()},
 		{"an oversized call", func() []byte {
 			b := frame(remoteProgram, 212, 8)
 			binary.BigEndian.PutUint32(b, maxCallBytes+1)
@@ -128,6 +133,8 @@ func fakeLibvirtd(t *testing.T, srv net.Conn) (procs func() []uint32) {
 				reply = []byte{0, 0, 0, 1, 0, 0, 0, 0}
 			case 4: // connect-get-version: 7.2.0
 				reply = binary.BigEndian.AppendUint64(nil, 7002000)
+			case 14: // domain-get-xml-desc: an XDR string, padded to 4
+				reply = append(binary.BigEndian.AppendUint32(nil, 9), "<domain/>\x00\x00\x00"...)
 			}
 			out := make([]byte, headerBytes, headerBytes+len(reply))
 			copy(out, h)
@@ -150,8 +157,9 @@ type pipeDialer struct{ c net.Conn }
 func (d pipeDialer) Dial() (net.Conn, error) { return d.c, nil }
 
 // TestForbiddenCallNeverReachesLibvirtd drives go-libvirt itself through
-// the guard: connecting and an allowed call pass, while DomainSuspend and
-// QEMUDomainMonitorCommand (which taints a domain) fail with
+// the guard: connecting and allowed calls pass (the domain XML without
+// its secrets among them), while DomainSuspend, QEMUDomainMonitorCommand
+// (which taints a domain) and the domain XML with its secrets fail with
 // ErrNotAllowed and never reach the daemon.
 func TestForbiddenCallNeverReachesLibvirtd(t *testing.T) {
 	for _, forbidden := range []struct {
@@ -161,6 +169,10 @@ func TestForbiddenCallNeverReachesLibvirtd(t *testing.T) {
 		{"domain-suspend", func(l *libvirt.Libvirt) error { return l.DomainSuspend(libvirt.Domain{Name: "vm1"}) }},
 		{"qemu-domain-monitor-command", func(l *libvirt.Libvirt) error {
 			_, err := l.QEMUDomainMonitorCommand(libvirt.Domain{Name: "vm1"}, `{"execute":"stop"}`, 0)
+			return err
+		}},
+		{"domain-get-xml-desc with the secure flag", func(l *libvirt.Libvirt) error {
+			_, err := l.DomainGetXMLDesc(libvirt.Domain{Name: "vm1"}, libvirt.DomainXMLSecure)
 			return err
 		}},
 	} {
@@ -174,11 +186,14 @@ func TestForbiddenCallNeverReachesLibvirtd(t *testing.T) {
 			if v, err := l.ConnectGetVersion(); err != nil || v != 7002000 {
 				t.Fatalf("ConnectGetVersion = %d, %v", v, err)
 			}
+			if x, err := l.DomainGetXMLDesc(libvirt.Domain{Name: "vm1"}, libvirt.DomainXMLInactive); err != nil || x != "<domain/>" {
+				t.Fatalf("DomainGetXMLDesc without the secure flag = %q, %v", x, err)
+			}
 			if err := forbidden.call(l); !errors.Is(err, ErrNotAllowed) {
 				t.Fatalf("the forbidden call returned %v, want ErrNotAllowed", err)
 			}
 			<-l.Disconnected()
-			if got, want := procs(), []uint32{66, 1, 4}; !slices.Equal(got, want) {
+			if got, want := procs(), []uint32{66, 1, 4, 14}; !slices.Equal(got, want) {
 				t.Errorf("libvirtd received procedures %v, want %v", got, want)
 			}
 		})
