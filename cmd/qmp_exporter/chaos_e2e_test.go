@@ -37,9 +37,12 @@ const (
 	chaosTimeout = 2 * time.Minute
 	// chaosFloodFor is how long the flooding peer floods.
 	chaosFloodFor = 8 * time.Second
-	// chaosMaxScrape bounds every scrape: generous, since the test may
-	// share two cores with other tests; the log gives the real figures.
-	chaosMaxScrape = 2 * time.Second
+	// chaosScrapeTimeout is the scraper's client timeout: a hang
+	// detector, far above any scrape's time, not a performance target
+	// (make bench measures the scrape). A scrape that waited on a hung
+	// peer would never end, and fails at it; the log gives the real
+	// figures.
+	chaosScrapeTimeout = 10 * time.Second
 	// chaosMaxRSS bounds the exporter's peak resident memory (VmHWM) after
 	// a 64 MiB line, a flood and thirty sessions.
 	chaosMaxRSS = 200 << 20
@@ -66,7 +69,7 @@ var chaosFlags = []string{
 // #1's socket. /metrics is scraped every 200 ms throughout.
 //
 // It checks that the healthy VMs lose no event, every scrape succeeds
-// within chaosMaxScrape, each broken peer shows qmp_up 0 (never 1) and a
+// (none waits on a hung peer: chaosScrapeTimeout), each broken peer shows qmp_up 0 (never 1) and a
 // warning naming it, the peers that misbehave without being broken stay
 // up with their anomalies counted, the second exporter waits without
 // stealing the session or crashing, no peer received a command outside
@@ -602,7 +605,7 @@ func startScraper(ctx context.Context, addr string, watch []string) *scraper {
 	s := &scraper{cancel: cancel, done: make(chan struct{})}
 	s.result.everUp = map[string]bool{}
 	s.result.max = map[string]float64{}
-	client := &http.Client{Timeout: 10 * time.Second}
+	client := &http.Client{Timeout: chaosScrapeTimeout}
 	go func() {
 		defer close(s.done)
 		tick := time.NewTicker(200 * time.Millisecond)
@@ -653,9 +656,9 @@ func startScraper(ctx context.Context, addr string, watch []string) *scraper {
 	return s
 }
 
-// checkScrapes fails t unless every scrape in r succeeded with valid UTF-8,
-// at least 20 were taken and none took chaosMaxScrape or more; it returns
-// the latencies sorted.
+// checkScrapes fails t unless every scrape in r succeeded (within
+// chaosScrapeTimeout) with valid UTF-8 and at least 20 were taken; it
+// returns the latencies sorted, for the log.
 func checkScrapes(t *testing.T, r scrapeResult) []time.Duration {
 	t.Helper()
 	if r.failed > 0 {
@@ -667,9 +670,6 @@ func checkScrapes(t *testing.T, r scrapeResult) []time.Duration {
 	lat := slices.Sorted(slices.Values(r.latencies))
 	if len(lat) < 20 {
 		t.Fatalf("only %d scrapes", len(lat))
-	}
-	if mx := lat[len(lat)-1]; mx > chaosMaxScrape {
-		t.Errorf("slowest scrape took %v, want under %v", mx, chaosMaxScrape)
 	}
 	return lat
 }

@@ -182,8 +182,8 @@ func (c *dialInChild) stop() (conns, disallowed int, err error) {
 // are at it, ten healthy VMs (fake QEMUs in this process) dial in.
 //
 // It checks that every healthy VM gets in (none is crowded out) and loses
-// no event, /metrics answers every scrape within chaosMaxScrape with
-// valid UTF-8, the listener's refusals and failures show in
+// no event, /metrics answers every scrape (within chaosScrapeTimeout, a
+// hang detector) with valid UTF-8, the listener's refusals and failures show in
 // qmp_listener_connections_total, a warning names the pid of each broken
 // client and says what it did wrong, the listener logs each kind of
 // trouble per client at most once per 10 s, the made-up VMs stay under
