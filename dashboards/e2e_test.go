@@ -74,17 +74,7 @@ func startLab(ctx context.Context, t *testing.T, bin, promBin string) *e2e {
 	rec := promlab.NewScrapeRecorder(exp.Addr)
 	t.Cleanup(rec.Close)
 
-	rules, err := os.ReadFile(filepath.Join(exporterproc.ModuleRoot(t), "alerts", "qmp_exporter.rules.yml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rules, err = promlab.ShortenFor(rules, 0); err != nil {
-		t.Fatal(err)
-	}
-	rulesPath := filepath.Join(dir, "qmp_exporter.rules.yml")
-	if err := os.WriteFile(rulesPath, rules, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	rulesPath := immediateRules(t, dir)
 	prom, err := promlab.Start(ctx, promlab.Options{
 		Dir: filepath.Join(dir, "prometheus"), Binary: promBin,
 		Job: "qmp", Targets: []string{rec.Addr}, RuleFiles: []string{rulesPath},
@@ -98,6 +88,25 @@ func startLab(ctx context.Context, t *testing.T, bin, promBin string) *e2e {
 		}
 	})
 	return &e2e{t: t, ctx: ctx, prom: prom, vm: vm, exp: exp, rec: rec, fired: map[string]bool{}}
+}
+
+// immediateRules writes into dir a copy of the shipped rules whose `for`
+// is 0s, so that an alert fires at the first evaluation that sees its
+// cause, and returns its path.
+func immediateRules(t *testing.T, dir string) string {
+	t.Helper()
+	rules, err := os.ReadFile(filepath.Join(exporterproc.ModuleRoot(t), "alerts", "qmp_exporter.rules.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rules, err = promlab.ShortenFor(rules, 0); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "qmp_exporter.rules.yml")
+	if err := os.WriteFile(path, rules, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // endToEndPrometheus runs the test against one Prometheus, promBin.

@@ -2,7 +2,6 @@ package dashboards
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -54,17 +53,7 @@ func TestLibvirtAlerts(t *testing.T) {
 		}
 	}
 
-	rules, err := os.ReadFile(filepath.Join(exporterproc.ModuleRoot(t), "alerts", "qmp_exporter.rules.yml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rules, err = promlab.ShortenFor(rules, 0); err != nil {
-		t.Fatal(err)
-	}
-	rulesPath := filepath.Join(t.TempDir(), "qmp_exporter.rules.yml")
-	if err := os.WriteFile(rulesPath, rules, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	rulesPath := immediateRules(t, t.TempDir())
 	for _, r := range promlab.Releases() {
 		t.Run(r.Name, func(t *testing.T) {
 			prom, err := promlab.Start(ctx, promlab.Options{
