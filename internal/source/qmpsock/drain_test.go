@@ -130,13 +130,8 @@ func TestTimedOutSessionFoldsWhatFollows(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var logs syncBuffer
 		fake := &fakeQEMU{t: t, status: "running", name: "slow"}
-		m := New(fleet.New(fleet.Options{}), Options{CommandTimeout: time.Second, Logger: log.NewLogfmtLogger(&logs)})
-		m.dial = fake.dial
-		m.Sync([]Target{{Network: "unix", Address: "/x/slow.sock"}})
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan struct{})
-		go func() { m.Run(ctx); close(done) }()
-		defer func() { cancel(); <-done }()
+		m, stop := startSource(t, fake, Options{CommandTimeout: time.Second, Logger: log.NewLogfmtLogger(&logs)}, Target{Network: "unix", Address: "/x/slow.sock"})
+		defer stop()
 		synctest.Wait()
 		fake.set(func(f *fakeQEMU) { f.hang = true })
 		srv := fake.server()
@@ -181,13 +176,8 @@ func TestQEMUGoneMidQueryIsASessionLost(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				var logs syncBuffer
 				fake := &fakeQEMU{t: t, status: "running", name: "gone"}
-				m := New(fleet.New(fleet.Options{}), Options{CommandTimeout: time.Minute, Logger: log.NewLogfmtLogger(&logs)})
-				m.dial = fake.dial
-				m.Sync([]Target{{Network: "unix", Address: "/x/gone.sock"}})
-				ctx, cancel := context.WithCancel(t.Context())
-				done := make(chan struct{})
-				go func() { m.Run(ctx); close(done) }()
-				defer func() { cancel(); <-done }()
+				_, stop := startSource(t, fake, Options{CommandTimeout: time.Minute, Logger: log.NewLogfmtLogger(&logs)}, Target{Network: "unix", Address: "/x/gone.sock"})
+				defer stop()
 				synctest.Wait()
 				fake.set(func(f *fakeQEMU) { f.hang = true; f.refuse = true })
 				srv := fake.server()

@@ -126,10 +126,15 @@ func (f *fakeQEMU) set(fn func(*fakeQEMU)) {
 	fn(f)
 }
 
-// newTestManager runs a Manager with one target against fake in a synctest
+// newTestManager runs a Manager with targets against fake in a synctest
 // bubble; the returned stop ends it and waits for every goroutine.
 func newTestManager(t *testing.T, fake *fakeQEMU, targets ...Target) (*Source, func()) {
-	m := New(fleet.New(fleet.Options{}), Options{DialTimeout: 2 * time.Second, CommandTimeout: time.Second, MaxBackoff: 8 * time.Second, RefreshInterval: 30 * time.Second})
+	return startSource(t, fake, Options{DialTimeout: 2 * time.Second, CommandTimeout: time.Second, MaxBackoff: 8 * time.Second, RefreshInterval: 30 * time.Second}, targets...)
+}
+
+// startSource is newTestManager with opts.
+func startSource(t *testing.T, fake *fakeQEMU, opts Options, targets ...Target) (*Source, func()) {
+	m := New(fleet.New(fleet.Options{}), opts)
 	m.dial = fake.dial
 	m.Sync(targets)
 	ctx, cancel := context.WithCancel(t.Context())
@@ -538,13 +543,8 @@ func TestQueryTimeoutLogsOneLine(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var logs syncBuffer
 		fake := &fakeQEMU{t: t, status: "running", name: "hung"}
-		m := New(fleet.New(fleet.Options{}), Options{CommandTimeout: time.Second, Logger: log.NewLogfmtLogger(&logs)})
-		m.dial = fake.dial
-		m.Sync([]Target{{Network: "unix", Address: "/x/hung.sock"}})
-		ctx, cancel := context.WithCancel(t.Context())
-		done := make(chan struct{})
-		go func() { m.Run(ctx); close(done) }()
-		defer func() { cancel(); <-done }()
+		m, stop := startSource(t, fake, Options{CommandTimeout: time.Second, Logger: log.NewLogfmtLogger(&logs)}, Target{Network: "unix", Address: "/x/hung.sock"})
+		defer stop()
 		synctest.Wait()
 		fake.set(func(f *fakeQEMU) { f.hang = true })
 		if err := fake.server().Emit("STOP", nil); err != nil {
