@@ -78,7 +78,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	var keys keyCache
 	for _, vm := range vms {
 		meta := vm.v.Meta()
-		s := sink{vm: vm.label, extra: meta.Labels, libvirt: meta.Libvirt, out: out[:0], c: c, k: &keys}
+		s := sink{vm: vm.label, extra: meta.Labels, libvirt: meta.Kind == fleet.Libvirt, out: out[:0], c: c, k: &keys}
 		s.emit(vmMetrics, vm.v.LockRead())
 		vm.v.Unlock()
 		out = s.out
@@ -192,7 +192,7 @@ type sink struct {
 	text *textScratch
 	// k keeps sorted keys for the VM being emitted (reset by emit).
 	k *keyCache
-	// libvirt: the VM is seen through libvirt (fleet.Meta.Libvirt).
+	// libvirt: the VM is seen through libvirt (fleet.Meta.Kind).
 	libvirt bool
 }
 

@@ -254,7 +254,7 @@ func render(v *fleet.VM, vm string, st *vmstate.State, vr variant) *renderedVM {
 		s.omCreated = omCreated
 	}
 	meta := v.Meta()
-	e := sink{vm: vm, extra: meta.Labels, libvirt: meta.Libvirt, text: s, k: &s.keys}
+	e := sink{vm: vm, extra: meta.Labels, libvirt: meta.Kind == fleet.Libvirt, text: s, k: &s.keys}
 	e.emit(textFamilies, st)
 	s.off[len(textFamilies)] = uint32(len(s.buf))
 	r := &renderedVM{gen: v.Gen(), vm: vm, data: slices.Clone(s.buf), off: slices.Clone(s.off)}

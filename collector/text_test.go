@@ -155,7 +155,7 @@ func TestTextWriterMatchesCollectorFleet(t *testing.T) {
 		i++
 	})
 	// A VM seen through libvirt, without the QMP-only metrics.
-	v, err := f.Add("libvirt\x00lv", fleet.Meta{DefaultName: "lv", Libvirt: true}, time.Now())
+	v, err := f.Add("libvirt\x00lv", fleet.Meta{DefaultName: "lv", Kind: fleet.Libvirt}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}

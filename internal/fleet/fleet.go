@@ -43,12 +43,10 @@ type Meta struct {
 	// unreachable for Options.StaleAfter (a discovered socket may linger
 	// after QEMU was killed; a VM that dialled in may never come back).
 	HideWhenStale bool
-	// Libvirt marks a VM seen through libvirt rather than through a QMP
-	// session of the exporter's own: what only such a session knows (its
-	// connection counters, and the events libvirt does not relay) is
-	// absent for it, not zero.
-	Libvirt bool
-	// Kind says how the VM is reached, for pages and the event log.
+	// Kind says how the VM is reached. A VM seen through libvirt rather
+	// than through a QMP session of the exporter's own lacks what only
+	// such a session knows (its connection counters, and the events
+	// libvirt does not relay): those are absent for it, not zero.
 	Kind Kind
 }
 

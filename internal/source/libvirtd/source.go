@@ -488,7 +488,7 @@ func (s *Source) addLocked(dom libvirt.Domain, uuid string, now time.Time) *doma
 		return nil
 	}
 	vm, err := s.fleet.Add("libvirt\x00"+uuid, fleet.Meta{DefaultName: vmstate.CleanLabel(dom.Name), Labels: s.opts.Labels,
-		HideWhenStale: true, Address: "libvirt:" + dom.Name, Libvirt: true, Kind: fleet.Libvirt}, now)
+		HideWhenStale: true, Address: "libvirt:" + dom.Name, Kind: fleet.Libvirt}, now)
 	if err != nil {
 		level.Error(s.logger).Log("msg", "cannot keep libvirt domain", "domain", dom.Name, "err", err)
 		return nil
