@@ -99,9 +99,11 @@ func (s *State) foldData(name string, f *qmp.Fields) (Need, bool) {
 		}
 	case "RESUME":
 		s.Status = "running" // QEMU's vm_start: always "running"
+		n := s.resetIOStatus()
 		if s.migrationMayRun() {
-			return NeedMigrate, true
+			n |= NeedMigrate
 		}
+		return n, true
 	case "WAKEUP":
 		s.Status = "running"
 	case "SUSPEND":
@@ -406,8 +408,38 @@ func foldIOError(s *State, f *qmp.Fields) (Need, bool) {
 		// device's io-status changes
 		s.Status = "io-error"
 		n |= NeedStatus | NeedBlock
+		d.setIOError(f)
 	}
 	return n, true
+}
+
+// setIOError records a stopping error in the device's io-status as QEMU
+// does: the first error since the status was last ok sets it (nospace
+// for ENOSPC, failed for any other), later ones leave it. A status not
+// known stays unknown: it may hold an earlier error.
+func (d *BlockDev) setIOError(f *qmp.Fields) {
+	if d.IOStatus != "ok" {
+		return
+	}
+	d.IOStatus = "failed"
+	if ns, _ := f.Bool("nospace"); ns {
+		d.IOStatus = "nospace"
+	}
+}
+
+// resetIOStatus applies a RESUME to the devices' io-status: QEMU's cont
+// sets every device's status back to ok before it starts the VM. It asks
+// for query-block when a status changed, which tells for sure (a RESUME
+// that was not a cont leaves the statuses).
+func (s *State) resetIOStatus() Need {
+	var n Need
+	for _, d := range s.Devices {
+		if d.IOStatus == "failed" || d.IOStatus == "nospace" {
+			d.IOStatus = "ok"
+			n = NeedBlock
+		}
+	}
+	return n
 }
 
 func foldCorrupted(s *State, f *qmp.Fields) (Need, bool) {

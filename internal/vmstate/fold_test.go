@@ -3,6 +3,7 @@ package vmstate
 import (
 	"bufio"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -507,5 +508,41 @@ func TestIOErrorOfUnknownOperation(t *testing.T) {
 	d := s.Devices["virtio-disk0"]
 	if d == nil || d.IOErrors[len(IOOperations)] != [3]uint64{0, 1, 0} || d.Nospace != 1 || s.DataErrors != 1 {
 		t.Fatalf("device %+v, data errors %d; want one unknown-operation report, one nospace, one data error", d, s.DataErrors)
+	}
+}
+
+// TestIOStatusFollowsStoppingErrors: a device's io-status follows QEMU's
+// rules between two query-block replies. An error that stops the VM sets
+// it when it was ok (nospace for ENOSPC, failed otherwise), the first
+// error wins until a RESUME (QEMU's cont) sets every device back to ok,
+// and an error that does not stop leaves it. A status not known stays
+// unknown. Each change asks for query-block, which says for sure.
+func TestIOStatusFollowsStoppingErrors(t *testing.T) {
+	s := New()
+	s.SetBlock([]BlockEntry{{Qdev: "disk0", IOStatus: "ok"}, {Qdev: "disk1", IOStatus: "ok"}, {Qdev: "cd0"}})
+	ioError := func(dev, action string, nospace bool) Need {
+		return s.Apply(qmp.Event{Name: "BLOCK_IO_ERROR", Data: fmt.Appendf(nil,
+			`{"device": "", "qom-path": "/machine/peripheral/%s", "operation": "write", "action": %q, "nospace": %t}`, dev, action, nospace)})
+	}
+	status := func() string {
+		return s.Devices["disk0"].IOStatus + "," + s.Devices["disk1"].IOStatus + "," + s.Devices["cd0"].IOStatus
+	}
+	ioError("disk0", "report", true)
+	want(t, "after an error that does not stop", "ok,ok,", status())
+	if n := ioError("disk0", "stop", true); n&NeedBlock == 0 {
+		t.Error("a stopping error did not ask for query-block")
+	}
+	want(t, "after ENOSPC that stops", "nospace,ok,", status())
+	ioError("disk0", "stop", false)
+	ioError("disk1", "stop", false)
+	want(t, "after more stopping errors", "nospace,failed,", status())
+	ioError("cd0", "stop", false)
+	want(t, "a status QEMU does not report", "nospace,failed,", status())
+	if n := s.Apply(qmp.Event{Name: "RESUME"}); n&NeedBlock == 0 {
+		t.Error("a RESUME that reset statuses did not ask for query-block")
+	}
+	want(t, "after RESUME", "ok,ok,", status())
+	if n := s.Apply(qmp.Event{Name: "RESUME"}); n&NeedBlock != 0 {
+		t.Error("a RESUME with every status ok asked for query-block")
 	}
 }
