@@ -40,6 +40,7 @@ var allowed = map[uint32]string{
 	212: "domain-get-state",
 	159: "domain-memory-stats",
 	273: "connect-list-all-domains",
+	298: "domain-get-job-stats", // never discarding the completed job's (checkArgs)
 	316: "connect-domain-event-callback-register-any",
 	317: "connect-domain-event-callback-deregister-any",
 }
@@ -130,23 +131,37 @@ func checkHeader(h []byte) error {
 	return nil
 }
 
-// domainXMLSecure is VIR_DOMAIN_XML_SECURE: the XML with its secrets
-// (console passwords). The read-only socket refuses it; the guard
-// refuses it too, whatever socket it is given.
-const domainXMLSecure = 1
+// Flags the guard checks. domainXMLSecure is VIR_DOMAIN_XML_SECURE: the
+// XML with its secrets (console passwords); the read-only socket refuses
+// it, and the guard refuses it too, whatever socket it is given.
+// jobStatsCompleted asks for the last completed job's statistics, which
+// libvirt then discards unless jobStatsKeepCompleted is set too: a read
+// that would take them from an administrator's `virsh domjobinfo
+// --completed` is refused.
+const (
+	domainXMLSecure       = 1
+	jobStatsCompleted     = 1
+	jobStatsKeepCompleted = 2
+)
 
 // checkArgs accepts the arguments of a whole frame whose header passed:
-// domain-get-xml-desc only without the secure flag. Its arguments end
+// domain-get-xml-desc only without the secure flag, domain-get-job-stats
+// only keeping a completed job's statistics. The arguments of both end
 // with the flags (remote_protocol.x: the domain, then unsigned flags).
 func checkArgs(f []byte) error {
-	if binary.BigEndian.Uint32(f[12:16]) != 14 {
+	proc := binary.BigEndian.Uint32(f[12:16])
+	if proc != 14 && proc != 298 {
 		return nil
 	}
 	if len(f) < headerBytes+4 {
-		return fmt.Errorf("%w: domain-get-xml-desc without its arguments", ErrNotAllowed)
+		return fmt.Errorf("%w: %s without its arguments", ErrNotAllowed, allowed[proc])
 	}
-	if flags := binary.BigEndian.Uint32(f[len(f)-4:]); flags&domainXMLSecure != 0 {
+	flags := binary.BigEndian.Uint32(f[len(f)-4:])
+	switch {
+	case proc == 14 && flags&domainXMLSecure != 0:
 		return fmt.Errorf("%w: domain-get-xml-desc with the secure flag (flags %#x)", ErrNotAllowed, flags)
+	case proc == 298 && flags&jobStatsCompleted != 0 && flags&jobStatsKeepCompleted == 0:
+		return fmt.Errorf("%w: domain-get-job-stats discarding the completed job's statistics (flags %#x)", ErrNotAllowed, flags)
 	}
 	return nil
 }

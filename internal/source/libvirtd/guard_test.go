@@ -51,7 +51,9 @@ func (r *recordConn) Close() error { r.closed = true; return nil }
 // reaches the socket, and the connection is closed.
 func TestGuardSplitsAndChecksFrames(t *testing.T) {
 	allowedFrame := frame(remoteProgram, 212, 40) // domain-get-state
-	stream := slices.Concat(allowedFrame, frame(remoteProgram, 273, 8), frame(remoteProgram, 4, 0))
+	keptJobStats := frame(remoteProgram, 298, 40) // domain-get-job-stats
+	binary.BigEndian.PutUint32(keptJobStats[len(keptJobStats)-4:], jobStatsCompleted|jobStatsKeepCompleted)
+	stream := slices.Concat(allowedFrame, frame(remoteProgram, 273, 8), frame(remoteProgram, 4, 0), keptJobStats)
 	for cut := 1; cut < len(stream); cut++ {
 		r := &recordConn{}
 		g := &guardedConn{Conn: r}
@@ -77,6 +79,11 @@ func TestGuardSplitsAndChecksFrames(t *testing.T) {
 		{"domain-get-xml-desc with the secure flag", func() []byte {
 			b := frame(remoteProgram, 14, 40)
 			binary.BigEndian.PutUint32(b[len(b)-4:], domainXMLSecure)
+			return b
+		}()},
+		{"domain-get-job-stats discarding the completed job's", func() []byte {
+			b := frame(remoteProgram, 298, 40)
+			binary.BigEndian.PutUint32(b[len(b)-4:], jobStatsCompleted)
 			return b
 		}()},
 		{"an oversized call", func() []byte {
@@ -173,6 +180,10 @@ func TestForbiddenCallNeverReachesLibvirtd(t *testing.T) {
 		}},
 		{"domain-get-xml-desc with the secure flag", func(l *libvirt.Libvirt) error {
 			_, err := l.DomainGetXMLDesc(libvirt.Domain{Name: "vm1"}, libvirt.DomainXMLSecure)
+			return err
+		}},
+		{"domain-get-job-stats discarding the completed job's", func(l *libvirt.Libvirt) error {
+			_, _, err := l.DomainGetJobStats(libvirt.Domain{Name: "vm1"}, libvirt.DomainJobStatsCompleted)
 			return err
 		}},
 	} {
