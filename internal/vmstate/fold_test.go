@@ -546,3 +546,16 @@ func TestIOStatusFollowsStoppingErrors(t *testing.T) {
 		t.Error("a RESUME with every status ok asked for query-block")
 	}
 }
+
+// TestAlikeEndsSeenRunningCountTwice: two failed migrations report the
+// same end (QEMU gives a failed one no figures); each counts when a poll
+// saw it in progress, and a repeated reply of the same end does not.
+func TestAlikeEndsSeenRunningCountTwice(t *testing.T) {
+	s := New()
+	for i := range 2 {
+		s.SetMigrate(MigrateInfo{Status: "active"})
+		s.SetMigrate(MigrateInfo{Status: "failed"})
+		s.SetMigrate(MigrateInfo{Status: "failed"})
+		want(t, fmt.Sprintf("failed after migration %d", i+1), uint64(i+1), s.MigrationEnds[1])
+	}
+}

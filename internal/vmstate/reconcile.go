@@ -12,12 +12,15 @@ import (
 
 // BlockEntry is the part of a query-block entry the exporter reads.
 type BlockEntry struct {
-	Device    string `json:"device"` // BlockBackend name; "" when anonymous
-	Qdev      string `json:"qdev"`   // qdev id, or QOM path without one
-	TrayOpen  *bool  `json:"tray_open"`
-	IOStatus  string `json:"io-status"`
-	Removable bool   `json:"removable"`
-	Inserted  *struct {
+	Device   string `json:"device"` // BlockBackend name; "" when anonymous
+	Qdev     string `json:"qdev"`   // qdev id, or QOM path without one
+	TrayOpen *bool  `json:"tray_open"`
+	IOStatus string `json:"io-status"`
+	// KeepIOStatus: the source cannot tell the io-status now; the device
+	// keeps the one events told.
+	KeepIOStatus bool `json:"-"`
+	Removable    bool `json:"removable"`
+	Inserted     *struct {
 		NodeName string `json:"node-name"`
 	} `json:"inserted"`
 }
@@ -58,10 +61,12 @@ func (s *State) SetBlock(entries []BlockEntry) {
 		if n := nodeNameOf(e); n != "" {
 			nodes[n] = label
 		}
-		d.IOStatus = ""
-		switch e.IOStatus {
-		case "ok", "failed", "nospace":
-			d.IOStatus = e.IOStatus
+		if !e.KeepIOStatus {
+			d.IOStatus = ""
+			switch e.IOStatus {
+			case "ok", "failed", "nospace":
+				d.IOStatus = e.IOStatus
+			}
 		}
 		if e.TrayOpen != nil {
 			if *e.TrayOpen {
@@ -88,19 +93,22 @@ func nodeNameOf(e BlockEntry) string {
 
 // MigrateInfo is the part of query-migrate the exporter reads.
 type MigrateInfo struct {
-	Status string `json:"status"`
-	RAM    *struct {
-		Transferred    uint64  `json:"transferred"`
-		Remaining      uint64  `json:"remaining"`
-		Total          uint64  `json:"total"`
-		DirtyPagesRate float64 `json:"dirty-pages-rate"`
-		DirtySyncCount uint64  `json:"dirty-sync-count"`
-	} `json:"ram"`
-	ErrorDesc        string   `json:"error-desc"`
-	TotalTime        *float64 `json:"total-time"`
-	ExpectedDowntime *float64 `json:"expected-downtime"`
-	Downtime         *float64 `json:"downtime"`
-	SetupTime        *float64 `json:"setup-time"`
+	Status           string      `json:"status"`
+	RAM              *MigrateRAM `json:"ram"`
+	ErrorDesc        string      `json:"error-desc"`
+	TotalTime        *float64    `json:"total-time"`
+	ExpectedDowntime *float64    `json:"expected-downtime"`
+	Downtime         *float64    `json:"downtime"`
+	SetupTime        *float64    `json:"setup-time"`
+}
+
+// MigrateRAM is query-migrate's ram member.
+type MigrateRAM struct {
+	Transferred    uint64  `json:"transferred"`
+	Remaining      uint64  `json:"remaining"`
+	Total          uint64  `json:"total"`
+	DirtyPagesRate float64 `json:"dirty-pages-rate"`
+	DirtySyncCount uint64  `json:"dirty-sync-count"`
 }
 
 func msString(v *float64) string {
@@ -164,8 +172,9 @@ func (s *State) SetMigrate(q MigrateInfo) {
 			if s.Migration.Known && s.Migration.inProgress() && !s.Migration.endCounted {
 				s.countMigrationEnd(st)
 			}
-		case key == s.Migration.endKey, s.Migration.eventEnd:
-			// The same end as before, or one its event counted.
+		case key == s.Migration.endKey && s.Migration.endCounted, s.Migration.eventEnd:
+			// The same end as before (no status in progress was seen
+			// since), or one its event counted.
 		case s.Migration.unfinal && strings.HasPrefix(s.Migration.endKey, stable+"|"):
 			// The final figures of the end seen a moment ago.
 		default:

@@ -198,6 +198,10 @@ func (m *Migration) Polled() bool {
 	return m.inProgress() || m.unfinal && m.unfinalPolls < MaxUnfinalPolls
 }
 
+// InProgress reports whether the migration runs: its status is neither
+// an end nor none.
+func (m *Migration) InProgress() bool { return m.inProgress() }
+
 func (m *Migration) inProgress() bool {
 	switch m.Status {
 	case "", "none", "completed", "failed", "cancelled":
