@@ -32,7 +32,16 @@ const (
 	// primary IDE channel, target FullDiskTarget, with ATA PIO (WRITE
 	// SECTORS). With DomainOptions.FullDisk the write fails with ENOSPC.
 	GuestDiskWrite
+	// GuestBallast does nothing but halt; its image carries BallastBytes
+	// of data after the code, which QEMU loads into guest memory with it.
+	// A migration of the domain (a virsh save) then has that much RAM to
+	// move, enough to stall on a reader that does not read.
+	GuestBallast
 )
+
+// BallastBytes is the data GuestBallast's image carries: far more than
+// libvirt and a pipe buffer between QEMU and a save file (about 1 MiB).
+const BallastBytes = 8 << 20
 
 // GuestWatchdogTimeout is the ib700 timeout GuestWatchdog sets: the
 // watchdog fires this long (QEMU's virtual clock, which follows the host's
@@ -51,6 +60,8 @@ func (g GuestAction) String() string {
 		return "watchdog"
 	case GuestDiskWrite:
 		return "diskwrite"
+	case GuestBallast:
+		return "ballast"
 	}
 	return fmt.Sprintf("GuestAction(%d)", int(g))
 }
@@ -150,6 +161,7 @@ func guestImage(kind GuestAction) ([]byte, error) {
 		c.movECX(sectorWords)
 		c.movESI(loadAddr)
 		c.repOutsw()
+	case GuestBallast:
 	default:
 		return nil, fmt.Errorf("virtlab: unknown guest action %d", int(kind))
 	}
@@ -166,7 +178,14 @@ func guestImage(kind GuestAction) ([]byte, error) {
 	le.PutUint32(img[20:], 0)                        // load_end_addr: 0 loads the whole file
 	le.PutUint32(img[24:], 0)                        // bss_end_addr: no bss
 	le.PutUint32(img[28:], entryAddr)                // entry_addr
-	return append(img, c.b...), nil
+	img = append(img, c.b...)
+	if kind == GuestBallast {
+		// No page of it is all zeros, which QEMU would migrate as a flag.
+		for i := range BallastBytes {
+			img = append(img, byte(i%251+1))
+		}
+	}
+	return img, nil
 }
 
 // code assembles 32-bit x86 machine code (protected mode, default operand

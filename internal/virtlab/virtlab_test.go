@@ -2,6 +2,7 @@ package virtlab
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/hex"
@@ -888,6 +889,7 @@ func TestGuestImage(t *testing.T) {
 			"EC A8 09 74 FB " + // wait: in al, dx; test al, DRQ|ERR; jz wait
 			"66 BA F0 01 B9 00 01 00 00 BE 00 00 10 00 F3 66 6F " + // dx = data; ecx = 256; esi = 1 MiB; rep outsw
 			halt},
+		{GuestBallast, halt},
 	} {
 		img, err := guestImage(c.kind)
 		if err != nil {
@@ -905,6 +907,14 @@ func TestGuestImage(t *testing.T) {
 			if got := le.Uint32(img[12+4*i:]); got != want {
 				t.Errorf("%v: address field %d = %#x, want %#x", c.kind, i, got, want)
 			}
+		}
+		if c.kind == GuestBallast {
+			// The ballast after the code, in which no byte is zero.
+			ballast := img[len(img)-BallastBytes:]
+			if bytes.IndexByte(ballast, 0) >= 0 {
+				t.Errorf("%v: a zero byte in the ballast", c.kind)
+			}
+			img = img[:len(img)-BallastBytes]
 		}
 		if got := strings.ToUpper(hex.EncodeToString(img[32:])); got != strings.ReplaceAll(c.code, " ", "") {
 			t.Errorf("%v: code\n%s, want\n%s", c.kind, got, strings.ReplaceAll(c.code, " ", ""))

@@ -123,7 +123,12 @@ type domainXML struct {
 	} `xml:"devices>graphics"`
 	Disks []struct {
 		Device string `xml:"device,attr"`
+		Driver struct {
+			ErrorPolicy  string `xml:"error_policy,attr"`
+			RErrorPolicy string `xml:"rerror_policy,attr"`
+		} `xml:"driver"`
 		Target struct {
+			Bus  string `xml:"bus,attr"`
 			Tray string `xml:"tray,attr"`
 		} `xml:"target"`
 		Alias struct {
@@ -174,7 +179,9 @@ func (x *domainXML) graphicsPort(typ string) (string, bool) {
 }
 
 // blockEntries reads a domain's disks from its live XML as query-block
-// would list them: qdev id, removable or not, tray.
+// would list them: qdev id, removable or not, tray, and an io-status of
+// ok for the disks QEMU keeps one for (see reportsIOStatus); the source
+// corrects that for a domain paused on an I/O error.
 func blockEntries(desc string) ([]vmstate.BlockEntry, error) {
 	x, err := readXML(desc)
 	if err != nil {
@@ -190,6 +197,9 @@ func (x *domainXML) blockEntries() []vmstate.BlockEntry {
 			continue
 		}
 		e := vmstate.BlockEntry{Qdev: d.Alias.Name}
+		if reportsIOStatus(d.Device, d.Target.Bus, d.Driver.ErrorPolicy, d.Driver.RErrorPolicy) {
+			e.IOStatus = "ok"
+		}
 		if d.Device == "cdrom" || d.Device == "floppy" {
 			e.Removable = true
 			open := d.Target.Tray == "open"
@@ -198,6 +208,25 @@ func (x *domainXML) blockEntries() []vmstate.BlockEntry {
 		out = append(out, e)
 	}
 	return out
+}
+
+// reportsIOStatus says whether QEMU keeps an io-status (query-block's
+// io-status) for a disk: the IDE, SATA, SCSI and virtio devices keep one
+// when an error may stop the VM, that is with a write error policy of
+// stop or enospc (libvirt's default leaves QEMU's, enospc) or a read error
+// policy of stop.
+func reportsIOStatus(device, bus, errorPolicy, rerrorPolicy string) bool {
+	switch {
+	case device != "disk" && device != "cdrom":
+		return false
+	case bus != "ide" && bus != "sata" && bus != "scsi" && bus != "virtio":
+		return false
+	}
+	switch errorPolicy {
+	case "", "stop", "enospc":
+		return true
+	}
+	return rerrorPolicy == "stop"
 }
 
 // vncEvents and spiceEvents are the QMP events of libvirt's graphics
@@ -240,9 +269,12 @@ type translation struct {
 	event qmp.Event
 	// status is the run state it leaves the domain in; "" for no change.
 	status string
+	// migrate: how the migration that runs ended, if it did.
+	migrate *vmstate.MigrateInfo
 	// stopped: the domain's QEMU is gone. resync: read the domain's
-	// state again (it started, or came back).
-	stopped, resync bool
+	// state again (it started, or came back). migrating: a migration
+	// runs, whose statistics the source polls.
+	stopped, resync, migrating bool
 }
 
 // translate turns an event from go-libvirt's SubscribeEvents into what
@@ -290,6 +322,9 @@ func translate(msg any, now time.Time) (t translation, ok bool) {
 		return translation{dom: m.Msg.Dom, event: ev("SUSPEND_DISK", "")}, true
 	case *libvirt.DomainEventCallbackPmwakeupMsg:
 		return translation{dom: m.Msg.Dom, event: ev("WAKEUP", ""), status: "running"}, true
+	case *libvirt.DomainEventCallbackMigrationIterationMsg:
+		// QEMU's MIGRATION_PASS: the first comes as a migration starts.
+		return translation{dom: m.Dom, event: ev("MIGRATION_PASS", `{"pass": `+strconv.Itoa(int(m.Iteration))+`}`), migrating: true}, true
 	case *libvirt.DomainEventCallbackDeviceRemovedMsg:
 		a := strconv.Quote(m.Msg.DevAlias)
 		return translation{dom: m.Msg.Dom, event: ev("DEVICE_DELETED", `{"device": `+a+`, "path": `+strconv.Quote("/machine/peripheral/"+m.Msg.DevAlias)+`}`)}, true
@@ -306,7 +341,8 @@ func lifecycle(m libvirt.DomainEventLifecycleMsg, ev func(name, data string) qmp
 	case libvirt.DomainEventSuspended:
 		t.event, t.status = ev("STOP", ""), suspendedState(libvirt.DomainEventSuspendedDetailType(m.Detail))
 	case libvirt.DomainEventResumed:
-		t.event, t.status = ev("RESUME", ""), "running"
+		// Read again: a disk whose io-status was not known is ok now.
+		t.event, t.status, t.resync = ev("RESUME", ""), "running", true
 	case libvirt.DomainEventShutdown:
 		// libvirt's detail says whether the guest asked (QMP's guest
 		// member); QMP's reason it does not pass on.
@@ -331,10 +367,87 @@ func lifecycle(m libvirt.DomainEventLifecycleMsg, ev func(name, data string) qmp
 		}
 	case libvirt.DomainEventStopped:
 		t.stopped = true
+		// libvirt stops a domain saved or migrated away once QEMU has
+		// completed the migration.
+		switch libvirt.DomainEventStoppedDetailType(m.Detail) {
+		case libvirt.DomainEventStoppedSaved, libvirt.DomainEventStoppedMigrated:
+			t.migrate = &vmstate.MigrateInfo{Status: "completed"}
+		}
 	default:
 		return t, false // defined, undefined: no QEMU behind them
 	}
 	return t, true
+}
+
+// migrationOut are the jobs in which QEMU migrates out: to another host,
+// or into a file (a save, a dump, a snapshot's memory).
+var migrationOut = map[libvirt.DomainJobOperation]bool{
+	libvirt.DomainJobOperationStrMigrationOut: true,
+	libvirt.DomainJobOperationStrSave:         true,
+	libvirt.DomainJobOperationStrDump:         true,
+	libvirt.DomainJobOperationStrSnapshot:     true,
+}
+
+// jobStatuses are QEMU's MigrationStatus of libvirt's job types.
+var jobStatuses = map[libvirt.DomainJobType]string{
+	libvirt.DomainJobBounded:   "active",
+	libvirt.DomainJobUnbounded: "active",
+	libvirt.DomainJobCompleted: "completed",
+	libvirt.DomainJobFailed:    "failed",
+	libvirt.DomainJobCancelled: "cancelled",
+}
+
+// migrateInfo reads libvirt's statistics of a job (virDomainGetJobStats)
+// as query-migrate would report the migration;
+// ok is false for a job that is not QEMU migrating out, or that did not
+// move RAM (libvirt's operation needs libvirt 3.3). libvirt's times are
+// milliseconds, as QEMU's; its downtime is the expected one while the job
+// runs and the real one after.
+func migrateInfo(typ int32, params []libvirt.TypedParam) (vmstate.MigrateInfo, bool) {
+	p := make(map[string]uint64, len(params))
+	for _, tp := range params {
+		if v, ok := paramUint(tp.Value.I); ok {
+			p[tp.Field] = v
+		}
+	}
+	status, known := jobStatuses[libvirt.DomainJobType(typ)]
+	op, hasOp := p["operation"]
+	if _, hasRAM := p["memory_total"]; !known || !hasOp || !hasRAM || !migrationOut[libvirt.DomainJobOperation(op)] {
+		return vmstate.MigrateInfo{}, false
+	}
+	ms := func(name string) *float64 {
+		v, ok := p[name]
+		if !ok {
+			return nil
+		}
+		f := float64(v)
+		return &f
+	}
+	q := vmstate.MigrateInfo{Status: status, TotalTime: ms("time_elapsed"), SetupTime: ms("setup_time")}
+	if status == "active" {
+		q.ExpectedDowntime = ms("downtime")
+	} else {
+		q.Downtime = ms("downtime")
+	}
+	q.RAM = &vmstate.MigrateRAM{Transferred: p["memory_processed"], Remaining: p["memory_remaining"], Total: p["memory_total"],
+		DirtyPagesRate: float64(p["memory_dirty_rate"]), DirtySyncCount: p["memory_iteration"]}
+	return q, true
+}
+
+// paramUint is a typed parameter's value as an unsigned integer, if it is
+// a non-negative integer.
+func paramUint(v any) (uint64, bool) {
+	switch n := v.(type) {
+	case uint64:
+		return n, true
+	case uint32:
+		return uint64(n), true
+	case int64:
+		return uint64(n), n >= 0
+	case int32:
+		return uint64(n), n >= 0
+	}
+	return 0, false
 }
 
 // uuidString formats a domain's UUID as libvirt and QEMU print it.

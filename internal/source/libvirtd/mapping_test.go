@@ -1,11 +1,14 @@
 package libvirtd
 
 import (
+	"maps"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
 )
@@ -63,7 +66,7 @@ func TestTranslateFoldsLikeQEMU(t *testing.T) {
 	}{
 		{"suspended for an I/O error", lc(libvirt.DomainEventSuspended, int32(libvirt.DomainEventSuspendedIoerror)), view{Event: "STOP", Status: "io-error"}},
 		{"suspended by the watchdog", lc(libvirt.DomainEventSuspended, int32(libvirt.DomainEventSuspendedWatchdog)), view{Event: "STOP", Status: "watchdog"}},
-		{"resumed", lc(libvirt.DomainEventResumed, 0), view{Event: "RESUME", Status: "running"}},
+		{"resumed", lc(libvirt.DomainEventResumed, 0), view{Event: "RESUME", Status: "running", Resync: true}},
 		{"started", lc(libvirt.DomainEventStarted, 0), view{Resync: true}},
 		{"stopped", lc(libvirt.DomainEventStopped, int32(libvirt.DomainEventStoppedDestroyed)), view{Stopped: true}},
 		{"guest shut down", lc(libvirt.DomainEventShutdown, int32(libvirt.DomainEventShutdownGuest)),
@@ -138,21 +141,36 @@ func TestUUIDAndVersion(t *testing.T) {
 	}
 }
 
+// TestBlockEntries reads the disks of a domain's XML as query-block lists
+// them: a disk without an alias is not one QEMU names, a CD-ROM has a
+// tray, and the disks QEMU keeps an io-status for have one (ok, which the
+// source corrects when the domain is paused on an I/O error): IDE, SATA,
+// SCSI and virtio disks and CD-ROMs whose errors may stop the VM.
 func TestBlockEntries(t *testing.T) {
 	got, err := blockEntries(`<domain type='qemu'><name>web</name><devices>
   <disk type='file' device='disk'><target dev='vda' bus='virtio'/><alias name='virtio-disk0'/></disk>
   <disk type='file' device='cdrom'><target dev='hdc' bus='ide' tray='open'/><alias name='ide0-1-0'/></disk>
   <disk type='file' device='cdrom'><target dev='hdd' bus='ide'/><alias name='ide0-1-1'/></disk>
   <disk type='file' device='disk'><target dev='vdb' bus='virtio'/></disk>
+  <disk type='file' device='disk'><driver name='qemu' error_policy='report'/><target dev='vdc' bus='virtio'/><alias name='virtio-disk2'/></disk>
+  <disk type='file' device='disk'><driver name='qemu' error_policy='report' rerror_policy='stop'/><target dev='sda' bus='sata'/><alias name='sata0-0-0'/></disk>
+  <disk type='file' device='disk'><driver name='qemu' error_policy='stop'/><target dev='sdb' bus='scsi'/><alias name='scsi0-0-0-1'/></disk>
+  <disk type='file' device='disk'><driver name='qemu' error_policy='ignore'/><target dev='sdc' bus='usb'/><alias name='ua-stick'/></disk>
+  <disk type='file' device='floppy'><target dev='fda' bus='fdc'/><alias name='fdc0-0-0'/></disk>
 </devices></domain>`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	open, closed := true, false
 	want := []vmstate.BlockEntry{
-		{Qdev: "virtio-disk0"},
-		{Qdev: "ide0-1-0", Removable: true, TrayOpen: &open},
-		{Qdev: "ide0-1-1", Removable: true, TrayOpen: &closed},
+		{Qdev: "virtio-disk0", IOStatus: "ok"},
+		{Qdev: "ide0-1-0", Removable: true, TrayOpen: &open, IOStatus: "ok"},
+		{Qdev: "ide0-1-1", Removable: true, TrayOpen: &closed, IOStatus: "ok"},
+		{Qdev: "virtio-disk2"},
+		{Qdev: "sata0-0-0", IOStatus: "ok"},
+		{Qdev: "scsi0-0-0-1", IOStatus: "ok"},
+		{Qdev: "ua-stick"},
+		{Qdev: "fdc0-0-0", Removable: true, TrayOpen: &closed},
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("(-want +got):\n%s", diff)
@@ -265,5 +283,93 @@ func TestHasBalloon(t *testing.T) {
 		if err != nil || x.hasBalloon() != want {
 			t.Errorf("%s: hasBalloon = %v (err %v), want %v", xml, x.hasBalloon(), err, want)
 		}
+	}
+}
+
+// jobParams are the typed parameters libvirt gives a job's statistics,
+// with the types libvirt gives them (operation an int, figures unsigned
+// long longs).
+func jobParams(op libvirt.DomainJobOperation, extra map[string]uint64) []libvirt.TypedParam {
+	params := []libvirt.TypedParam{{Field: "operation", Value: *libvirt.NewTypedParamValueInt(int32(op))}}
+	for _, k := range slices.Sorted(maps.Keys(extra)) {
+		params = append(params, libvirt.TypedParam{Field: k, Value: *libvirt.NewTypedParamValueUllong(extra[k])})
+	}
+	return params
+}
+
+// savedFigures are the statistics of a real `virsh save` of a 64 MiB
+// guest on libvirt 9.0 and QEMU 7.2.
+var savedFigures = map[string]uint64{"time_elapsed": 197, "downtime": 190, "setup_time": 2,
+	"memory_total": 67502080, "memory_processed": 578341, "memory_remaining": 0, "memory_dirty_rate": 0, "memory_iteration": 3}
+
+// TestMigrationEvents: libvirt's migration-iteration is QEMU's
+// MIGRATION_PASS and has the job polled; a domain stopped because it was
+// saved or migrated away completed its migration, one stopped otherwise
+// did not.
+func TestMigrationEvents(t *testing.T) {
+	dom := libvirt.Domain{Name: "web", UUID: libvirt.UUID{0x5c, 0x0f}}
+	st := vmstate.New()
+	tr, ok := translate(&libvirt.DomainEventCallbackMigrationIterationMsg{Dom: dom, Iteration: 3}, time.Unix(1700000000, 0))
+	if !ok || tr.event.Name != "MIGRATION_PASS" || !tr.migrating {
+		t.Fatalf("migration-iteration: %+v, ok %v", tr, ok)
+	}
+	st.Apply(tr.event)
+	if st.Migration.Pass != 3 || st.DataErrors != 0 {
+		t.Errorf("pass %d, data errors %d", st.Migration.Pass, st.DataErrors)
+	}
+	for detail, completed := range map[libvirt.DomainEventStoppedDetailType]bool{
+		libvirt.DomainEventStoppedSaved: true, libvirt.DomainEventStoppedMigrated: true,
+		libvirt.DomainEventStoppedDestroyed: false, libvirt.DomainEventStoppedShutdown: false, libvirt.DomainEventStoppedFailed: false,
+	} {
+		msg := &libvirt.DomainEventCallbackLifecycleMsg{Msg: libvirt.DomainEventLifecycleMsg{Dom: dom, Event: int32(libvirt.DomainEventStopped), Detail: int32(detail)}}
+		tr, ok := translate(msg, time.Now())
+		if !ok || !tr.stopped || (tr.migrate != nil) != completed || completed && tr.migrate.Status != "completed" {
+			t.Errorf("stopped, detail %d: %+v; want a completed migration %v", detail, tr, completed)
+		}
+	}
+}
+
+// TestMigrateInfo reads polled job statistics as query-migrate: a running
+// job is active with libvirt's downtime as the expected one; an ended
+// one's status is libvirt's job type; no job is no migration.
+func TestMigrateInfo(t *testing.T) {
+	params := jobParams(libvirt.DomainJobOperationStrMigrationOut, map[string]uint64{"time_elapsed": 1500, "downtime": 300,
+		"memory_total": 1 << 30, "memory_processed": 1 << 28, "memory_remaining": 3 << 28, "memory_dirty_rate": 1200, "memory_iteration": 2})
+	q, ok := migrateInfo(int32(libvirt.DomainJobUnbounded), params)
+	if !ok || q.Status != "active" || q.ExpectedDowntime == nil || *q.ExpectedDowntime != 300 || q.Downtime != nil ||
+		q.RAM == nil || q.RAM.Remaining != 3<<28 || q.RAM.DirtyPagesRate != 1200 || q.SetupTime != nil {
+		t.Fatalf("running migration: %+v, ok %v", q, ok)
+	}
+	for typ, want := range map[libvirt.DomainJobType]string{libvirt.DomainJobFailed: "failed", libvirt.DomainJobCancelled: "cancelled", libvirt.DomainJobCompleted: "completed"} {
+		if q, ok := migrateInfo(int32(typ), params); !ok || q.Status != want || q.Downtime == nil || *q.Downtime != 300 {
+			t.Errorf("job type %d: %+v, ok %v; want status %s with the downtime", typ, q, ok, want)
+		}
+	}
+	if _, ok := migrateInfo(int32(libvirt.DomainJobNone), nil); ok {
+		t.Error("no job read as a migration")
+	}
+	// A real save's statistics, as the completed job's.
+	q, ok = migrateInfo(int32(libvirt.DomainJobCompleted), jobParams(libvirt.DomainJobOperationStrSave, savedFigures))
+	st := vmstate.New()
+	st.MarkUp(time.Now())
+	st.SetMigrate(vmstate.MigrateInfo{Status: "setup"})
+	st.SetMigrate(q)
+	want := vmstate.Migration{Status: "completed", Pass: 3, Transferred: 578341, Total: 67502080,
+		ExpectedDowntime: -1, TotalTime: 0.197, Downtime: 0.190, SetupTime: 0.002, Known: true, HaveRAM: true}
+	if !ok || st.MigrationEnds != [3]uint64{1, 0, 0} {
+		t.Errorf("a save's completed job: ok %v, ends %v; want one completed migration", ok, st.MigrationEnds)
+	}
+	if diff := cmp.Diff(want, st.Migration, cmpopts.IgnoreUnexported(vmstate.Migration{})); diff != "" {
+		t.Errorf("a save's completed job (-want +got):\n%s", diff)
+	}
+	// Operations in which QEMU does not migrate out are no migration.
+	for _, op := range []libvirt.DomainJobOperation{libvirt.DomainJobOperationStrStart, libvirt.DomainJobOperationStrRestore,
+		libvirt.DomainJobOperationStrMigrationIn, libvirt.DomainJobOperationStrBackup} {
+		if _, ok := migrateInfo(int32(libvirt.DomainJobCompleted), jobParams(op, savedFigures)); ok {
+			t.Errorf("a job of operation %d read as a migration out", op)
+		}
+	}
+	if _, ok := migrateInfo(int32(libvirt.DomainJobCompleted), jobParams(libvirt.DomainJobOperationStrSnapshot, map[string]uint64{"time_elapsed": 5})); ok {
+		t.Error("a snapshot that moved no RAM read as a migration")
 	}
 }

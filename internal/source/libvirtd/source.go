@@ -17,6 +17,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"sync"
 	"time"
@@ -113,6 +114,16 @@ type domain struct {
 	// the client reached.
 	vnc, spice        bool
 	vncPort, spiceTCP string
+	// applied counts the events folded into the VM (under its lock). A
+	// read during which it changed is older than those events, and leaves
+	// what they said; rereads counts such reads in a row.
+	applied uint64
+	rereads int
+	// ioSession is the session that last read the domain not paused on
+	// an I/O error (under the VM's lock): from then on, every error that
+	// pauses it comes as an event of that session, so the disks'
+	// io-status is known while it lasts.
+	ioSession *session
 }
 
 // New returns a source for the libvirtd at opts.Socket, whose domains
@@ -172,7 +183,12 @@ var eventIDs = []libvirt.DomainEventID{
 	libvirt.DomainEventIDWatchdog, libvirt.DomainEventIDIoErrorReason, libvirt.DomainEventIDTrayChange, libvirt.DomainEventIDBalloonChange,
 	libvirt.DomainEventIDPmsuspend, libvirt.DomainEventIDPmsuspendDisk, libvirt.DomainEventIDPmwakeup,
 	libvirt.DomainEventIDDeviceRemoved, libvirt.DomainEventIDGraphics,
+	libvirt.DomainEventIDMigrationIteration,
 }
+
+// Not job-completed: go-libvirt decodes events without its decoder of
+// typed parameters, so it drops every job-completed event. The end of a
+// migration is seen by polling its job instead (pollJob).
 
 // session is one connection: subscribe, read every domain, then follow
 // events and refresh until the connection ends or ctx does.
@@ -213,6 +229,8 @@ func (s *Source) session(ctx context.Context) error {
 	level.Info(s.logger).Log("msg", "libvirt connected", "qemu_version", ses.version, "domains", s.count())
 	tick := time.NewTicker(s.opts.RefreshInterval)
 	defer tick.Stop()
+	poll := time.NewTicker(migrationPoll)
+	defer poll.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -230,6 +248,10 @@ func (s *Source) session(ctx context.Context) error {
 			if err := ses.readPending(); err != nil {
 				return err
 			}
+		case <-poll.C:
+			if err := ses.pollMigrations(); err != nil {
+				return err
+			}
 		}
 	}
 }
@@ -241,9 +263,10 @@ type session struct {
 	c       *conn
 	version string // QEMU's, from libvirt
 
-	mu      sync.Mutex
-	pending map[string]libvirt.Domain // domains to read again, by UUID
-	wake    chan struct{}
+	mu        sync.Mutex
+	pending   map[string]libvirt.Domain // domains to read again, by UUID
+	migrating map[string]libvirt.Domain // domains whose migration is polled, by UUID
+	wake      chan struct{}
 }
 
 // handle folds one event into its domain's VM. It runs on go-libvirt's
@@ -266,9 +289,20 @@ func (ses *session) handle(msg any) {
 	if d == nil {
 		return
 	}
+	if t.migrating {
+		ses.pollMigration(t.dom)
+	}
 	st := d.vm.Lock()
+	d.applied++
+	if t.migrating && !st.Migration.InProgress() {
+		// A migration starts: QEMU sends its first pass in setup.
+		st.SetMigrate(vmstate.MigrateInfo{Status: "setup"})
+	}
 	if t.event.Name != "" {
 		d.vm.Apply(t.event) // the queries it may ask for are the session's reads
+	}
+	if t.migrate != nil && st.Migration.InProgress() {
+		st.SetMigrate(*t.migrate)
 	}
 	if t.status != "" {
 		st.SetStatus(t.status)
@@ -381,74 +415,249 @@ func (ses *session) readAll() error {
 	return nil
 }
 
-// read reads one domain's run state and, while it runs, its disks; a
-// domain that is gone is marked down.
+// read reads one domain and applies what it found; a domain that is gone
+// is marked down. Events that come meanwhile are newer than what it
+// read: it then leaves the VM as they made it, and reads again.
 func (ses *session) read(dom libvirt.Domain) error {
+	d := ses.s.ensure(dom, ses.version, time.Now())
+	if d == nil {
+		return nil
+	}
+	d.vm.LockRead()
+	applied := d.applied
+	d.vm.Unlock()
+	r, err := ses.fetch(dom)
+	if err != nil {
+		return err
+	}
+	st := d.vm.Lock()
+	defer d.vm.Unlock()
+	if d.applied != applied {
+		if d.rereads < maxRereads {
+			d.rereads++
+			ses.readLater(dom)
+		}
+		return nil
+	}
+	d.rereads = 0
+	now := time.Now()
+	if !r.active {
+		stopped(st, now)
+		return nil
+	}
+	st.MarkUp(now)
+	st.SetStatus(r.status)
+	if r.migration != nil {
+		st.SetMigrate(*r.migration)
+		ses.pollMigration(dom)
+	}
+	if x := r.x; x != nil {
+		if disks := x.blockEntries(); disks != nil {
+			ses.ioStatuses(d, r.status, disks)
+			st.SetBlock(disks)
+		}
+		st.SetOpenStack(x.openStack())
+		st.SetBalloon(r.balloon, r.haveBalloon)
+		d.vncPort, d.vnc = x.graphicsPort("vnc")
+		d.spiceTCP, d.spice = x.graphicsPort("spice")
+		setDisplay(&st.VNC, d.vnc)
+		setDisplay(&st.Spice, d.spice)
+	}
+	return nil
+}
+
+// maxRereads bounds the reads in a row that events make stale (a domain
+// with a steady stream of events); the next refresh reads it anyway.
+const maxRereads = 3
+
+// domainRead is what one read of a domain found.
+type domainRead struct {
+	status string
+	active bool       // the domain's QEMU runs
+	x      *domainXML // its live XML; nil if it could not be read
+	// balloon is the balloon's size in bytes, if it has one.
+	balloon     uint64
+	haveBalloon bool
+	// migration is the outgoing migration that runs, if one does.
+	migration *vmstate.MigrateInfo
+}
+
+// fetch reads a domain's run state and, while it runs, its live XML,
+// balloon and migration.
+func (ses *session) fetch(dom libvirt.Domain) (domainRead, error) {
+	var r domainRead
 	var state, reason int32
 	err := ses.c.call(func() (err error) { state, reason, err = ses.l.DomainGetState(dom, 0); return err })
 	if libvirt.IsNotFound(err) {
 		state, err = int32(libvirt.DomainShutoff), nil
 	}
 	if err != nil {
-		return err
+		return r, err
 	}
-	status, active := runState(state, reason)
-	var x *domainXML
-	if active {
-		var desc string
-		err := ses.c.call(func() (err error) { desc, err = ses.l.DomainGetXMLDesc(dom, 0); return err })
-		switch {
-		case libvirt.IsNotFound(err):
-			active = false
-		case err != nil:
-			return err
-		default:
-			if x, err = readXML(desc); err != nil {
-				level.Warn(ses.s.logger).Log("msg", "cannot read a domain's XML", "domain", dom.Name, "err", err)
-			}
-		}
+	if r.status, r.active = runState(state, reason); !r.active {
+		return r, nil
 	}
-	balloon, haveBalloon := uint64(0), false
-	if active && x != nil && x.hasBalloon() {
+	var desc string
+	err = ses.c.call(func() (err error) { desc, err = ses.l.DomainGetXMLDesc(dom, 0); return err })
+	switch {
+	case libvirt.IsNotFound(err):
+		r.active = false
+		return r, nil
+	case err != nil:
+		return r, err
+	}
+	if r.x, err = readXML(desc); err != nil {
+		level.Warn(ses.s.logger).Log("msg", "cannot read a domain's XML", "domain", dom.Name, "err", err)
+	}
+	if r.x != nil && r.x.hasBalloon() {
 		var stats []libvirt.DomainMemoryStat
 		err := ses.c.call(func() (err error) {
 			stats, err = ses.l.DomainMemoryStats(dom, uint32(libvirt.DomainMemoryStatNr), 0)
 			return err
 		})
-		if err != nil && !libvirt.IsNotFound(err) {
-			return err
+		if err != nil && !refused(err) {
+			return r, err
 		}
 		for _, m := range stats {
 			if libvirt.DomainMemoryStatTags(m.Tag) == libvirt.DomainMemoryStatActualBalloon {
-				balloon, haveBalloon = m.Val*1024, true
+				r.balloon, r.haveBalloon = m.Val*1024, true
 			}
 		}
 	}
-	now := time.Now()
-	d := ses.s.ensure(dom, ses.version, now)
+	info, ok, err := ses.jobStats(dom, 0)
+	if ok && info.Status == "active" {
+		r.migration = &info
+	}
+	return r, err
+}
+
+// ioStatuses corrects the disks' io-status for a domain paused on an I/O
+// error. Which disk failed libvirt does not say (go-libvirt cannot decode
+// virDomainGetDiskErrors' reply), but its events do: if this session read
+// the domain not paused so, every error since came as an event of this
+// session, and the VM keeps what they said; otherwise it is not known.
+func (ses *session) ioStatuses(d *domain, status string, disks []vmstate.BlockEntry) {
+	if status != "io-error" {
+		d.ioSession = ses
+		return
+	}
+	for i := range disks {
+		switch {
+		case disks[i].IOStatus == "":
+		case d.ioSession == ses:
+			disks[i].KeepIOStatus = true
+		default:
+			disks[i].IOStatus = ""
+		}
+	}
+}
+
+// migrationPoll is how often the statistics of a running migration are
+// read, as the QMP source polls query-migrate.
+const migrationPoll = time.Second
+
+// pollMigration has the session poll dom's migration until it ends.
+func (ses *session) pollMigration(dom libvirt.Domain) {
+	ses.mu.Lock()
+	defer ses.mu.Unlock()
+	if ses.migrating == nil {
+		ses.migrating = make(map[string]libvirt.Domain)
+	}
+	if len(ses.migrating) < ses.s.opts.MaxDomains {
+		ses.migrating[uuidString(dom.UUID)] = dom
+	}
+}
+
+// pollMigrations reads the statistics of the running migrations, and
+// stops polling those that ended.
+func (ses *session) pollMigrations() error {
+	ses.mu.Lock()
+	doms := maps.Clone(ses.migrating)
+	ses.mu.Unlock()
+	for uuid, dom := range doms {
+		runs, err := ses.pollJob(dom)
+		if err != nil {
+			return err
+		}
+		if !runs {
+			ses.mu.Lock()
+			delete(ses.migrating, uuid)
+			ses.mu.Unlock()
+		}
+	}
+	return nil
+}
+
+// pollJob applies the statistics of dom's migration and reports whether
+// to poll it again. When the job has ended, libvirt's statistics of the
+// completed job (which the source reads keeping them for others) say how:
+// completed, failed or cancelled. The end of a migration that stopped the
+// domain (saved, or migrated away) its lifecycle event tells.
+func (ses *session) pollJob(dom libvirt.Domain) (bool, error) {
+	d := ses.s.known(dom)
 	if d == nil {
-		return nil
+		return false, nil
+	}
+	d.vm.LockRead()
+	applied := d.applied
+	d.vm.Unlock()
+	info, ok, err := ses.jobStats(dom, 0)
+	if err != nil {
+		return false, err
+	}
+	runs := ok && info.Status == "active"
+	if !runs {
+		info, ok, err = ses.jobStats(dom, libvirt.DomainJobStatsCompleted|libvirt.DomainJobStatsKeepCompleted)
+		if err != nil {
+			return false, err
+		}
+		ok = ok && info.Status != "active"
 	}
 	st := d.vm.Lock()
-	if active {
-		st.MarkUp(now)
-		st.SetStatus(status)
-		if x != nil {
-			if disks := x.blockEntries(); disks != nil {
-				st.SetBlock(disks)
-			}
-			st.SetOpenStack(x.openStack())
-			st.SetBalloon(balloon, haveBalloon)
-			d.vncPort, d.vnc = x.graphicsPort("vnc")
-			d.spiceTCP, d.spice = x.graphicsPort("spice")
-			setDisplay(&st.VNC, d.vnc)
-			setDisplay(&st.Spice, d.spice)
-		}
-	} else {
-		stopped(st, now)
+	defer d.vm.Unlock()
+	switch {
+	case d.applied != applied:
+		return true, nil // events came meanwhile, newer than what was read
+	case !st.Migration.InProgress():
+		return false, nil // its end is known already
+	case ok:
+		st.SetMigrate(info)
+	default:
+		st.ForgetMigration() // it ended, and how is not known
 	}
-	d.vm.Unlock()
-	return nil
+	return runs, nil
+}
+
+// jobStats reads dom's job statistics as query-migrate would report the
+// migration; ok is false when the job is no migration out (or there is
+// none, or no domain).
+func (ses *session) jobStats(dom libvirt.Domain, flags libvirt.DomainGetJobStatsFlags) (vmstate.MigrateInfo, bool, error) {
+	var typ int32
+	var params []libvirt.TypedParam
+	err := ses.c.call(func() (err error) { typ, params, err = ses.l.DomainGetJobStats(dom, flags); return err })
+	if refused(err) {
+		return vmstate.MigrateInfo{}, false, nil
+	}
+	if err != nil {
+		return vmstate.MigrateInfo{}, false, err
+	}
+	info, ok := migrateInfo(typ, params)
+	return info, ok, nil
+}
+
+// refused reports whether err is libvirtd's answer that it cannot make
+// the call for that domain now (gone, not running, ...): the connection
+// is fine, only that read is lost.
+func refused(err error) bool {
+	var e libvirt.Error
+	return errors.As(err, &e)
+}
+
+// known returns the domain the source keeps for dom, or nil.
+func (s *Source) known(dom libvirt.Domain) *domain {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.doms[uuidString(dom.UUID)]
 }
 
 // ensure returns the domain's VM, adding it to the fleet if it is new
