@@ -170,9 +170,12 @@ func (d *dashboard) allPanels() []panel {
 
 // query is one PromQL expression of a dashboard.
 type query struct {
-	Where   string // for messages
-	Expr    string
-	Instant bool
+	Where string // for messages
+	// File, Panel and RefID name the query: Panel is the panel's title,
+	// or "annotation NAME" for an annotation, whose RefID is "".
+	File, Panel, RefID string
+	Expr               string
+	Instant            bool
 }
 
 // queries returns every PromQL expression of the dashboard: panel targets
@@ -182,14 +185,16 @@ func (d *dashboard) queries() []query {
 	for _, p := range d.allPanels() {
 		for _, tg := range p.Targets {
 			out = append(out, query{
-				Where:   fmt.Sprintf("%s panel %d %q target %s", d.File, p.ID, p.Title, tg.RefID),
+				Where: fmt.Sprintf("%s panel %d %q target %s", d.File, p.ID, p.Title, tg.RefID),
+				File:  d.File, Panel: p.Title, RefID: tg.RefID,
 				Expr:    tg.Expr,
 				Instant: tg.Instant,
 			})
 		}
 	}
 	for _, a := range d.Annotations.List {
-		out = append(out, query{Where: fmt.Sprintf("%s annotation %q", d.File, a.Name), Expr: a.Expr})
+		out = append(out, query{Where: fmt.Sprintf("%s annotation %q", d.File, a.Name),
+			File: d.File, Panel: "annotation " + a.Name, Expr: a.Expr})
 	}
 	return out
 }
