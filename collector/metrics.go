@@ -27,8 +27,9 @@ type Metric struct {
 	// series, with one label value per entry of Labels. It only reads st.
 	values func(st *vmstate.State, s *sink)
 	// qmpOnly: only a QMP session of the exporter's own knows the values
-	// (its connection, or events libvirt does not relay yet), so the
-	// metric is absent for VMs seen through libvirt.
+	// (its connection, events libvirt does not relay, block jobs, which
+	// the libvirt source does not follow), so the metric is absent for
+	// VMs seen through libvirt.
 	qmpOnly bool
 }
 
@@ -180,8 +181,8 @@ var vmMetrics = []*Metric{
 		values: func(st *vmstate.State, s *sink) {
 			s.eachDevice(st, func(name string, d *vmstate.BlockDev) { s.add(float64(d.Nospace), name) })
 		}},
-	{Name: "qmp_block_io_status", Type: gauge, Labels: []string{"device", "status"}, Source: "query-block",
-		Help: "The device's I/O status from query-block (ok, failed, nospace); present for devices with werror/rerror set to stop or enospc.",
+	{Name: "qmp_block_io_status", Type: gauge, Labels: []string{"device", "status"}, Source: "query-block, BLOCK_IO_ERROR, RESUME",
+		Help: "The device's I/O status (ok, failed, nospace) from query-block, which an error that stops the VM and a RESUME change in between; present for devices with werror/rerror set to stop or enospc.",
 		values: func(st *vmstate.State, s *sink) {
 			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
 				if d.IOStatus != "" {
@@ -249,20 +250,20 @@ var vmMetrics = []*Metric{
 		}},
 
 	// Jobs.
-	{Name: "qmp_block_jobs", Type: gauge, Labels: []string{"type", "status"}, Source: "query-jobs, JOB_STATUS_CHANGE, BLOCK_JOB_*",
+	{Name: "qmp_block_jobs", qmpOnly: true, Type: gauge, Labels: []string{"type", "status"}, Source: "query-jobs, JOB_STATUS_CHANGE, BLOCK_JOB_*",
 		Help:   "Jobs (mirror, commit, stream, backup, ...) that exist now, by type and status.",
 		values: jobCounts},
-	{Name: "qmp_block_job_progress_bytes", Type: gauge, Labels: []string{"job", "type"}, Source: "query-jobs, BLOCK_JOB_READY",
+	{Name: "qmp_block_job_progress_bytes", qmpOnly: true, Type: gauge, Labels: []string{"job", "type"}, Source: "query-jobs, BLOCK_JOB_READY",
 		Help: "Work a job has done (current-progress; bytes for block jobs).",
 		values: func(st *vmstate.State, s *sink) {
 			s.eachJob(st, func(id, typ string, j *vmstate.Job) { s.add(float64(j.Progress), id, typ) })
 		}},
-	{Name: "qmp_block_job_length_bytes", Type: gauge, Labels: []string{"job", "type"}, Source: "query-jobs, BLOCK_JOB_READY",
+	{Name: "qmp_block_job_length_bytes", qmpOnly: true, Type: gauge, Labels: []string{"job", "type"}, Source: "query-jobs, BLOCK_JOB_READY",
 		Help: "Work a job has to do in total (total-progress; bytes for block jobs).",
 		values: func(st *vmstate.State, s *sink) {
 			s.eachJob(st, func(id, typ string, j *vmstate.Job) { s.add(float64(j.Length), id, typ) })
 		}},
-	{Name: "qmp_block_jobs_finished_total", Type: counter, Labels: []string{"type", "result"}, Source: "BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED",
+	{Name: "qmp_block_jobs_finished_total", qmpOnly: true, Type: counter, Labels: []string{"type", "result"}, Source: "BLOCK_JOB_COMPLETED, BLOCK_JOB_CANCELLED",
 		Help:   "Jobs that finished, by type and result: completed, failed (BLOCK_JOB_COMPLETED with an error) or cancelled.",
 		values: func(st *vmstate.State, s *sink) { pairs(st.JobsDone, s) }},
 	{Name: "qmp_block_job_errors_total", qmpOnly: true, Type: counter, Labels: []string{"operation", "action"}, Source: "BLOCK_JOB_ERROR",

@@ -47,15 +47,6 @@ func (e emptyForLibvirt) String() string {
 	return e.Why
 }
 
-// Reasons other than a QMP-only metric: metrics a libvirt domain may have
-// (their libvirt column says yes) that the libvirt source does not
-// produce yet.
-const (
-	migrationsNotFollowed = "the libvirt source does not follow migrations yet: no qmp_migration_* series"
-	jobsNotFollowed       = "the libvirt source does not follow jobs yet: no qmp_block_job* series"
-	noIOStatus            = "the libvirt source reads disks from the domain XML, which has no I/O status: no qmp_block_io_status"
-)
-
 // libvirtEmpty are the queries that return no series for any libvirt
 // domain, and why. Every other query must return series for some domain
 // of the test; one listed here must return none.
@@ -68,17 +59,9 @@ var libvirtEmpty = map[queryKey]emptyForLibvirt{
 	{fleetJSON, "Console sessions opened", "B"}:    {QMPOnly: "qmp_spice_sessions_total"},
 	{vmJSON, "Job I/O errors", "A"}:                {QMPOnly: "qmp_block_job_errors_total"},
 
-	{fleetJSON, "Migrations in progress", "A"}: {Why: migrationsNotFollowed},
-	{vmJSON, "Migration status", "A"}:          {Why: migrationsNotFollowed},
-	{vmJSON, "Migration progress", "A"}:        {Why: migrationsNotFollowed},
-	{vmJSON, "Migration progress", "B"}:        {Why: migrationsNotFollowed},
-	{vmJSON, "Migration progress", "C"}:        {Why: migrationsNotFollowed},
-	{vmJSON, "Migration time", "A"}:            {Why: migrationsNotFollowed},
-	{vmJSON, "Migration time", "B"}:            {Why: migrationsNotFollowed},
-	{vmJSON, "Jobs by type and status", "A"}:   {Why: jobsNotFollowed},
-	{vmJSON, "Job progress", "A"}:              {Why: jobsNotFollowed},
-	{vmJSON, "Job progress", "B"}:              {Why: jobsNotFollowed},
-	{vmJSON, "I/O status", "A"}:                {Why: noIOStatus},
+	{vmJSON, "Jobs by type and status", "A"}:   {QMPOnly: "qmp_block_jobs"},
+	{vmJSON, "Job progress", "A"}:              {QMPOnly: "qmp_block_job_progress_bytes"},
+	{vmJSON, "Job progress", "B"}:              {QMPOnly: "qmp_block_job_length_bytes"},
 }
 
 // libvirtShow is a query that must show what happened to a domain: with
@@ -103,6 +86,10 @@ var libvirtShows = []libvirtShow{
 	{queryKey{fleetJSON, "Console clients", "B"}, libvirtDevicesVM, nil},
 	{queryKey{fleetJSON, "Guest memory after ballooning", "A"}, libvirtDevicesVM, nil},
 
+	{queryKey{vmJSON, "I/O status", "A"}, libvirtDiskVM, map[string]string{"device": "ide0-0-0"}},
+	{queryKey{vmJSON, "Migration status", "A"}, libvirtDevicesVM, map[string]string{"status": "completed"}},
+	{queryKey{vmJSON, "Migration progress", "A"}, libvirtDevicesVM, nil},
+	{queryKey{vmJSON, "Migration time", "B"}, libvirtDevicesVM, nil},
 	{queryKey{vmJSON, "Run state", "A"}, libvirtPanicVM, map[string]string{"status": "guest-panicked"}},
 	{queryKey{vmJSON, "Run state", "A"}, libvirtWatchdogVM, map[string]string{"status": "watchdog"}},
 	{queryKey{vmJSON, "Run state", "A"}, libvirtDiskVM, map[string]string{"status": "io-error"}},

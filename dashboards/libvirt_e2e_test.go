@@ -131,9 +131,13 @@ func startLibvirtLab(ctx context.Context, t *testing.T) *libvirtLab {
 	}
 
 	// The devices domain's events: a reset, a CD-ROM eject (its tray
-	// opens and closes), and a VNC and a SPICE client that stay.
+	// opens and closes), a VNC and a SPICE client that stay, and a
+	// migration: a virsh dump is QEMU migrating into a file.
 	if err := dev.Reset(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if out, err := d.Virsh(ctx, "dump", libvirtDevicesVM, filepath.Join(t.TempDir(), "dump")); err != nil {
+		t.Fatalf("virsh dump: %v\n%s", err, out)
 	}
 	if err := dev.EjectCDROM(ctx); err != nil {
 		t.Fatal(err)
@@ -162,7 +166,8 @@ func startLibvirtLab(ctx context.Context, t *testing.T) *libvirtLab {
 		trays, _ := m.Value(`qmp_events_total{event="DEVICE_TRAY_MOVED",` + dv + `}`)
 		spice, _ := m.Value(`qmp_spice_clients{` + dv + `}`)
 		balloon, _ := m.Value(`qmp_balloon_actual_bytes{` + dv + `}`)
-		return resets >= 1 && trays >= 2 && m.Has(`qmp_vnc_clients{`+dv+`}`, 1) && spice >= 1 && balloon > 0
+		return resets >= 1 && trays >= 2 && m.Has(`qmp_vnc_clients{`+dv+`}`, 1) && spice >= 1 && balloon > 0 &&
+			m.Has(`qmp_migration_status{status="completed",`+dv+`}`, 1)
 	})
 	return &libvirtLab{exp: exp}
 }
