@@ -59,9 +59,9 @@ var libvirtEmpty = map[queryKey]emptyForLibvirt{
 	{fleetJSON, "Console sessions opened", "B"}:    {QMPOnly: "qmp_spice_sessions_total"},
 	{vmJSON, "Job I/O errors", "A"}:                {QMPOnly: "qmp_block_job_errors_total"},
 
-	{vmJSON, "Jobs by type and status", "A"}:   {QMPOnly: "qmp_block_jobs"},
-	{vmJSON, "Job progress", "A"}:              {QMPOnly: "qmp_block_job_progress_bytes"},
-	{vmJSON, "Job progress", "B"}:              {QMPOnly: "qmp_block_job_length_bytes"},
+	{vmJSON, "Jobs by type and status", "A"}: {QMPOnly: "qmp_block_jobs"},
+	{vmJSON, "Job progress", "A"}:            {QMPOnly: "qmp_block_job_progress_bytes"},
+	{vmJSON, "Job progress", "B"}:            {QMPOnly: "qmp_block_job_length_bytes"},
 }
 
 // libvirtShow is a query that must show what happened to a domain: with
