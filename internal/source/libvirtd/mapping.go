@@ -398,11 +398,12 @@ var jobStatuses = map[libvirt.DomainJobType]string{
 }
 
 // migrateInfo reads libvirt's statistics of a job (virDomainGetJobStats)
-// as query-migrate would report the migration;
-// ok is false for a job that is not QEMU migrating out, or that did not
-// move RAM (libvirt's operation needs libvirt 3.3). libvirt's times are
-// milliseconds, as QEMU's; its downtime is the expected one while the job
-// runs and the real one after.
+// as query-migrate would report the migration; ok is false for a job that
+// is not QEMU migrating out (libvirt's operation needs libvirt 3.3), and
+// for a snapshot that moved no RAM (an internal one, which QEMU saves
+// without migrating). A running job without RAM figures is QEMU setting
+// the migration up. libvirt's times are milliseconds, as QEMU's; its downtime
+// is the expected one while the job runs and the real one after.
 func migrateInfo(typ int32, params []libvirt.TypedParam) (vmstate.MigrateInfo, bool) {
 	p := make(map[string]uint64, len(params))
 	for _, tp := range params {
@@ -412,8 +413,14 @@ func migrateInfo(typ int32, params []libvirt.TypedParam) (vmstate.MigrateInfo, b
 	}
 	status, known := jobStatuses[libvirt.DomainJobType(typ)]
 	op, hasOp := p["operation"]
-	if _, hasRAM := p["memory_total"]; !known || !hasOp || !hasRAM || !migrationOut[libvirt.DomainJobOperation(op)] {
+	_, hasRAM := p["memory_total"]
+	switch {
+	case !known, !hasOp, !migrationOut[libvirt.DomainJobOperation(op)]:
 		return vmstate.MigrateInfo{}, false
+	case libvirt.DomainJobOperation(op) == libvirt.DomainJobOperationStrSnapshot && !hasRAM:
+		return vmstate.MigrateInfo{}, false
+	case status == "active" && !hasRAM:
+		status = "setup" // QEMU reports RAM figures from its active state on
 	}
 	ms := func(name string) *float64 {
 		v, ok := p[name]
@@ -429,10 +436,16 @@ func migrateInfo(typ int32, params []libvirt.TypedParam) (vmstate.MigrateInfo, b
 	} else {
 		q.Downtime = ms("downtime")
 	}
-	q.RAM = &vmstate.MigrateRAM{Transferred: p["memory_processed"], Remaining: p["memory_remaining"], Total: p["memory_total"],
-		DirtyPagesRate: float64(p["memory_dirty_rate"]), DirtySyncCount: p["memory_iteration"]}
+	if hasRAM {
+		q.RAM = &vmstate.MigrateRAM{Transferred: p["memory_processed"], Remaining: p["memory_remaining"], Total: p["memory_total"],
+			DirtyPagesRate: float64(p["memory_dirty_rate"]), DirtySyncCount: p["memory_iteration"]}
+	}
 	return q, true
 }
+
+// runs reports whether a job's statistics are those of a migration that
+// runs.
+func runs(q vmstate.MigrateInfo) bool { return q.Status == "setup" || q.Status == "active" }
 
 // paramUint is a typed parameter's value as an unsigned integer, if it is
 // a non-negative integer.

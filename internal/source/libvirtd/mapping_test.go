@@ -348,6 +348,11 @@ func TestMigrateInfo(t *testing.T) {
 	if _, ok := migrateInfo(int32(libvirt.DomainJobNone), nil); ok {
 		t.Error("no job read as a migration")
 	}
+	// While QEMU sets the migration up, libvirt has no RAM figures yet.
+	setup := jobParams(libvirt.DomainJobOperationStrDump, map[string]uint64{"time_elapsed": 3})
+	if q, ok := migrateInfo(int32(libvirt.DomainJobUnbounded), setup); !ok || q.Status != "setup" || q.RAM != nil {
+		t.Errorf("a migration being set up: %+v, ok %v; want setup without RAM figures", q, ok)
+	}
 	// A real save's statistics, as the completed job's.
 	q, ok = migrateInfo(int32(libvirt.DomainJobCompleted), jobParams(libvirt.DomainJobOperationStrSave, savedFigures))
 	st := vmstate.New()

@@ -525,7 +525,7 @@ func (ses *session) fetch(dom libvirt.Domain) (domainRead, error) {
 		}
 	}
 	info, ok, err := ses.jobStats(dom, 0)
-	if ok && info.Status == "active" {
+	if ok && runs(info) {
 		r.migration = &info
 	}
 	return r, err
@@ -575,11 +575,11 @@ func (ses *session) pollMigrations() error {
 	doms := maps.Clone(ses.migrating)
 	ses.mu.Unlock()
 	for uuid, dom := range doms {
-		runs, err := ses.pollJob(dom)
+		again, err := ses.pollJob(dom)
 		if err != nil {
 			return err
 		}
-		if !runs {
+		if !again {
 			ses.mu.Lock()
 			delete(ses.migrating, uuid)
 			ses.mu.Unlock()
@@ -605,13 +605,13 @@ func (ses *session) pollJob(dom libvirt.Domain) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	runs := ok && info.Status == "active"
-	if !runs {
+	running := ok && runs(info)
+	if !running {
 		info, ok, err = ses.jobStats(dom, libvirt.DomainJobStatsCompleted|libvirt.DomainJobStatsKeepCompleted)
 		if err != nil {
 			return false, err
 		}
-		ok = ok && info.Status != "active"
+		ok = ok && !runs(info)
 	}
 	st := d.vm.Lock()
 	defer d.vm.Unlock()
@@ -625,7 +625,7 @@ func (ses *session) pollJob(dom libvirt.Domain) (bool, error) {
 	default:
 		st.ForgetMigration() // it ended, and how is not known
 	}
-	return runs, nil
+	return running, nil
 }
 
 // jobStats reads dom's job statistics as query-migrate would report the
