@@ -332,7 +332,7 @@ func TestLibvirtGuestFailures(t *testing.T) {
 // exporter shows it active with its figures, polled from libvirt's job
 // statistics. Once the test reads the pipe the migration completes, as
 // the completed job's statistics say, with its final figures, and the
-// domain runs on.
+// domain runs on. Then it migrates live to a second libvirtd and back.
 func TestLibvirtMigration(t *testing.T) {
 	ctx, cancel, bin := qemuE2E(t, 4*time.Minute)
 	defer cancel()
@@ -404,6 +404,38 @@ func TestLibvirtMigration(t *testing.T) {
 	}
 	if taint, tainted, err := dom.Tainted(ctx); err != nil || tainted {
 		t.Errorf("domain tainted=%v (%q), err %v: the exporter must change nothing", tainted, taint, err)
+	}
+
+	// A live migration to another libvirtd (a Peer: another host, as far
+	// as libvirt can tell), slowed to 1 MiB/s so that the ballast takes
+	// seconds: active with its figures, then the domain gone from this
+	// host, stopped as migrated. Migrated back, it is the same VM again,
+	// a new QEMU with no migration of its own.
+	peer, err := d.StartPeer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	passes := m[`qmp_events_total{event="MIGRATION_PASS",`+vm+`}`]
+	migrated := make(chan error, 1)
+	go func() { migrated <- dom.MigrateTo(ctx, peer, 1) }()
+	e.wait("the live migration running", func(m exporterproc.Metrics) bool {
+		moved, _ := m.Value(`qmp_migration_transferred_bytes{` + vm + `}`)
+		return m.Has(`qmp_migration_status{status="active",`+vm+`}`, 1) && moved > 0 && moved < virtlab.BallastBytes &&
+			m[`qmp_events_total{event="MIGRATION_PASS",`+vm+`}`] > passes
+	})
+	if err := <-migrated; err != nil {
+		t.Fatal(err)
+	}
+	e.wait("the domain gone to the peer", func(m exporterproc.Metrics) bool { return m.Has(`qmp_up{`+vm+`}`, 0) })
+	if err := peer.MigrateBack(ctx, dom); err != nil {
+		t.Fatal(err)
+	}
+	e.wait("migrated back: up, a new QEMU without migration", func(m exporterproc.Metrics) bool {
+		return m.Has(`qmp_up{`+vm+`}`, 1) && m.Has(`qmp_migration_status{status="none",`+vm+`}`, 1) &&
+			m.Has(`qmp_vm_status{status="running",`+vm+`}`, 1) && m[`qmp_events_total{event="MIGRATION_PASS",`+vm+`}`] > passes
+	})
+	if taint, tainted, err := dom.Tainted(ctx); err != nil || tainted {
+		t.Errorf("domain tainted=%v (%q), err %v after the migrations", tainted, taint, err)
 	}
 	if logs := e.exp.Logs(); strings.Contains(logs, "reconnecting") {
 		t.Errorf("the exporter lost its libvirt connection:\n%s", logs)

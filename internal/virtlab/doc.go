@@ -63,6 +63,17 @@
 // guests no further: it destroys them once checked (lifecycle "Shutdown
 // Finished after host request", then "Stopped Destroyed").
 //
+// TestPeerMigration: StartPeer, a second libvirtd in mount and UTS
+// namespaces of its own (see Peer), to which Domain.MigrateTo migrates a
+// domain live over 127.0.0.1, leaving it "shut off (migrated)" on the
+// Daemon and "running (migrated)" on the Peer, and from which
+// Peer.MigrateBack brings it back ("running (migrated)"); Close destroys
+// a domain left on the Peer and stops the Peer. libvirt relays each pass
+// of such a migration, and of a virsh save or dump (QEMU migrating into a
+// file), as a migration-iteration event; GuestBallast gives the migration
+// 8 MiB to move, which a dump into a pipe nobody reads cannot get past,
+// nor a migration limited to 1 MiB/s for several seconds.
+//
 // # The private daemon
 //
 // Debian 12 ships the monolithic libvirtd (no virtqemud). Start runs it in

@@ -156,6 +156,7 @@ type Daemon struct {
 	libvirtd *proc     // nil while stopped
 	virtlogd *proc     // nil if an already running virtlogd is shared
 	domains  []*Domain // defined by Define, removed by Close
+	peer     *Peer     // started by StartPeer, closed by Close
 	mounts   []string  // the full disks' tmpfs mounts, unmounted by Close
 	closed   bool
 	lastOut  string // the output's tail, kept when Close removes the file
@@ -254,6 +255,9 @@ func (d *Daemon) start(ctx context.Context, parent string) error {
 		return err
 	}
 	if err := d.removeStale(ctx); err != nil {
+		return err
+	}
+	if err := killOrphanGuests(); err != nil {
 		return err
 	}
 	return unmountLeftovers()
@@ -742,8 +746,13 @@ func (d *Daemon) close() error {
 	var errs []error
 	d.mu.Lock()
 	domains := d.domains
-	p := d.libvirtd
+	p, peer := d.libvirtd, d.peer
 	d.mu.Unlock()
+	if peer != nil {
+		if err := peer.close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("virtlab: close: %w", err))
+		}
+	}
 	if len(domains) > 0 {
 		if p == nil || !p.running() {
 			if err := d.StartLibvirtd(ctx); err != nil {

@@ -945,3 +945,66 @@ func TestFullDiskMount(t *testing.T) {
 		t.Errorf("unescapeMountinfo: %q", got)
 	}
 }
+
+// TestPeerMigration: a domain migrates live to the Peer and back. On the
+// Daemon it is "shut off (migrated)" meanwhile, on the Peer running; back,
+// it runs on the Daemon and the Peer has no domain. Close stops the Peer
+// and its domains with it.
+func TestPeerMigration(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	d := StartT(t, Options{})
+	x, err := d.DefineAndStart(ctx, DomainOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := d.StartPeer(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := x.MigrateTo(ctx, p, 0); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, ctx, x, "shut off (migrated)")
+	if got, err := p.Virsh(ctx, "domstate", "--reason", x.Name()); err != nil || got != "running (migrated)" {
+		t.Fatalf("on the peer: %q, %v; want running (migrated)", got, err)
+	}
+	if err := p.MigrateBack(ctx, x); err != nil {
+		t.Fatal(err)
+	}
+	wantState(t, ctx, x, "running (migrated)")
+	if got, err := p.Virsh(ctx, "list", "--all", "--name"); err != nil || got != "" {
+		t.Fatalf("the peer still lists %q (%v)", got, err)
+	}
+	// A domain left on the Peer goes with it.
+	if err := x.MigrateTo(ctx, p, 0); err != nil {
+		t.Fatal(err)
+	}
+	pid := p.libvirt.cmd.Process.Pid
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if alive(pid) {
+		t.Errorf("the peer's libvirtd (pid %d) runs after Close", pid)
+	}
+	if n := guestProcesses(t); n != 0 {
+		t.Errorf("%d QEMU processes of virtlab domains run after Close", n)
+	}
+}
+
+// guestProcesses counts the QEMU processes of domains named NamePrefix...
+func guestProcesses(t *testing.T) int {
+	t.Helper()
+	paths, err := filepath.Glob("/proc/[0-9]*/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, path := range paths {
+		b, _ := os.ReadFile(path)
+		if slices.ContainsFunc(strings.Split(string(b), "\x00"), isVirtlabGuestName) {
+			n++
+		}
+	}
+	return n
+}

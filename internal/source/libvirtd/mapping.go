@@ -269,7 +269,8 @@ type translation struct {
 	event qmp.Event
 	// status is the run state it leaves the domain in; "" for no change.
 	status string
-	// migrate: how the migration that runs ended, if it did.
+	// migrate: the outgoing migration's status the event tells: how
+	// the one that runs ended, or none for a new QEMU.
 	migrate *vmstate.MigrateInfo
 	// stopped: the domain's QEMU is gone. resync: read the domain's
 	// state again (it started, or came back). migrating: a migration
@@ -337,7 +338,9 @@ func lifecycle(m libvirt.DomainEventLifecycleMsg, ev func(name, data string) qmp
 	t := translation{dom: m.Dom}
 	switch libvirt.DomainEventType(m.Event) {
 	case libvirt.DomainEventStarted:
-		t.resync = true
+		// A new QEMU (booted, restored, or migrated here) has no
+		// outgoing migration: query-migrate would say none.
+		t.resync, t.migrate = true, &vmstate.MigrateInfo{Status: "none"}
 	case libvirt.DomainEventSuspended:
 		t.event, t.status = ev("STOP", ""), suspendedState(libvirt.DomainEventSuspendedDetailType(m.Detail))
 	case libvirt.DomainEventResumed:

@@ -301,8 +301,9 @@ func (ses *session) handle(msg any) {
 	if t.event.Name != "" {
 		d.vm.Apply(t.event) // the queries it may ask for are the session's reads
 	}
-	if t.migrate != nil && st.Migration.InProgress() {
-		st.SetMigrate(*t.migrate)
+	if m := t.migrate; m != nil && (m.Status == "none" || st.Migration.InProgress()) {
+		// An end only of a migration seen running, so that it counts once.
+		st.SetMigrate(*m)
 	}
 	if t.status != "" {
 		st.SetStatus(t.status)

@@ -39,8 +39,9 @@ func TestMaxDomains(t *testing.T) {
 // TestMigrationFollowedThroughEvents: the first migration-iteration of a
 // migration starts it (QEMU is in setup at its first pass) and has the
 // session poll its job; a save or a migration away that stops the domain
-// completes it, counted once however many stopped events say so, and a
-// domain destroyed completes no migration.
+// completes it, counted once however many stopped events say so, a
+// domain destroyed completes no migration, and a domain started anew has
+// none.
 func TestMigrationFollowedThroughEvents(t *testing.T) {
 	f := fleet.New(fleet.Options{})
 	s := New(f, Options{Socket: "/nonexistent"})
@@ -77,5 +78,12 @@ func TestMigrationFollowedThroughEvents(t *testing.T) {
 	ses.handle(stopped(libvirt.DomainEventStoppedDestroyed))
 	if m, ends := migration(); m.Status != "setup" || ends != [3]uint64{2, 0, 0} {
 		t.Errorf("destroyed during a migration: status %q, ends %v; want the migration's end left to its job", m.Status, ends)
+	}
+	// Started again: a new QEMU, which has no migration; a save it did
+	// not see running counts nothing.
+	ses.handle(&libvirt.DomainEventCallbackLifecycleMsg{Msg: libvirt.DomainEventLifecycleMsg{Dom: dom, Event: int32(libvirt.DomainEventStarted)}})
+	ses.handle(stopped(libvirt.DomainEventStoppedSaved))
+	if m, ends := migration(); m.Status != "none" || ends != [3]uint64{2, 0, 0} {
+		t.Errorf("started, then saved unseen: status %q, ends %v; want none, no new end", m.Status, ends)
 	}
 }
