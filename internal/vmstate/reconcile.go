@@ -246,6 +246,11 @@ func (s *State) SetJobs(list []JobInfo) {
 // query failed), which removes its gauges.
 func (s *State) ForgetMigration() { s.Migration.Known = false }
 
+// MigrationEndUnknown records that the migration ended in a way the
+// source cannot tell (failed or cancelled): no status, and no end counted,
+// until the next migration.
+func (s *State) MigrationEndUnknown() { s.Migration.Status, s.Migration.Known = "", false }
+
 // SetBalloon applies query-balloon; ok is false when the VM has no balloon
 // device (DeviceNotActive), which removes the gauge.
 func (s *State) SetBalloon(actual uint64, ok bool) {

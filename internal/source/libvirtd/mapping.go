@@ -121,20 +121,29 @@ type domainXML struct {
 		Type string `xml:"type,attr"`
 		Port string `xml:"port,attr"`
 	} `xml:"devices>graphics"`
-	Disks []struct {
-		Device string `xml:"device,attr"`
-		Driver struct {
-			ErrorPolicy  string `xml:"error_policy,attr"`
-			RErrorPolicy string `xml:"rerror_policy,attr"`
-		} `xml:"driver"`
-		Target struct {
-			Bus  string `xml:"bus,attr"`
-			Tray string `xml:"tray,attr"`
-		} `xml:"target"`
-		Alias struct {
-			Name string `xml:"name,attr"`
-		} `xml:"alias"`
-	} `xml:"devices>disk"`
+	Disks []xmlDisk `xml:"devices>disk"`
+}
+
+// xmlDisk is a disk of the domain XML.
+type xmlDisk struct {
+	Device string    `xml:"device,attr"`
+	Driver xmlDriver `xml:"driver"`
+	Target xmlTarget `xml:"target"`
+	Alias  xmlAlias  `xml:"alias"`
+}
+
+type xmlDriver struct {
+	ErrorPolicy  string `xml:"error_policy,attr"`
+	RErrorPolicy string `xml:"rerror_policy,attr"`
+}
+
+type xmlTarget struct {
+	Bus  string `xml:"bus,attr"`
+	Tray string `xml:"tray,attr"`
+}
+
+type xmlAlias struct {
+	Name string `xml:"name,attr"`
 }
 
 // maxXMLBytes bounds the domain XML the source parses.
@@ -213,8 +222,8 @@ func (x *domainXML) blockEntries() []vmstate.BlockEntry {
 // reportsIOStatus says whether QEMU keeps an io-status (query-block's
 // io-status) for a disk: the IDE, SATA, SCSI and virtio devices keep one
 // when an error may stop the VM, that is with a write error policy of
-// stop or enospc (libvirt's default leaves QEMU's, enospc) or a read error
-// policy of stop.
+// stop or enospace (libvirt's default leaves QEMU's, enospc) or a read
+// error policy of stop.
 func reportsIOStatus(device, bus, errorPolicy, rerrorPolicy string) bool {
 	switch {
 	case device != "disk" && device != "cdrom":
@@ -223,7 +232,7 @@ func reportsIOStatus(device, bus, errorPolicy, rerrorPolicy string) bool {
 		return false
 	}
 	switch errorPolicy {
-	case "", "stop", "enospc":
+	case "", "stop", "enospace": // libvirt's name of QEMU's enospc
 		return true
 	}
 	return rerrorPolicy == "stop"
@@ -272,10 +281,13 @@ type translation struct {
 	// migrate: the outgoing migration's status the event tells: how
 	// the one that runs ended, or none for a new QEMU.
 	migrate *vmstate.MigrateInfo
+	// pass is the number of a migration's pass (migration-iteration), 0
+	// for other events: a migration runs, whose statistics the source
+	// polls.
+	pass int32
 	// stopped: the domain's QEMU is gone. resync: read the domain's
-	// state again (it started, or came back). migrating: a migration
-	// runs, whose statistics the source polls.
-	stopped, resync, migrating bool
+	// state again (it started, or came back).
+	stopped, resync bool
 }
 
 // translate turns an event from go-libvirt's SubscribeEvents into what
@@ -325,7 +337,7 @@ func translate(msg any, now time.Time) (t translation, ok bool) {
 		return translation{dom: m.Msg.Dom, event: ev("WAKEUP", ""), status: "running"}, true
 	case *libvirt.DomainEventCallbackMigrationIterationMsg:
 		// QEMU's MIGRATION_PASS: the first comes as a migration starts.
-		return translation{dom: m.Dom, event: ev("MIGRATION_PASS", `{"pass": `+strconv.Itoa(int(m.Iteration))+`}`), migrating: true}, true
+		return translation{dom: m.Dom, event: ev("MIGRATION_PASS", `{"pass": `+strconv.Itoa(int(m.Iteration))+`}`), pass: max(m.Iteration, 1)}, true
 	case *libvirt.DomainEventCallbackDeviceRemovedMsg:
 		a := strconv.Quote(m.Msg.DevAlias)
 		return translation{dom: m.Msg.Dom, event: ev("DEVICE_DELETED", `{"device": `+a+`, "path": `+strconv.Quote("/machine/peripheral/"+m.Msg.DevAlias)+`}`)}, true
@@ -402,9 +414,9 @@ var jobStatuses = map[libvirt.DomainJobType]string{
 
 // migrateInfo reads libvirt's statistics of a job (virDomainGetJobStats)
 // as query-migrate would report the migration; ok is false for a job that
-// is not QEMU migrating out (libvirt's operation needs libvirt 3.3), and
-// for a snapshot that moved no RAM (an internal one, which QEMU saves
-// without migrating). A running job without RAM figures is QEMU setting
+// is not QEMU migrating out (libvirt's operation needs libvirt 3.3): a
+// memory-only dump (memory figures, but no passes), or a snapshot that
+// moved no RAM (an internal one, which QEMU saves without migrating). A running job without RAM figures is QEMU setting
 // the migration up. libvirt's times are milliseconds, as QEMU's; its downtime
 // is the expected one while the job runs and the real one after.
 func migrateInfo(typ int32, params []libvirt.TypedParam) (vmstate.MigrateInfo, bool) {
@@ -417,11 +429,14 @@ func migrateInfo(typ int32, params []libvirt.TypedParam) (vmstate.MigrateInfo, b
 	status, known := jobStatuses[libvirt.DomainJobType(typ)]
 	op, hasOp := p["operation"]
 	_, hasRAM := p["memory_total"]
+	_, hasPasses := p["memory_iteration"]
 	switch {
 	case !known, !hasOp, !migrationOut[libvirt.DomainJobOperation(op)]:
 		return vmstate.MigrateInfo{}, false
 	case libvirt.DomainJobOperation(op) == libvirt.DomainJobOperationStrSnapshot && !hasRAM:
 		return vmstate.MigrateInfo{}, false
+	case hasRAM && !hasPasses:
+		return vmstate.MigrateInfo{}, false // a memory-only dump: QEMU writes memory, not a migration
 	case status == "active" && !hasRAM:
 		status = "setup" // QEMU reports RAM figures from its active state on
 	}

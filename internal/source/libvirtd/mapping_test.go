@@ -155,6 +155,7 @@ func TestBlockEntries(t *testing.T) {
   <disk type='file' device='disk'><driver name='qemu' error_policy='report'/><target dev='vdc' bus='virtio'/><alias name='virtio-disk2'/></disk>
   <disk type='file' device='disk'><driver name='qemu' error_policy='report' rerror_policy='stop'/><target dev='sda' bus='sata'/><alias name='sata0-0-0'/></disk>
   <disk type='file' device='disk'><driver name='qemu' error_policy='stop'/><target dev='sdb' bus='scsi'/><alias name='scsi0-0-0-1'/></disk>
+  <disk type='file' device='disk'><driver name='qemu' error_policy='enospace'/><target dev='vdd' bus='virtio'/><alias name='virtio-disk3'/></disk>
   <disk type='file' device='disk'><driver name='qemu' error_policy='ignore'/><target dev='sdc' bus='usb'/><alias name='ua-stick'/></disk>
   <disk type='file' device='floppy'><target dev='fda' bus='fdc'/><alias name='fdc0-0-0'/></disk>
 </devices></domain>`)
@@ -169,6 +170,7 @@ func TestBlockEntries(t *testing.T) {
 		{Qdev: "virtio-disk2"},
 		{Qdev: "sata0-0-0", IOStatus: "ok"},
 		{Qdev: "scsi0-0-0-1", IOStatus: "ok"},
+		{Qdev: "virtio-disk3", IOStatus: "ok"},
 		{Qdev: "ua-stick"},
 		{Qdev: "fdc0-0-0", Removable: true, TrayOpen: &closed},
 	}
@@ -310,7 +312,7 @@ func TestMigrationEvents(t *testing.T) {
 	dom := libvirt.Domain{Name: "web", UUID: libvirt.UUID{0x5c, 0x0f}}
 	st := vmstate.New()
 	tr, ok := translate(&libvirt.DomainEventCallbackMigrationIterationMsg{Dom: dom, Iteration: 3}, time.Unix(1700000000, 0))
-	if !ok || tr.event.Name != "MIGRATION_PASS" || !tr.migrating {
+	if !ok || tr.event.Name != "MIGRATION_PASS" || tr.pass != 3 {
 		t.Fatalf("migration-iteration: %+v, ok %v", tr, ok)
 	}
 	st.Apply(tr.event)
@@ -376,5 +378,9 @@ func TestMigrateInfo(t *testing.T) {
 	}
 	if _, ok := migrateInfo(int32(libvirt.DomainJobCompleted), jobParams(libvirt.DomainJobOperationStrSnapshot, map[string]uint64{"time_elapsed": 5})); ok {
 		t.Error("a snapshot that moved no RAM read as a migration")
+	}
+	memoryOnly := jobParams(libvirt.DomainJobOperationStrDump, map[string]uint64{"memory_total": 1 << 26, "memory_processed": 1 << 20, "memory_remaining": 63 << 20})
+	if _, ok := migrateInfo(int32(libvirt.DomainJobUnbounded), memoryOnly); ok {
+		t.Error("a memory-only dump (memory figures, no passes) read as a migration")
 	}
 }

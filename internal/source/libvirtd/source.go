@@ -17,8 +17,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net"
+	"slices"
 	"sync"
 	"time"
 
@@ -119,11 +119,17 @@ type domain struct {
 	// what they said; rereads counts such reads in a row.
 	applied uint64
 	rereads int
-	// ioSession is the session that last read the domain not paused on
-	// an I/O error (under the VM's lock): from then on, every error that
-	// pauses it comes as an event of that session, so the disks'
-	// io-status is known while it lasts.
+	// ioSession is the session that last read the domain running (under
+	// the VM's lock): from then on, every error that pauses it comes as
+	// an event of that session, so the disks' io-status is known while it
+	// lasts.
 	ioSession *session
+	// migSeq counts the events that change the migration's state (a
+	// pass, a start, a stop); a poll during which it changed is older
+	// than them. completedKey identifies the statistics of the domain's
+	// last completed job as last read (see applyJob).
+	migSeq       uint64
+	completedKey string
 }
 
 // New returns a source for the libvirtd at opts.Socket, whose domains
@@ -265,7 +271,8 @@ type session struct {
 
 	mu        sync.Mutex
 	pending   map[string]libvirt.Domain // domains to read again, by UUID
-	migrating map[string]libvirt.Domain // domains whose migration is polled, by UUID
+	migrating map[string]pollEntry      // domains whose migration is polled, by UUID
+	pollGen   uint64
 	wake      chan struct{}
 }
 
@@ -289,13 +296,14 @@ func (ses *session) handle(msg any) {
 	if d == nil {
 		return
 	}
-	if t.migrating {
-		ses.pollMigration(t.dom)
-	}
 	st := d.vm.Lock()
 	d.applied++
-	if t.migrating && !st.Migration.InProgress() {
-		// A migration starts: QEMU sends its first pass in setup.
+	if t.pass != 0 || t.migrate != nil {
+		d.migSeq++
+	}
+	if t.pass == 1 && !st.Migration.InProgress() {
+		// A migration starts: QEMU sends its first pass in setup. (A
+		// later pass, handled after the end, starts nothing.)
 		st.SetMigrate(vmstate.MigrateInfo{Status: "setup"})
 	}
 	if t.event.Name != "" {
@@ -312,6 +320,9 @@ func (ses *session) handle(msg any) {
 		stopped(st, now)
 	}
 	d.vm.Unlock()
+	if t.pass != 0 {
+		ses.pollMigration(t.dom) // registered once the setup is applied
+	}
 }
 
 // stopped records that the domain's QEMU is gone: down, and no client on
@@ -432,29 +443,44 @@ func (ses *session) read(dom libvirt.Domain) error {
 		return err
 	}
 	st := d.vm.Lock()
-	defer d.vm.Unlock()
-	if d.applied != applied {
-		if d.rereads < maxRereads {
-			d.rereads++
-			ses.readLater(dom)
-		}
-		return nil
+	stale := d.applied != applied
+	poll := false
+	if stale {
+		stale = d.rereads < maxRereads
+		d.rereads++
+	} else {
+		d.rereads = 0
+		poll = ses.apply(d, st, r, time.Now())
 	}
-	d.rereads = 0
-	now := time.Now()
+	d.vm.Unlock()
+	if stale {
+		ses.readLater(dom)
+	}
+	if poll {
+		ses.pollMigration(dom)
+	}
+	return nil
+}
+
+// apply applies a fresh read of the domain to its VM, and reports whether
+// its migration is to be polled: one that runs, or one the VM has
+// running that may have ended while the exporter was not connected.
+func (ses *session) apply(d *domain, st *vmstate.State, r domainRead, now time.Time) bool {
 	if !r.active {
 		stopped(st, now)
-		return nil
+		return false
 	}
 	st.MarkUp(now)
 	st.SetStatus(r.status)
 	if r.migration != nil {
 		st.SetMigrate(*r.migration)
-		ses.pollMigration(dom)
+	} else if !st.Migration.InProgress() {
+		// The base against which a migration's end is judged.
+		d.completedKey = r.completedKey
 	}
 	if x := r.x; x != nil {
 		if disks := x.blockEntries(); disks != nil {
-			ses.ioStatuses(d, r.status, disks)
+			ses.ioStatuses(d, st, r.status, disks)
 			st.SetBlock(disks)
 		}
 		st.SetOpenStack(x.openStack())
@@ -464,7 +490,7 @@ func (ses *session) read(dom libvirt.Domain) error {
 		setDisplay(&st.VNC, d.vnc)
 		setDisplay(&st.Spice, d.spice)
 	}
-	return nil
+	return st.Migration.InProgress()
 }
 
 // maxRereads bounds the reads in a row that events make stale (a domain
@@ -479,8 +505,10 @@ type domainRead struct {
 	// balloon is the balloon's size in bytes, if it has one.
 	balloon     uint64
 	haveBalloon bool
-	// migration is the outgoing migration that runs, if one does.
-	migration *vmstate.MigrateInfo
+	// migration is the outgoing migration that runs, if one does;
+	// completedKey identifies the statistics of the last completed job.
+	migration    *vmstate.MigrateInfo
+	completedKey string
 }
 
 // fetch reads a domain's run state and, while it runs, its live XML,
@@ -525,125 +553,49 @@ func (ses *session) fetch(dom libvirt.Domain) (domainRead, error) {
 			}
 		}
 	}
-	info, ok, err := ses.jobStats(dom, 0)
-	if ok && runs(info) {
-		r.migration = &info
+	// A running job is taken for a migration once it moves RAM (active):
+	// in setup, a memory-only dump looks the same.
+	j, err := ses.jobStats(dom, 0)
+	if err != nil {
+		return r, err
 	}
+	if j.migration && j.info.Status == "active" {
+		r.migration = &j.info
+	}
+	done, err := ses.jobStats(dom, libvirt.DomainJobStatsCompleted|libvirt.DomainJobStatsKeepCompleted)
+	r.completedKey = done.key
 	return r, err
 }
 
-// ioStatuses corrects the disks' io-status for a domain paused on an I/O
-// error. Which disk failed libvirt does not say (go-libvirt cannot decode
-// virDomainGetDiskErrors' reply), but its events do: if this session read
-// the domain not paused so, every error since came as an event of this
-// session, and the VM keeps what they said; otherwise it is not known.
-func (ses *session) ioStatuses(d *domain, status string, disks []vmstate.BlockEntry) {
-	if status != "io-error" {
+// ioStatuses corrects the disks' io-status for a domain that is not
+// running. Which disk failed libvirt does not say (go-libvirt cannot
+// decode virDomainGetDiskErrors' reply), but its events do: if this
+// session read the domain running (which a cont that reset every status
+// preceded), every error since came as an event of this session, and the
+// VM keeps what they said; otherwise the statuses are not known. So are
+// they for a domain paused on an error that no disk holds: the resume and
+// the error came on two subscriptions and were folded out of order.
+func (ses *session) ioStatuses(d *domain, st *vmstate.State, status string, disks []vmstate.BlockEntry) {
+	if status == "running" {
 		d.ioSession = ses
 		return
+	}
+	known := d.ioSession == ses
+	if known && status == "io-error" {
+		known = slices.ContainsFunc(disks, func(e vmstate.BlockEntry) bool {
+			dev := st.Devices[vmstate.CleanLabel(e.Qdev)]
+			return dev != nil && (dev.IOStatus == "failed" || dev.IOStatus == "nospace")
+		})
 	}
 	for i := range disks {
 		switch {
 		case disks[i].IOStatus == "":
-		case d.ioSession == ses:
+		case known:
 			disks[i].KeepIOStatus = true
 		default:
 			disks[i].IOStatus = ""
 		}
 	}
-}
-
-// migrationPoll is how often the statistics of a running migration are
-// read, as the QMP source polls query-migrate.
-const migrationPoll = time.Second
-
-// pollMigration has the session poll dom's migration until it ends.
-func (ses *session) pollMigration(dom libvirt.Domain) {
-	ses.mu.Lock()
-	defer ses.mu.Unlock()
-	if ses.migrating == nil {
-		ses.migrating = make(map[string]libvirt.Domain)
-	}
-	if len(ses.migrating) < ses.s.opts.MaxDomains {
-		ses.migrating[uuidString(dom.UUID)] = dom
-	}
-}
-
-// pollMigrations reads the statistics of the running migrations, and
-// stops polling those that ended.
-func (ses *session) pollMigrations() error {
-	ses.mu.Lock()
-	doms := maps.Clone(ses.migrating)
-	ses.mu.Unlock()
-	for uuid, dom := range doms {
-		again, err := ses.pollJob(dom)
-		if err != nil {
-			return err
-		}
-		if !again {
-			ses.mu.Lock()
-			delete(ses.migrating, uuid)
-			ses.mu.Unlock()
-		}
-	}
-	return nil
-}
-
-// pollJob applies the statistics of dom's migration and reports whether
-// to poll it again. When the job has ended, libvirt's statistics of the
-// completed job (which the source reads keeping them for others) say how:
-// completed, failed or cancelled. The end of a migration that stopped the
-// domain (saved, or migrated away) its lifecycle event tells.
-func (ses *session) pollJob(dom libvirt.Domain) (bool, error) {
-	d := ses.s.known(dom)
-	if d == nil {
-		return false, nil
-	}
-	d.vm.LockRead()
-	applied := d.applied
-	d.vm.Unlock()
-	info, ok, err := ses.jobStats(dom, 0)
-	if err != nil {
-		return false, err
-	}
-	running := ok && runs(info)
-	if !running {
-		info, ok, err = ses.jobStats(dom, libvirt.DomainJobStatsCompleted|libvirt.DomainJobStatsKeepCompleted)
-		if err != nil {
-			return false, err
-		}
-		ok = ok && !runs(info)
-	}
-	st := d.vm.Lock()
-	defer d.vm.Unlock()
-	switch {
-	case d.applied != applied:
-		return true, nil // events came meanwhile, newer than what was read
-	case !st.Migration.InProgress():
-		return false, nil // its end is known already
-	case ok:
-		st.SetMigrate(info)
-	default:
-		st.ForgetMigration() // it ended, and how is not known
-	}
-	return running, nil
-}
-
-// jobStats reads dom's job statistics as query-migrate would report the
-// migration; ok is false when the job is no migration out (or there is
-// none, or no domain).
-func (ses *session) jobStats(dom libvirt.Domain, flags libvirt.DomainGetJobStatsFlags) (vmstate.MigrateInfo, bool, error) {
-	var typ int32
-	var params []libvirt.TypedParam
-	err := ses.c.call(func() (err error) { typ, params, err = ses.l.DomainGetJobStats(dom, flags); return err })
-	if refused(err) {
-		return vmstate.MigrateInfo{}, false, nil
-	}
-	if err != nil {
-		return vmstate.MigrateInfo{}, false, err
-	}
-	info, ok := migrateInfo(typ, params)
-	return info, ok, nil
 }
 
 // refused reports whether err is libvirtd's answer that it cannot make
