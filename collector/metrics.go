@@ -27,9 +27,11 @@ type Metric struct {
 	// series, with one label value per entry of Labels. It only reads st.
 	values func(st *vmstate.State, s *sink)
 	// qmpOnly: only a QMP session of the exporter's own knows the values
-	// (its connection, events libvirt does not relay, block jobs, which
-	// the libvirt source does not follow), so the metric is absent for
-	// VMs seen through libvirt.
+	// (its connection; events libvirt does not relay: quorum, image
+	// corruption, virtio-serial ports, the Hyper-V balloon, dumps, job
+	// errors; events go-libvirt does not deliver: memory failures, write
+	// thresholds; block jobs, which the libvirt source does not follow),
+	// so the metric is absent for VMs seen through libvirt.
 	qmpOnly bool
 }
 
@@ -143,7 +145,7 @@ var vmMetrics = []*Metric{
 	{Name: "qmp_watchdog_actions_total", Type: counter, Labels: []string{"action"}, Source: "WATCHDOG",
 		Help:   "Watchdog expirations (WATCHDOG), by the action QEMU took." + rateLimitNote,
 		values: func(st *vmstate.State, s *sink) { counts(st.Watchdog, s) }},
-	{Name: "qmp_memory_failures_total", Type: counter, Labels: []string{"recipient", "action"}, Source: "MEMORY_FAILURE",
+	{Name: "qmp_memory_failures_total", qmpOnly: true, Type: counter, Labels: []string{"recipient", "action"}, Source: "MEMORY_FAILURE",
 		Help:   "Hardware memory errors (MEMORY_FAILURE), by who received them and the action taken.",
 		values: func(st *vmstate.State, s *sink) { pairs(st.MemoryFailures, s) }},
 	{Name: "qmp_rtc_offset_seconds", Type: gauge, Source: "RTC_CHANGE",
@@ -153,7 +155,7 @@ var vmMetrics = []*Metric{
 				s.add(float64(st.RTCOffset))
 			}
 		}},
-	{Name: "qmp_vserport_open", Type: gauge, Labels: []string{"port"}, Source: "VSERPORT_CHANGE",
+	{Name: "qmp_vserport_open", qmpOnly: true, Type: gauge, Labels: []string{"port"}, Source: "VSERPORT_CHANGE",
 		Help: "Whether the guest has the virtio-serial port open (1) or closed (0), as of its last VSERPORT_CHANGE.",
 		values: func(st *vmstate.State, s *sink) {
 			for _, k := range sortedInto(&s.k.strs, st.Vserports) {
@@ -206,7 +208,7 @@ var vmMetrics = []*Metric{
 		values: func(st *vmstate.State, s *sink) {
 			s.eachDevice(st, func(name string, d *vmstate.BlockDev) { s.add(float64(d.Corruptions), name) })
 		}},
-	{Name: "qmp_block_image_corrupt_fatal", Type: gauge, Labels: []string{"device"}, Source: "BLOCK_IMAGE_CORRUPTED",
+	{Name: "qmp_block_image_corrupt_fatal", qmpOnly: true, Type: gauge, Labels: []string{"device"}, Source: "BLOCK_IMAGE_CORRUPTED",
 		Help: "Whether a corruption report for the device was fatal (1: the image is unusable until repaired) or every report so far was not (0); absent before the first report.",
 		values: func(st *vmstate.State, s *sink) {
 			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
@@ -215,7 +217,7 @@ var vmMetrics = []*Metric{
 				}
 			})
 		}},
-	{Name: "qmp_block_write_threshold_hits_total", Type: counter, Labels: []string{"device"}, Source: "BLOCK_WRITE_THRESHOLD",
+	{Name: "qmp_block_write_threshold_hits_total", qmpOnly: true, Type: counter, Labels: []string{"device"}, Source: "BLOCK_WRITE_THRESHOLD",
 		Help: "Write thresholds exceeded (BLOCK_WRITE_THRESHOLD), by device.",
 		values: func(st *vmstate.State, s *sink) {
 			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
@@ -224,7 +226,7 @@ var vmMetrics = []*Metric{
 				}
 			})
 		}},
-	{Name: "qmp_block_quorum_failures_total", Type: counter, Labels: []string{"device"}, Source: "QUORUM_FAILURE",
+	{Name: "qmp_block_quorum_failures_total", qmpOnly: true, Type: counter, Labels: []string{"device"}, Source: "QUORUM_FAILURE",
 		Help: "Quorum failures (QUORUM_FAILURE), by device." + rateLimitNote,
 		values: func(st *vmstate.State, s *sink) {
 			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
@@ -233,7 +235,7 @@ var vmMetrics = []*Metric{
 				}
 			})
 		}},
-	{Name: "qmp_block_quorum_bad_reports_total", Type: counter, Labels: []string{"device", "operation"}, Source: "QUORUM_REPORT_BAD",
+	{Name: "qmp_block_quorum_bad_reports_total", qmpOnly: true, Type: counter, Labels: []string{"device", "operation"}, Source: "QUORUM_REPORT_BAD",
 		Help: "Quorum children that returned bad data or failed (QUORUM_REPORT_BAD), by device and operation (unknown for QEMU before 2.6, which did not say)." + rateLimitNote,
 		values: func(st *vmstate.State, s *sink) {
 			s.eachDevice(st, func(name string, d *vmstate.BlockDev) {
@@ -284,14 +286,14 @@ var vmMetrics = []*Metric{
 				s.add(float64(st.Balloon))
 			}
 		}},
-	{Name: "qmp_hv_balloon_committed_bytes", Type: gauge, Source: "HV_BALLOON_STATUS_REPORT",
+	{Name: "qmp_hv_balloon_committed_bytes", qmpOnly: true, Type: gauge, Source: "HV_BALLOON_STATUS_REPORT",
 		Help: "Guest memory committed, from the Hyper-V dynamic memory balloon's last status report.",
 		values: func(st *vmstate.State, s *sink) {
 			if st.HVBalloonOK {
 				s.add(float64(st.HVBalloon[0]))
 			}
 		}},
-	{Name: "qmp_hv_balloon_available_bytes", Type: gauge, Source: "HV_BALLOON_STATUS_REPORT",
+	{Name: "qmp_hv_balloon_available_bytes", qmpOnly: true, Type: gauge, Source: "HV_BALLOON_STATUS_REPORT",
 		Help: "Guest memory available, from the Hyper-V dynamic memory balloon's last status report.",
 		values: func(st *vmstate.State, s *sink) {
 			if st.HVBalloonOK {
