@@ -345,7 +345,7 @@ func TestLibvirtMigration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := startExporter(t, ctx, bin, "--libvirt.socket="+d.SocketRO(), "--qmp.max-backoff=1s")
+	e := startExporter(t, ctx, bin, "--libvirt.socket="+d.SocketRO(), "--qmp.max-backoff=1s", "--log.level=debug")
 	vm := `vm="virtlab-mig"`
 	m := e.wait("the domain up", func(m exporterproc.Metrics) bool { return m.Has(`qmp_up{`+vm+`}`, 1) })
 	for _, series := range []string{`qmp_migration_status{status="active",` + vm + `}`, `qmp_migration_transferred_bytes{` + vm + `}`} {

@@ -414,9 +414,11 @@ var jobStatuses = map[libvirt.DomainJobType]string{
 
 // migrateInfo reads libvirt's statistics of a job (virDomainGetJobStats)
 // as query-migrate would report the migration; ok is false for a job that
-// is not QEMU migrating out (libvirt's operation needs libvirt 3.3): a
-// memory-only dump (memory figures, but no passes), or a snapshot that
-// moved no RAM (an internal one, which QEMU saves without migrating). A running job without RAM figures is QEMU setting
+// is not QEMU migrating out (libvirt's operation needs libvirt 3.3), and
+// for a snapshot that moved no RAM (an internal one, which QEMU saves
+// without migrating). A memory-only dump (operation dump, which QEMU
+// writes without migrating) reads as a migration too: the source takes
+// a dump for one only once its passes came (see fetch). A running job without RAM figures is QEMU setting
 // the migration up. libvirt's times are milliseconds, as QEMU's; its downtime
 // is the expected one while the job runs and the real one after.
 func migrateInfo(typ int32, params []libvirt.TypedParam) (vmstate.MigrateInfo, bool) {
@@ -429,14 +431,11 @@ func migrateInfo(typ int32, params []libvirt.TypedParam) (vmstate.MigrateInfo, b
 	status, known := jobStatuses[libvirt.DomainJobType(typ)]
 	op, hasOp := p["operation"]
 	_, hasRAM := p["memory_total"]
-	_, hasPasses := p["memory_iteration"]
 	switch {
 	case !known, !hasOp, !migrationOut[libvirt.DomainJobOperation(op)]:
 		return vmstate.MigrateInfo{}, false
 	case libvirt.DomainJobOperation(op) == libvirt.DomainJobOperationStrSnapshot && !hasRAM:
 		return vmstate.MigrateInfo{}, false
-	case hasRAM && !hasPasses:
-		return vmstate.MigrateInfo{}, false // a memory-only dump: QEMU writes memory, not a migration
 	case status == "active" && !hasRAM:
 		status = "setup" // QEMU reports RAM figures from its active state on
 	}

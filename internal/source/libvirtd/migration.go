@@ -3,11 +3,14 @@ package libvirtd
 import (
 	"fmt"
 	"maps"
+	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
+	"github.com/go-kit/log"
+	"github.com/go-kit/log/level"
 
 	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
 )
@@ -95,7 +98,7 @@ func (ses *session) pollJob(dom libvirt.Domain) (bool, error) {
 	if d.migSeq != seq {
 		return true, nil // events came meanwhile, newer than what was read
 	}
-	return d.applyJob(st, cur, done), nil
+	return d.applyJob(st, cur, done, log.With(ses.s.logger, "domain", dom.Name)), nil
 }
 
 // applyJob applies a poll: the figures of a migration that runs, or the
@@ -104,7 +107,7 @@ func (ses *session) pollJob(dom libvirt.Domain) (bool, error) {
 // the last read) are this migration's, completed; the same ones mean it
 // failed or was cancelled, which libvirt does not tell apart, so the
 // status is then not known. It reports whether to poll again.
-func (d *domain) applyJob(st *vmstate.State, cur, done jobRead) bool {
+func (d *domain) applyJob(st *vmstate.State, cur, done jobRead, logger log.Logger) bool {
 	if cur.runs() {
 		st.SetMigrate(cur.info)
 		return true
@@ -115,6 +118,8 @@ func (d *domain) applyJob(st *vmstate.State, cur, done jobRead) bool {
 	if done.migration && done.key != "" && done.key != d.completedKey {
 		st.SetMigrate(done.info)
 	} else {
+		level.Debug(logger).Log("msg", "a migration ended without new statistics of a completed job: failed or cancelled",
+			"job", cur.key, "completed_job", done.key)
 		st.MigrationEndUnknown()
 	}
 	d.completedKey = done.key
@@ -126,6 +131,7 @@ func (d *domain) applyJob(st *vmstate.State, cur, done jobRead) bool {
 type jobRead struct {
 	info      vmstate.MigrateInfo
 	migration bool   // the job is a migration out, info its statistics
+	passes    bool   // the statistics count passes: a migration, not a memory-only dump
 	key       string // identifies the statistics; "" when there are none
 	refused   bool   // libvirt refused the call: the domain is not running
 }
@@ -146,6 +152,7 @@ func (ses *session) jobStats(dom libvirt.Domain, flags libvirt.DomainGetJobStats
 	}
 	j := jobRead{key: statsKey(typ, params)}
 	j.info, j.migration = migrateInfo(typ, params)
+	j.passes = slices.ContainsFunc(params, func(p libvirt.TypedParam) bool { return p.Field == "memory_iteration" })
 	return j, nil
 }
 

@@ -553,13 +553,14 @@ func (ses *session) fetch(dom libvirt.Domain) (domainRead, error) {
 			}
 		}
 	}
-	// A running job is taken for a migration once it moves RAM (active):
-	// in setup, a memory-only dump looks the same.
+	// A running job is taken for a migration once it counts passes: a
+	// memory-only dump has memory figures, but no passes (and sends no
+	// migration-iteration, which starts the polling of a migration).
 	j, err := ses.jobStats(dom, 0)
 	if err != nil {
 		return r, err
 	}
-	if j.migration && j.info.Status == "active" {
+	if j.migration && j.passes && j.info.Status == "active" {
 		r.migration = &j.info
 	}
 	done, err := ses.jobStats(dom, libvirt.DomainJobStatsCompleted|libvirt.DomainJobStatsKeepCompleted)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-libvirt"
+	"github.com/go-kit/log"
 
 	"github.com/qmp-exporter/qmp_exporter/internal/fleet"
 	"github.com/qmp-exporter/qmp_exporter/internal/vmstate"
@@ -65,7 +66,7 @@ func (l *migrationLab) poll(cur, done jobRead) bool {
 	d := l.ses.s.known(l.dom)
 	st := d.vm.Lock()
 	defer d.vm.Unlock()
-	return d.applyJob(st, cur, done)
+	return d.applyJob(st, cur, done, log.NewNopLogger())
 }
 
 // migration returns the migration's status and the ends counted
@@ -197,7 +198,7 @@ func TestReadPollsAMigrationLeftRunning(t *testing.T) {
 		t.Error("a read without a running job left the VM's running migration unpolled")
 	}
 	st = d.vm.Lock()
-	d.applyJob(st, noJob, dumped)
+	d.applyJob(st, noJob, dumped, log.NewNopLogger())
 	poll = l.ses.apply(d, st, domainRead{status: "running", active: true, completedKey: dumped.key}, time.Now())
 	d.vm.Unlock()
 	if poll || d.completedKey != dumped.key {
