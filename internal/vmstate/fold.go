@@ -684,13 +684,13 @@ func foldMigration(s *State, f *qmp.Fields) (Need, bool) {
 	if !ok {
 		return NeedMigrate | NeedStatus, false
 	}
-	was := s.Migration.inProgress()
+	was := s.Migration.InProgress()
 	s.Migration.eventsSeen = true
 	s.migrationEvent(st)
 	switch {
 	case migrationEnded(st):
 		return NeedMigrate | NeedStatus, true
-	case !was && s.Migration.inProgress():
+	case !was && s.Migration.InProgress():
 		return NeedMigrate, true
 	}
 	return 0, true
@@ -701,7 +701,7 @@ func foldMigration(s *State, f *qmp.Fields) (Need, bool) {
 // has shown this session that the events capability is on, or one is in
 // progress.
 func (s *State) migrationMayRun() bool {
-	return !s.Migration.eventsSeen || !s.Migration.Known || s.Migration.inProgress()
+	return !s.Migration.eventsSeen || !s.Migration.Known || s.Migration.InProgress()
 }
 
 // foldMigration applies a MIGRATION event. Events are live, so a terminal
@@ -729,7 +729,7 @@ func (s *State) countMigrationEnd(st string) {
 // setMigrationStatus records the status; a new migration (setup after
 // anything but an in-progress state) starts with fresh figures.
 func (s *State) setMigrationStatus(st string) {
-	if st == "setup" && !s.Migration.inProgress() {
+	if st == "setup" && !s.Migration.InProgress() {
 		s.Migration = Migration{endKey: s.Migration.endKey, baseline: s.Migration.baseline, eventsSeen: s.Migration.eventsSeen,
 			ExpectedDowntime: -1, TotalTime: -1, Downtime: -1, SetupTime: -1}
 	}

@@ -169,7 +169,7 @@ func (s *State) SetMigrate(q MigrateInfo) {
 			// The first look since the exporter started: an end it saw
 			// in progress before is counted, an older one is history.
 			s.Migration.baseline = true
-			if s.Migration.Known && s.Migration.inProgress() && !s.Migration.endCounted {
+			if s.Migration.Known && s.Migration.InProgress() && !s.Migration.endCounted {
 				s.countMigrationEnd(st)
 			}
 		case key == s.Migration.endKey && s.Migration.endCounted, s.Migration.eventEnd:

@@ -195,14 +195,12 @@ const MaxUnfinalPolls = 5
 // without final figures, until they come (or MaxUnfinalPolls). Without
 // the events capability, polling is the only way to see a migration end.
 func (m *Migration) Polled() bool {
-	return m.inProgress() || m.unfinal && m.unfinalPolls < MaxUnfinalPolls
+	return m.InProgress() || m.unfinal && m.unfinalPolls < MaxUnfinalPolls
 }
 
 // InProgress reports whether the migration runs: its status is neither
 // an end nor none.
-func (m *Migration) InProgress() bool { return m.inProgress() }
-
-func (m *Migration) inProgress() bool {
+func (m *Migration) InProgress() bool {
 	switch m.Status {
 	case "", "none", "completed", "failed", "cancelled":
 		return false
