@@ -49,14 +49,15 @@ func (ses *session) pollMigration(dom libvirt.Domain) {
 	}
 }
 
-// pollMigrations reads the statistics of the polled migrations, and stops
-// polling those that ended (unless registered again meanwhile).
-func (ses *session) pollMigrations() error {
+// pollMigrations polls each polled migration (with pollJob, but for
+// tests), and stops polling those that ended, unless registered again
+// meanwhile.
+func (ses *session) pollMigrations(poll func(libvirt.Domain) (bool, error)) error {
 	ses.mu.Lock()
 	entries := maps.Clone(ses.migrating)
 	ses.mu.Unlock()
 	for uuid, e := range entries {
-		again, err := ses.pollJob(e.dom)
+		again, err := poll(e.dom)
 		if err != nil {
 			return err
 		}

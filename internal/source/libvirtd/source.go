@@ -255,7 +255,7 @@ func (s *Source) session(ctx context.Context) error {
 				return err
 			}
 		case <-poll.C:
-			if err := ses.pollMigrations(); err != nil {
+			if err := ses.pollMigrations(ses.pollJob); err != nil {
 				return err
 			}
 		}
@@ -442,6 +442,14 @@ func (ses *session) read(dom libvirt.Domain) error {
 	if err != nil {
 		return err
 	}
+	ses.settle(d, dom, applied, r)
+	return nil
+}
+
+// settle applies r, a read of dom begun when d.applied was applied, unless
+// events came since: then it asks for another read, maxRereads times in a
+// row at most.
+func (ses *session) settle(d *domain, dom libvirt.Domain, applied uint64, r domainRead) {
 	st := d.vm.Lock()
 	stale := d.applied != applied
 	poll := false
@@ -459,7 +467,6 @@ func (ses *session) read(dom libvirt.Domain) error {
 	if poll {
 		ses.pollMigration(dom)
 	}
-	return nil
 }
 
 // apply applies a fresh read of the domain to its VM, and reports whether

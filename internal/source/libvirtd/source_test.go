@@ -246,3 +246,55 @@ func TestIOStatusKnownOnlyFromThisSession(t *testing.T) {
 		t.Errorf("found paused on an error by a new session: %q, want unknown", got)
 	}
 }
+
+// TestPollingStopsAtTheEnd: a migration whose poll says it ended is no
+// longer polled, unless a new one registered it during that poll.
+func TestPollingStopsAtTheEnd(t *testing.T) {
+	l := newMigrationLab(t)
+	uuid := uuidString(l.dom.UUID)
+	l.ses.pollMigration(l.dom)
+	registerAgain := true
+	err := l.ses.pollMigrations(func(libvirt.Domain) (bool, error) {
+		if registerAgain {
+			l.ses.pollMigration(l.dom) // a new migration's first pass
+		}
+		return false, nil
+	})
+	if _, polled := l.ses.migrating[uuid]; err != nil || !polled {
+		t.Fatalf("registered again during its last poll: polled %v, err %v", polled, err)
+	}
+	registerAgain = false
+	if err := l.ses.pollMigrations(func(libvirt.Domain) (bool, error) { return false, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, polled := l.ses.migrating[uuid]; polled {
+		t.Error("an ended migration still polled")
+	}
+}
+
+// TestStaleReadLeavesTheEvents: a read during which an event was folded
+// is not applied (the event is newer) and the domain is read again, at
+// most maxRereads times in a row; a fresh read is applied.
+func TestStaleReadLeavesTheEvents(t *testing.T) {
+	l := newMigrationLab(t)
+	d := l.ses.s.ensure(l.dom, "7.2.0", time.Now())
+	status := func() string {
+		st := d.vm.LockRead()
+		defer d.vm.Unlock()
+		return st.Status
+	}
+	for i := range maxRereads + 1 {
+		applied := d.applied
+		l.lifecycle(libvirt.DomainEventSuspended, 0) // paused while the read ran
+		l.ses.pending = nil
+		l.ses.settle(d, l.dom, applied, domainRead{status: "running", active: true})
+		_, again := l.ses.pending[uuidString(l.dom.UUID)]
+		if status() != "paused" || again != (i < maxRereads) {
+			t.Fatalf("stale read %d: status %q, read again %v; want paused, again %v", i+1, status(), again, i < maxRereads)
+		}
+	}
+	l.ses.settle(d, l.dom, d.applied, domainRead{status: "running", active: true})
+	if status() != "running" || d.rereads != 0 {
+		t.Errorf("a fresh read: status %q, rereads %d; want running, 0", status(), d.rereads)
+	}
+}
